@@ -1,0 +1,147 @@
+//! Builds the stages from a validated [`Config`], runs them under one task tracker, and tears
+//! them down in order: on shutdown (or when any stage fails) every stage is cancelled, in-flight
+//! work gets `shutdown_timeout` to finish and be acknowledged, then offsets are committed.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{self, BusError, KafkaBus, Topics};
+use crate::config::{Config, Feed};
+use crate::stages::gc::GarbageCollector;
+use crate::stages::populator::events::EventFeed;
+use crate::stages::populator::scan::Scanner;
+use crate::stages::populator::PopulatorStats;
+use crate::stages::replication::ReplicationProcessor;
+use crate::stages::status::StatusProcessor;
+use crate::stages::StageError;
+use crate::storage::Stores;
+
+/// Why ferry stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot start: {0}")]
+    Start(#[from] BusError),
+    #[error("stage failed: {0}")]
+    Stage(#[from] StageError),
+    #[error("stage {0} stopped unexpectedly")]
+    StageExited(&'static str),
+}
+
+/// Runs every configured stage until `shutdown` is cancelled or a stage fails.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let config = Arc::new(config);
+    let topics = Topics::new(&config.queue.topic_prefix);
+    let bus = KafkaBus::connect(&config.queue)?;
+    let mut specs = bus::topic_specs(&config.queue, &topics);
+    if config.stages.populator && config.populator.feeds.contains(&Feed::Events) {
+        specs.push(bus::TopicSpec {
+            name: config.populator.events_topic.clone(),
+            partitions: config.queue.partitions,
+            compacted: false,
+        });
+        // An events topic made by someone else may have any partition count: don't insist.
+        if bus.partition_count(&config.populator.events_topic).await.unwrap_or(0) > 0 {
+            specs.pop();
+        }
+    }
+    bus.ensure_topics(&specs, config.queue.replication_factor).await?;
+    tracing::info!(brokers = %config.queue.brokers, topics = specs.len(), "topics ready");
+
+    let stores = Stores::connect(&config).await;
+    for store in stores.iter() {
+        // Not fatal: a target may be down for a while; its copies wait and retry.
+        match store.check().await {
+            Ok(()) => tracing::info!(location = %store.name, bucket = %store.bucket, "location reachable"),
+            Err(e) => tracing::error!(location = %store.name, error = %e, "location check failed; copies involving it will retry"),
+        }
+    }
+
+    let stages = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(8);
+    let publisher = bus.publisher();
+
+    let spawn = |name: &'static str, stage: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StageError>> + Send>>| {
+        let failed = failed_tx.clone();
+        let token = stages.clone();
+        tracker.spawn(async move {
+            let outcome = stage.await;
+            let error = match outcome {
+                Err(e) => Some(AppError::Stage(e)),
+                Ok(()) if !token.is_cancelled() => Some(AppError::StageExited(name)),
+                Ok(()) => None,
+            };
+            if let Some(e) = error {
+                tracing::error!(stage = name, error = %e, "stage stopped");
+                let _ = failed.send(e).await;
+            } else {
+                tracing::info!(stage = name, "stage stopped");
+            }
+        });
+    };
+
+    if config.stages.populator {
+        let stats = Arc::new(PopulatorStats::default());
+        if config.populator.feeds.contains(&Feed::Scan) {
+            let scanner = Scanner::new(config.clone(), stores.clone(), publisher.clone(), topics.clone(), bus.state_reader()?, stats.clone());
+            spawn("populator-scan", Box::pin(scanner.run(stages.clone())));
+        }
+        if config.populator.feeds.contains(&Feed::Events) {
+            let feed = EventFeed {
+                config: config.clone(),
+                publisher: publisher.clone(),
+                topics: topics.clone(),
+                subscription: bus.subscribe("populator-events", &[&config.populator.events_topic])?,
+                stats,
+            };
+            spawn("populator-events", Box::pin(feed.run(stages.clone())));
+        }
+    }
+    if config.stages.replication {
+        let processor = ReplicationProcessor::new(
+            config.replication.clone(),
+            stores.clone(),
+            publisher.clone(),
+            topics.clone(),
+            bus.subscribe("replication", &[&topics.replication])?,
+            config.locations.keys().cloned(),
+        );
+        spawn("replication", Box::pin(processor.run(stages.clone())));
+    }
+    if config.stages.status {
+        let processor = StatusProcessor::new(publisher.clone(), topics.clone(), bus.subscribe("status", &[&topics.status])?, bus.state_reader()?);
+        spawn("status", Box::pin(processor.run(stages.clone())));
+    }
+    if config.stages.gc {
+        let collector = GarbageCollector::new(
+            config.gc.clone(),
+            config.replication.clone(),
+            stores.clone(),
+            publisher.clone(),
+            topics.clone(),
+            bus.subscribe("gc", &[&topics.gc])?,
+        );
+        spawn("gc", Box::pin(collector.run(stages.clone())));
+    }
+    drop(failed_tx);
+    tracker.close();
+
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        failure = failed_rx.recv() => failure,
+    };
+    match &failure {
+        Some(_) => tracing::error!("a stage failed: stopping the others"),
+        None => tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: finishing in-flight work"),
+    }
+    stages.cancel();
+    if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight work did not finish in time; it is not acknowledged and will be redone");
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,449 @@
+//! Kafka behind ferry's bus types: topic creation, publishing, group consumption, state replay.
+//!
+//! Consumers never auto-store offsets: a message's offset is stored only when its work is
+//! acknowledged through the [`super::ledger::OffsetLedger`], and librdkafka's periodic commit
+//! sends what was stored (one commit per interval, not one per message). On revocation the
+//! stored offsets are committed synchronously before the partitions go.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::ledger::OffsetLedger;
+use super::{BusError, TopicSpec};
+use crate::config::QueueConfig;
+
+/// How long metadata and admin calls may take before start-up reports the broker unreachable.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a publish may wait for the broker before it is reported as failed; callers retry.
+const DELIVERY_TIMEOUT_MS: &str = "60000";
+
+/// The connection settings shared by every client ferry makes.
+#[derive(Clone)]
+pub struct KafkaBus {
+    queue: QueueConfig,
+    producer: FutureProducer<LogContext>,
+}
+
+impl KafkaBus {
+    /// Builds the shared producer; no network traffic yet.
+    pub fn connect(queue: &QueueConfig) -> Result<Self, BusError> {
+        let producer = base_config(queue)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            // A few milliseconds of batching turns many small entries into one request.
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", DELIVERY_TIMEOUT_MS)
+            .create_with_context(LogContext)
+            .map_err(|e| BusError::Client(e.to_string()))?;
+        Ok(Self {
+            queue: queue.clone(),
+            producer,
+        })
+    }
+
+    /// Creates the topics that do not exist and checks the partition counts of those that do.
+    pub async fn ensure_topics(&self, specs: &[TopicSpec], replication_factor: i32) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = base_config(&self.queue)
+            .create()
+            .map_err(|e| BusError::Client(e.to_string()))?;
+        let new_topics: Vec<NewTopic<'_>> = specs
+            .iter()
+            .map(|s| {
+                let topic = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication_factor));
+                if s.compacted {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = admin
+            .create_topics(new_topics.iter(), &options)
+            .await
+            .map_err(|e| BusError::Topic {
+                topic: specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+                message: format!("broker {} unreachable or refused: {e}", self.queue.brokers),
+            })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError::Topic {
+                        topic,
+                        message: code.to_string(),
+                    })
+                }
+            }
+        }
+        for spec in specs {
+            let found = self.partition_count(&spec.name).await?;
+            if found != spec.partitions {
+                return Err(BusError::Topic {
+                    topic: spec.name.clone(),
+                    message: format!(
+                        "has {found} partitions, ferry needs {} (queue.partitions); \
+                         recreate it or set queue.partitions to match",
+                        spec.partitions
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of partitions of `topic` per the broker's metadata.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, BusError> {
+        let producer = self.producer.clone();
+        let name = topic.to_string();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&name), ADMIN_TIMEOUT)
+        })
+        .await
+        .map_err(|e| BusError::Client(e.to_string()))?
+        .map_err(|e| BusError::Topic {
+            topic: topic.to_string(),
+            message: format!("metadata: {e}"),
+        })?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        Ok(count as i32)
+    }
+
+    /// A handle for publishing; cheap to clone.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            producer: self.producer.clone(),
+        }
+    }
+
+    /// Joins consumer group `{group_prefix}{group}` on `topics`.
+    pub fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Subscription, BusError> {
+        let ledger = Arc::new(Mutex::new(OffsetLedger::default()));
+        let revocations = Arc::new(AtomicU64::new(0));
+        let consumer: StreamConsumer<LedgerContext> = base_config(&self.queue)
+            .set("group.id", format!("{}{group}", self.queue.group_prefix))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(LedgerContext {
+                ledger: ledger.clone(),
+                revocations: revocations.clone(),
+            })
+            .map_err(|e| BusError::Client(e.to_string()))?;
+        consumer.subscribe(topics).map_err(|e| BusError::Consume {
+            topics: topics.join(","),
+            message: e.to_string(),
+        })?;
+        Ok(Subscription {
+            inner: Arc::new(SubscriptionInner {
+                consumer,
+                ledger,
+                revocations,
+                topics: topics.join(","),
+            }),
+        })
+    }
+
+    /// A reader that replays compacted state topics, outside any consumer group.
+    pub fn state_reader(&self) -> Result<StateReader, BusError> {
+        let consumer: StreamConsumer<LogContext> = base_config(&self.queue)
+            .set("group.id", format!("{}state-reader", self.queue.group_prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create_with_context(LogContext)
+            .map_err(|e| BusError::Client(e.to_string()))?;
+        Ok(StateReader { consumer })
+    }
+}
+
+fn base_config(queue: &QueueConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &queue.brokers)
+        .set("client.id", "ferry")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// Publishes messages and waits for the broker to acknowledge them.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer<LogContext>,
+}
+
+impl Publisher {
+    /// Publishes `payload` under `key` (its hash picks the partition) and waits until the broker
+    /// has it. `payload = None` is a tombstone (deletes `key` from a compacted topic).
+    pub async fn publish(&self, topic: &str, key: &str, payload: Option<&[u8]>) -> Result<(i32, i64), BusError> {
+        self.send(topic, None, key, payload).await
+    }
+
+    /// Like [`Publisher::publish`], to an explicit partition.
+    pub async fn publish_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<(i32, i64), BusError> {
+        self.send(topic, Some(partition), key, payload).await
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<(i32, i64), BusError> {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        match self.producer.send(record, rdkafka::util::Timeout::Never).await {
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Err((e, _)) => Err(BusError::Publish {
+                topic: topic.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Membership of a consumer group, with acknowledgement-driven offset commits.
+#[derive(Clone)]
+pub struct Subscription {
+    inner: Arc<SubscriptionInner>,
+}
+
+struct SubscriptionInner {
+    consumer: StreamConsumer<LedgerContext>,
+    ledger: Arc<Mutex<OffsetLedger>>,
+    revocations: Arc<AtomicU64>,
+    topics: String,
+}
+
+/// One consumed message. Call [`Delivery::ack`] once its work is durably done; a delivery
+/// dropped without it is never committed, so it is consumed again after a restart.
+pub struct Delivery {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    generation: u64,
+    subscription: Arc<SubscriptionInner>,
+}
+
+impl Delivery {
+    /// Marks the work for this message done; its offset is committed once all earlier ones are.
+    pub fn ack(self) {
+        let inner = &self.subscription;
+        let mut ledger = inner.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(position) = ledger.done(&self.topic, self.partition, self.offset, self.generation) {
+            let mut tpl = TopicPartitionList::new();
+            if tpl
+                .add_partition_offset(&self.topic, self.partition, Offset::Offset(position))
+                .is_ok()
+            {
+                // Fails only if the partition was revoked meanwhile: then the new owner redoes
+                // the work, which is the at-least-once contract.
+                if let Err(e) = inner.consumer.store_offsets(&tpl) {
+                    tracing::debug!(topic = %self.topic, partition = self.partition, error = %e, "offset not stored");
+                }
+            }
+        }
+    }
+
+    /// Where the message came from, for logs and dead letters.
+    pub fn origin(&self) -> String {
+        format!("{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+impl Subscription {
+    /// Waits for the next message.
+    pub async fn recv(&self) -> Result<Delivery, BusError> {
+        let message = self.inner.consumer.recv().await.map_err(|e| BusError::Consume {
+            topics: self.inner.topics.clone(),
+            message: e.to_string(),
+        })?;
+        let topic = message.topic().to_string();
+        let generation = self
+            .inner
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .received(&topic, message.partition(), message.offset());
+        Ok(Delivery {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            generation,
+            subscription: self.inner.clone(),
+        })
+    }
+
+    /// Commits every stored offset now (used at shutdown, after in-flight work finished).
+    pub fn commit(&self) -> Result<(), BusError> {
+        match self.inner.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(BusError::Consume {
+                topics: self.inner.topics.clone(),
+                message: format!("commit: {e}"),
+            }),
+        }
+    }
+
+    /// How many times partitions were taken from this member so far.
+    pub fn revocations(&self) -> u64 {
+        self.inner.revocations.load(Ordering::SeqCst)
+    }
+
+    /// Messages received and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.inner.ledger.lock().unwrap_or_else(|p| p.into_inner()).pending()
+    }
+}
+
+/// Replays compacted state topics partition by partition.
+pub struct StateReader {
+    consumer: StreamConsumer<LogContext>,
+}
+
+impl StateReader {
+    /// Every record of `topic`/`partition` from the start to the current end, in order, as
+    /// `(key, payload)`; a `None` payload is a tombstone.
+    pub async fn read_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, BusError> {
+        let error = |message: String| BusError::ReadState {
+            topic: topic.to_string(),
+            partition,
+            message,
+        };
+        let consumer = &self.consumer;
+        let (low, high) = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT))
+            .map_err(|e| error(format!("watermarks: {e}")))?;
+        let mut records = Vec::new();
+        if high <= low {
+            return Ok(records);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+            .map_err(|e| error(e.to_string()))?;
+        consumer.assign(&tpl).map_err(|e| error(format!("assign: {e}")))?;
+        loop {
+            let message = tokio::time::timeout(ADMIN_TIMEOUT, consumer.recv())
+                .await
+                .map_err(|_| error(format!("no record for {}s while replaying", ADMIN_TIMEOUT.as_secs())))?
+                .map_err(|e| error(e.to_string()))?;
+            if message.topic() == topic && message.partition() == partition {
+                if let Some(key) = message.key() {
+                    records.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+                }
+                if message.offset() + 1 >= high {
+                    break;
+                }
+            }
+        }
+        consumer
+            .assign(&TopicPartitionList::new())
+            .map_err(|e| error(format!("unassign: {e}")))?;
+        Ok(records)
+    }
+}
+
+/// Forwards librdkafka's own log lines into tracing.
+#[derive(Clone)]
+pub struct LogContext;
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_kafka(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+fn log_kafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        _ => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+impl ConsumerContext for LogContext {}
+
+/// Consumer context: log forwarding, plus ledger upkeep and a final commit on revocation.
+struct LedgerContext {
+    ledger: Arc<Mutex<OffsetLedger>>,
+    /// Counts revocations, so stages that cache per-partition state know to reload it.
+    revocations: Arc<AtomicU64>,
+}
+
+impl ClientContext for LedgerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_kafka(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for LedgerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            // Hand over what is done: the next owner starts after it.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(error = %e, "commit before revocation failed"),
+            }
+            let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            for p in partitions.elements() {
+                ledger.revoke(p.topic(), p.partition());
+            }
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(partitions = partitions.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The `check-config` report: what ferry understood, without secrets.
+
+use std::fmt::Write;
+
+use super::{Config, Feed};
+use crate::bus::{topic_specs, Topics};
+
+/// A human-readable summary of `config`. Secret keys are never printed.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "configuration OK\n");
+    let _ = writeln!(out, "queue: kafka at {} (group prefix {:?})", config.queue.brokers, config.queue.group_prefix);
+    let topics = Topics::new(&config.queue.topic_prefix);
+    for spec in topic_specs(&config.queue, &topics) {
+        let _ = writeln!(
+            out,
+            "  topic {} ({} partitions{})",
+            spec.name,
+            spec.partitions,
+            if spec.compacted { ", compacted" } else { "" }
+        );
+    }
+    let s = config.stages;
+    let on = |b: bool| if b { "on" } else { "off" };
+    let _ = writeln!(
+        out,
+        "\nstages: populator {}, replication {}, status {}, gc {}",
+        on(s.populator),
+        on(s.replication),
+        on(s.status),
+        on(s.gc)
+    );
+    let _ = writeln!(out, "\nlocations:");
+    for l in config.locations.values() {
+        let credentials = match &l.credentials {
+            Some(c) => format!("static key {}", c.access_key_id),
+            None => "AWS credential chain".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  {}: s3 bucket {:?} at {} ({}, {}, checksums {:?}){}",
+            l.name,
+            l.bucket,
+            l.endpoint.as_deref().unwrap_or("AWS"),
+            l.region,
+            credentials,
+            l.checksum_calculation,
+            if l.transient { ", TRANSIENT: replicated versions are deleted here" } else { "" }
+        );
+    }
+    let _ = writeln!(out, "\nrules:");
+    for r in &config.rules {
+        let _ = writeln!(
+            out,
+            "  {}: {} prefix {:?} -> {}",
+            r.name,
+            r.source,
+            r.prefix,
+            r.targets.join(", ")
+        );
+    }
+    let feeds: Vec<&str> = config
+        .populator
+        .feeds
+        .iter()
+        .map(|f| match f {
+            Feed::Scan => "scan",
+            Feed::Events => "events",
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "\npopulator: feeds {} (scan every {:?}, events from topic {})",
+        feeds.join(" + "),
+        config.populator.scan_interval,
+        config.populator.events_topic
+    );
+    let r = &config.replication;
+    let _ = writeln!(
+        out,
+        "replication: {} entries in flight, {} copies per target, multipart above {} bytes in {} byte parts, retry {:?}..{:?}",
+        r.max_in_flight, r.target_concurrency, r.multipart_threshold, r.part_size, r.retry_initial_delay, r.retry_max_delay
+    );
+    let _ = writeln!(out, "gc: {} tasks at once", config.gc.concurrency);
+    let _ = writeln!(out, "shutdown timeout: {:?}", config.shutdown_timeout);
+    out
+}

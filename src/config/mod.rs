@@ -1,0 +1,211 @@
+//! Typed, validated configuration: loaded from TOML plus `FERRY__…` environment overrides.
+//!
+//! Loading is two steps: [`load`] reads the file into a [`raw::RawConfig`] (unknown keys are
+//! errors), then [`validate::validate`] — a pure function — checks every value and builds the
+//! [`Config`] the rest of ferry uses. Nothing is connected to before validation succeeds.
+
+pub mod raw;
+mod describe;
+mod units;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+pub use describe::describe;
+pub use units::{parse_duration, parse_size};
+
+/// Everything ferry needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub queue: QueueConfig,
+    pub stages: StagesConfig,
+    /// Named buckets by name, in name order.
+    pub locations: BTreeMap<String, LocationConfig>,
+    pub rules: Vec<RuleConfig>,
+    pub populator: PopulatorConfig,
+    pub replication: ReplicationConfig,
+    pub gc: GcConfig,
+    /// Bound on the orderly shutdown: in-flight work gets this long to finish.
+    pub shutdown_timeout: Duration,
+}
+
+/// Where the topics live and how they are named.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Prepended to every topic name (`ferry.` gives `ferry.replication`, …).
+    pub topic_prefix: String,
+    /// Partition count for the topics ferry creates; the unit of parallelism across instances.
+    pub partitions: i32,
+    /// Replication factor for the topics ferry creates; -1 leaves it to the broker's default.
+    pub replication_factor: i32,
+    /// Prepended to every consumer group id; instances with the same prefix share the work.
+    pub group_prefix: String,
+}
+
+/// Which stages this process runs (operators may split them across hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagesConfig {
+    pub populator: bool,
+    pub replication: bool,
+    pub status: bool,
+    pub gc: bool,
+}
+
+/// One named S3 bucket.
+#[derive(Clone)]
+pub struct LocationConfig {
+    pub name: String,
+    /// Custom S3 endpoint; `None` means AWS.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Path-style addressing (`http://host/bucket/key`), needed by most non-AWS servers.
+    pub path_style: bool,
+    /// Static keys; `None` means the standard AWS credential chain.
+    pub credentials: Option<StaticCredentials>,
+    pub checksum_calculation: ChecksumCalculation,
+    /// Replicated versions are deleted here once every target holds a verified copy.
+    pub transient: bool,
+}
+
+impl fmt::Debug for LocationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocationConfig")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("path_style", &self.path_style)
+            .field("credentials", &self.credentials)
+            .field("checksum_calculation", &self.checksum_calculation)
+            .field("transient", &self.transient)
+            .finish()
+    }
+}
+
+/// An access key pair. Its `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StaticCredentials({}, <secret>)", self.access_key_id)
+    }
+}
+
+/// When the S3 client computes request checksums (the SDK's `request_checksum_calculation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumCalculation {
+    /// Only where the operation requires one: what third-party servers (radosgw, …) accept.
+    WhenRequired,
+    /// Whenever the operation supports one: the SDK's default for AWS.
+    WhenSupported,
+}
+
+/// `[[rules]]`: objects of `source` under `prefix` go to every location in `targets`.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    pub name: String,
+    pub source: String,
+    pub prefix: String,
+    pub targets: Vec<String>,
+}
+
+/// Where the queue populator learns about changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Periodic listing of each rule's source bucket.
+    Scan,
+    /// S3 event notification records consumed from a Kafka topic.
+    Events,
+}
+
+#[derive(Debug, Clone)]
+pub struct PopulatorConfig {
+    pub feeds: Vec<Feed>,
+    pub scan_interval: Duration,
+    /// Topic the S3 server sends its event notifications to (not prefixed).
+    pub events_topic: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Entries being worked on at once by this process (bounds memory and open requests).
+    pub max_in_flight: usize,
+    /// Copies to one target at once.
+    pub target_concurrency: usize,
+    /// Objects larger than this are copied with multipart upload.
+    pub multipart_threshold: u64,
+    /// Part size for multipart copies (grown to stay within 10,000 parts).
+    pub part_size: u64,
+    /// First retry delay after a transient failure; doubles (with jitter) up to the maximum.
+    pub retry_initial_delay: Duration,
+    pub retry_max_delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// GC tasks checked and executed at once.
+    pub concurrency: usize,
+}
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads `path` (TOML), applies `FERRY__SECTION__KEY` environment overrides, and validates.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let read_error = |message: String| ConfigError::Read {
+        path: path.display().to_string(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(read_error("no such file".into()));
+    }
+    let raw: raw::RawConfig = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("FERRY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("populator.feeds"),
+        )
+        .build()
+        .map_err(|e| read_error(e.to_string()))?
+        .try_deserialize()
+        .map_err(|e| read_error(e.to_string()))?;
+    validate::validate(raw)
+}
+
+impl Config {
+    /// The locations some rule uses as its source.
+    pub fn sources(&self) -> impl Iterator<Item = &LocationConfig> {
+        self.locations
+            .values()
+            .filter(|l| self.rules.iter().any(|r| r.source == l.name))
+    }
+}

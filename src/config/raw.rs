@@ -1,0 +1,141 @@
+//! The configuration file exactly as written: serde types that reject unknown keys.
+//!
+//! Nothing here is interpreted; [`super::validate`] turns a [`RawConfig`] into a typed
+//! [`super::Config`] and names the key of every problem it finds.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// How the stages talk to each other.
+    pub queue: RawQueue,
+    /// Which stages this process runs.
+    #[serde(default)]
+    pub stages: RawStages,
+    /// Named buckets: sources, targets, transient buffers.
+    #[serde(default)]
+    pub locations: BTreeMap<String, RawLocation>,
+    /// What to copy where.
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    /// Queue populator settings.
+    #[serde(default)]
+    pub populator: RawPopulator,
+    /// Replication processor settings.
+    #[serde(default)]
+    pub replication: RawReplication,
+    /// Garbage collector settings.
+    #[serde(default)]
+    pub gc: RawGc,
+    /// How long in-flight work may take to finish after SIGTERM.
+    pub shutdown_timeout: Option<String>,
+}
+
+/// `[queue]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub kind: String,
+    pub brokers: Option<String>,
+    pub topic_prefix: Option<String>,
+    pub partitions: Option<i64>,
+    pub replication_factor: Option<i64>,
+    /// Prefix of the consumer group ids; instances sharing it share the work.
+    pub group_prefix: Option<String>,
+}
+
+/// `[stages]`: every stage runs unless switched off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStages {
+    #[serde(default = "yes")]
+    pub populator: bool,
+    #[serde(default = "yes")]
+    pub replication: bool,
+    #[serde(default = "yes")]
+    pub status: bool,
+    #[serde(default = "yes")]
+    pub gc: bool,
+}
+
+impl Default for RawStages {
+    fn default() -> Self {
+        Self {
+            populator: true,
+            replication: true,
+            status: true,
+            gc: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[locations.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocation {
+    pub kind: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub bucket: Option<String>,
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub checksum_calculation: Option<String>,
+    #[serde(default)]
+    pub transient: bool,
+}
+
+/// `[[rules]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub source: String,
+    #[serde(default)]
+    pub prefix: String,
+    pub targets: Vec<String>,
+}
+
+/// `[populator]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPopulator {
+    pub feeds: Option<Vec<String>>,
+    pub scan_interval: Option<String>,
+    pub events_topic: Option<String>,
+}
+
+/// `[replication]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplication {
+    pub max_in_flight: Option<i64>,
+    pub target_concurrency: Option<i64>,
+    pub multipart_threshold: Option<RawSize>,
+    pub part_size: Option<RawSize>,
+    pub retry_initial_delay: Option<String>,
+    pub retry_max_delay: Option<String>,
+}
+
+/// `[gc]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGc {
+    pub concurrency: Option<i64>,
+}
+
+/// A byte size written either as a number of bytes or as text such as `"8MiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}

@@ -1,0 +1,353 @@
+//! The pure step from [`RawConfig`] to [`Config`]: every check, every default, no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawLocation, RawSize};
+use super::*;
+
+/// Default part size: large enough that a 5 GiB object is ~640 parts, small enough that
+/// `target_concurrency` copies of one part each stay well under 1 GiB of buffers.
+const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// S3's minimum part size (every part but the last must be at least this big).
+const MIN_PART_SIZE: u64 = 5 << 20;
+/// S3's maximum part size.
+const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// Checks `raw` and builds the typed configuration, or names the first key that is wrong.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let queue = queue(&raw)?;
+    let locations = raw
+        .locations
+        .iter()
+        .map(|(name, loc)| location(name, loc).map(|l| (name.clone(), l)))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let rules = rules(&raw, &locations)?;
+    let populator = populator(&raw)?;
+    let replication = replication(&raw)?;
+    let gc = GcConfig {
+        concurrency: positive("gc.concurrency", raw.gc.concurrency, 16, 4096)?,
+    };
+    let shutdown_timeout = duration("shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s")?;
+    Ok(Config {
+        queue,
+        stages: StagesConfig {
+            populator: raw.stages.populator,
+            replication: raw.stages.replication,
+            status: raw.stages.status,
+            gc: raw.stages.gc,
+        },
+        locations,
+        rules,
+        populator,
+        replication,
+        gc,
+        shutdown_timeout,
+    })
+}
+
+fn queue(raw: &RawConfig) -> Result<QueueConfig, ConfigError> {
+    match raw.queue.kind.as_str() {
+        "kafka" => {}
+        other => {
+            return Err(ConfigError::invalid(
+                "queue.kind",
+                format!("unknown queue kind {other:?} (supported: \"kafka\")"),
+            ))
+        }
+    }
+    let brokers = raw.queue.brokers.clone().unwrap_or_default();
+    if brokers.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "queue.brokers",
+            "required for kind = \"kafka\" (e.g. \"127.0.0.1:9092\")",
+        ));
+    }
+    let topic_prefix = raw
+        .queue
+        .topic_prefix
+        .clone()
+        .unwrap_or_else(|| "ferry.".into());
+    check_topic_chars("queue.topic_prefix", &topic_prefix)?;
+    let group_prefix = raw
+        .queue
+        .group_prefix
+        .clone()
+        .unwrap_or_else(|| topic_prefix.clone());
+    let partitions = positive("queue.partitions", raw.queue.partitions, 8, 10_000)?;
+    let replication_factor = match raw.queue.replication_factor {
+        None => -1,
+        Some(n) if n == -1 || (1..=16).contains(&n) => n as i32,
+        Some(n) => {
+            return Err(ConfigError::invalid(
+                "queue.replication_factor",
+                format!("{n} is out of range (1 to 16, or -1 for the broker's default)"),
+            ))
+        }
+    };
+    Ok(QueueConfig {
+        replication_factor,
+        brokers,
+        topic_prefix,
+        partitions: partitions as i32,
+        group_prefix,
+    })
+}
+
+fn check_topic_chars(key: &str, text: &str) -> Result<(), ConfigError> {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{text:?}: Kafka topic names allow only ASCII letters, digits, '.', '_' and '-'"),
+        ))
+    }
+}
+
+fn location(name: &str, raw: &RawLocation) -> Result<LocationConfig, ConfigError> {
+    let key = |field: &str| format!("locations.{name}.{field}");
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')) {
+        return Err(ConfigError::invalid(
+            format!("locations.{name}"),
+            "location names use ASCII letters, digits, '-' and '_'",
+        ));
+    }
+    if raw.kind != "s3" {
+        return Err(ConfigError::invalid(
+            key("kind"),
+            format!("unknown location kind {:?} (supported: \"s3\")", raw.kind),
+        ));
+    }
+    let bucket = raw.bucket.clone().unwrap_or_default();
+    if bucket.is_empty() {
+        return Err(ConfigError::invalid(key("bucket"), "required"));
+    }
+    if let Some(endpoint) = &raw.endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                key("endpoint"),
+                format!("{endpoint:?} is not an http:// or https:// URL"),
+            ));
+        }
+    }
+    let credentials = match (&raw.access_key_id, &raw.secret_access_key) {
+        (Some(id), Some(secret)) => Some(StaticCredentials {
+            access_key_id: id.clone(),
+            secret_access_key: secret.clone(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                key("secret_access_key"),
+                "missing while access_key_id is set (set both, or neither for the AWS credential chain)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                key("access_key_id"),
+                "missing while secret_access_key is set (set both, or neither for the AWS credential chain)",
+            ))
+        }
+    };
+    // Third-party S3 servers commonly reject the SDK's newer default (trailing checksums on
+    // streamed uploads), so a custom endpoint defaults to the conservative setting.
+    let checksum_calculation = match raw.checksum_calculation.as_deref() {
+        Some("when_required") => ChecksumCalculation::WhenRequired,
+        Some("when_supported") => ChecksumCalculation::WhenSupported,
+        None if raw.endpoint.is_some() => ChecksumCalculation::WhenRequired,
+        None => ChecksumCalculation::WhenSupported,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                key("checksum_calculation"),
+                format!("{other:?} (expected \"when_required\" or \"when_supported\")"),
+            ))
+        }
+    };
+    Ok(LocationConfig {
+        name: name.to_string(),
+        endpoint: raw.endpoint.clone(),
+        region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        bucket,
+        path_style: raw.path_style.unwrap_or(raw.endpoint.is_some()),
+        credentials,
+        checksum_calculation,
+        transient: raw.transient,
+    })
+}
+
+fn rules(
+    raw: &RawConfig,
+    locations: &BTreeMap<String, LocationConfig>,
+) -> Result<Vec<RuleConfig>, ConfigError> {
+    if raw.rules.is_empty() {
+        return Err(ConfigError::invalid("rules", "at least one [[rules]] entry is required"));
+    }
+    let mut names = BTreeSet::new();
+    let mut rules: Vec<RuleConfig> = Vec::new();
+    for (i, rule) in raw.rules.iter().enumerate() {
+        let key = |field: &str| format!("rules[{i}].{field} (rule {:?})", rule.name);
+        if rule.name.is_empty() {
+            return Err(ConfigError::invalid(format!("rules[{i}].name"), "required"));
+        }
+        if !names.insert(rule.name.as_str()) {
+            return Err(ConfigError::invalid(key("name"), "two rules have this name"));
+        }
+        let Some(source) = locations.get(&rule.source) else {
+            return Err(ConfigError::invalid(
+                key("source"),
+                format!("no location named {:?}", rule.source),
+            ));
+        };
+        if rule.targets.is_empty() {
+            return Err(ConfigError::invalid(key("targets"), "at least one target is required"));
+        }
+        let mut seen = BTreeSet::new();
+        for target in &rule.targets {
+            let Some(location) = locations.get(target) else {
+                return Err(ConfigError::invalid(
+                    key("targets"),
+                    format!("no location named {target:?}"),
+                ));
+            };
+            if target == &rule.source {
+                return Err(ConfigError::invalid(
+                    key("targets"),
+                    format!("{target:?} is the rule's own source"),
+                ));
+            }
+            if location.transient {
+                return Err(ConfigError::invalid(
+                    key("targets"),
+                    format!("{target:?} is transient: its data would be garbage-collected, so it cannot be a target"),
+                ));
+            }
+            if same_bucket(location, source) {
+                return Err(ConfigError::invalid(
+                    key("targets"),
+                    format!("{target:?} is the same bucket as the source {:?}", rule.source),
+                ));
+            }
+            if !seen.insert(target) {
+                return Err(ConfigError::invalid(key("targets"), format!("{target:?} is listed twice")));
+            }
+        }
+        // An object matched by two rules would become two entries; with a transient source the
+        // first to complete would garbage-collect the copy the second still needs.
+        if let Some(other) = rules.iter().find(|r| {
+            r.source == rule.source
+                && (r.prefix.starts_with(&rule.prefix) || rule.prefix.starts_with(&r.prefix))
+        }) {
+            return Err(ConfigError::invalid(
+                key("prefix"),
+                format!(
+                    "overlaps rule {:?} on the same source (prefixes {:?} and {:?}); give each object one rule",
+                    other.name, other.prefix, rule.prefix
+                ),
+            ));
+        }
+        rules.push(RuleConfig {
+            name: rule.name.clone(),
+            source: rule.source.clone(),
+            prefix: rule.prefix.clone(),
+            targets: rule.targets.clone(),
+        });
+    }
+    Ok(rules)
+}
+
+fn same_bucket(a: &LocationConfig, b: &LocationConfig) -> bool {
+    a.endpoint == b.endpoint && a.bucket == b.bucket && a.region == b.region
+}
+
+fn populator(raw: &RawConfig) -> Result<PopulatorConfig, ConfigError> {
+    let feeds = match &raw.populator.feeds {
+        None => vec![Feed::Scan],
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::invalid("populator.feeds", "at least one feed is required"))
+        }
+        Some(list) => list
+            .iter()
+            .map(|f| match f.as_str() {
+                "scan" => Ok(Feed::Scan),
+                "events" => Ok(Feed::Events),
+                other => Err(ConfigError::invalid(
+                    "populator.feeds",
+                    format!("unknown feed {other:?} (expected \"scan\" or \"events\")"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let events_topic = raw
+        .populator
+        .events_topic
+        .clone()
+        .unwrap_or_else(|| "s3-events".into());
+    check_topic_chars("populator.events_topic", &events_topic)?;
+    Ok(PopulatorConfig {
+        feeds,
+        scan_interval: duration("populator.scan_interval", raw.populator.scan_interval.as_deref(), "10s")?,
+        events_topic,
+    })
+}
+
+fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
+    let r = &raw.replication;
+    let part_size = size("replication.part_size", r.part_size.as_ref(), DEFAULT_PART_SIZE)?;
+    if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
+        return Err(ConfigError::invalid(
+            "replication.part_size",
+            format!("{part_size} bytes is outside S3's part size limits (5 MiB to 5 GiB)"),
+        ));
+    }
+    let multipart_threshold = size(
+        "replication.multipart_threshold",
+        r.multipart_threshold.as_ref(),
+        DEFAULT_PART_SIZE * 2,
+    )?;
+    if multipart_threshold > MAX_PART_SIZE {
+        return Err(ConfigError::invalid(
+            "replication.multipart_threshold",
+            "larger than S3's 5 GiB single-upload limit",
+        ));
+    }
+    let retry_initial_delay = duration("replication.retry_initial_delay", r.retry_initial_delay.as_deref(), "500ms")?;
+    let retry_max_delay = duration("replication.retry_max_delay", r.retry_max_delay.as_deref(), "60s")?;
+    if retry_max_delay < retry_initial_delay {
+        return Err(ConfigError::invalid(
+            "replication.retry_max_delay",
+            "smaller than replication.retry_initial_delay",
+        ));
+    }
+    Ok(ReplicationConfig {
+        max_in_flight: positive("replication.max_in_flight", r.max_in_flight, 512, 1_000_000)?,
+        target_concurrency: positive("replication.target_concurrency", r.target_concurrency, 16, 10_000)?,
+        multipart_threshold,
+        part_size,
+        retry_initial_delay,
+        retry_max_delay,
+    })
+}
+
+fn positive(key: &str, value: Option<i64>, default: usize, max: usize) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v >= 1 && (v as u64) <= max as u64 => Ok(v as usize),
+        Some(v) => Err(ConfigError::invalid(key, format!("{v} is out of range (1 to {max})"))),
+    }
+}
+
+fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value.unwrap_or(default)).map_err(|m| ConfigError::invalid(key, m))
+}
+
+fn size(key: &str, value: Option<&RawSize>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(RawSize::Bytes(n)) => Ok(*n),
+        Some(RawSize::Text(t)) => parse_size(t).map_err(|m| ConfigError::invalid(key, m)),
+    }
+}

@@ -1,0 +1,126 @@
+//! The four stages, each a long-running task that consumes one topic and produces the next.
+//!
+//! ```text
+//! S3 source ──▶ QueuePopulator ──▶ replication ──▶ ReplicationProcessor ──▶ status
+//!                                                                             │
+//!           transient source ◀── GarbageCollector ◀── gc ◀── StatusProcessor ◀┘
+//! ```
+
+pub mod gc;
+pub mod populator;
+pub mod replication;
+pub mod status;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::bus::{BusError, Delivery, Publisher};
+use crate::storage::StorageError;
+
+/// Why a stage stopped with an error (the process then exits non-zero for its supervisor).
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{stage}: {source}")]
+    Bus {
+        stage: &'static str,
+        #[source]
+        source: BusError,
+    },
+    #[error("{stage}: {source}")]
+    Storage {
+        stage: &'static str,
+        #[source]
+        source: StorageError,
+    },
+}
+
+/// Pause after a failed receive from the broker before trying again: long enough not to spin
+/// while the broker is away, short enough to resume promptly when it is back.
+const RECEIVE_RETRY: Duration = Duration::from_secs(1);
+
+/// Sleeps for `delay` unless shutdown comes first; returns false on shutdown.
+pub async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Publishes until the broker accepts or shutdown comes (returns false then). Publishing
+/// only fails while the broker is unreachable; giving up would lose the message.
+pub async fn publish_until_done(
+    publisher: &Publisher,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    payload: Option<&[u8]>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let sent = match partition {
+            Some(p) => publisher.publish_to(topic, p, key, payload).await,
+            None => publisher.publish(topic, key, payload).await,
+        };
+        match sent {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "publish failed, retrying");
+                if !sleep_or_shutdown(backoff.next_delay(), shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Sends a message no stage can read to the dead-letter topic, with where it came from and
+/// why, then acknowledges it: the stage keeps going and nothing is lost.
+pub async fn dead_letter(
+    publisher: &Publisher,
+    dead_letter_topic: &str,
+    stage: &'static str,
+    delivery: Delivery,
+    reason: &str,
+    shutdown: &CancellationToken,
+) {
+    let origin = delivery.origin();
+    tracing::error!(stage, origin = %origin, reason, "unreadable message sent to the dead-letter topic");
+    let record = serde_json::json!({
+        "schema": crate::model::SCHEMA,
+        "stage": stage,
+        "origin": origin,
+        "reason": reason,
+        "key": delivery.key.as_deref().map(String::from_utf8_lossy),
+        "payload": delivery.payload.as_deref().map(String::from_utf8_lossy),
+        "at_ms": crate::model::now_ms(),
+    });
+    let payload = crate::model::encode(&record);
+    if publish_until_done(publisher, dead_letter_topic, None, &origin, Some(&payload), shutdown).await {
+        delivery.ack();
+    }
+}
+
+/// Receives the next delivery, riding out broker hiccups; `None` on shutdown.
+pub async fn receive(
+    subscription: &crate::bus::Subscription,
+    stage: &'static str,
+    shutdown: &CancellationToken,
+) -> Option<Delivery> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            received = subscription.recv() => match received {
+                Ok(delivery) => return Some(delivery),
+                Err(e) => {
+                    tracing::warn!(stage, error = %e, "receive failed");
+                    if !sleep_or_shutdown(RECEIVE_RETRY, shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}

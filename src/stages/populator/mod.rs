@@ -1,0 +1,65 @@
+//! `QueuePopulator`: turns changes at the source into replication entries.
+//!
+//! Two feeds: [`scan`] lists each rule's source bucket periodically and enqueues the versions
+//! it has not enqueued before; [`events`] consumes S3 event notifications from a Kafka topic.
+//! Entries are keyed `bucket/key`, so every version of one object is on one partition, in order.
+
+pub mod events;
+pub mod scan;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use crate::config::{Config, LocationConfig, RuleConfig};
+use crate::model::{self, EntryKind, ReplicationEntry};
+
+/// Counters tests and operators read.
+#[derive(Debug, Default)]
+pub struct PopulatorStats {
+    pub enqueued: AtomicU64,
+    pub scans: AtomicU64,
+    pub scan_errors: AtomicU64,
+    pub events: AtomicU64,
+    pub events_ignored: AtomicU64,
+    pub dead_letters: AtomicU64,
+}
+
+/// The rule that covers `key` on `source`, if any (rules of one source never overlap).
+pub fn rule_for<'a>(config: &'a Config, source: &str, key: &str) -> Option<&'a RuleConfig> {
+    config
+        .rules
+        .iter()
+        .find(|r| r.source == source && key.starts_with(&r.prefix))
+}
+
+/// What the populator knows about one source version.
+pub struct Observed<'a> {
+    pub key: &'a str,
+    pub version_id: Option<&'a str>,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub etag: Option<&'a str>,
+    pub last_modified_ms: i64,
+}
+
+/// Builds the entry for a version of `source` matched by `rule`.
+pub fn entry_for(rule: &RuleConfig, source: &LocationConfig, seen: Observed<'_>) -> ReplicationEntry {
+    ReplicationEntry {
+        schema: model::SCHEMA,
+        rule: rule.name.clone(),
+        source: source.name.clone(),
+        bucket: source.bucket.clone(),
+        key: seen.key.to_string(),
+        version_id: seen.version_id.map(str::to_string),
+        kind: seen.kind,
+        size: seen.size,
+        etag: seen.etag.map(str::to_string),
+        last_modified_ms: seen.last_modified_ms,
+        targets: rule.targets.clone(),
+        transient: source.transient,
+        enqueued_at_ms: model::now_ms(),
+    }
+}
+
+/// Shared handle to the populator's counters.
+pub type SharedStats = Arc<PopulatorStats>;

@@ -1,0 +1,306 @@
+//! `Copier`: copies one source version to one target, verified, and recognises copies it made before.
+//!
+//! Every copy is stamped with the source version id, ETag and write time (user metadata
+//! `ferry-source-*`), so a redelivered entry finds its earlier copy and does not write it
+//! again. Bytes are checked on the way: the server verifies each request's Content-MD5, the
+//! target's ETag must equal the MD5 (or multipart MD5) ferry computed while streaming, the
+//! length must match the source's, and a source whose ETag is a plain MD5 must match it.
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+
+use crate::model::ReplicationEntry;
+use crate::storage::{encode_tagging, etag_is_md5, ErrorKind, Head, ObjectHead, S3Store, StorageError, Written};
+
+/// User-metadata names of the stamps (S3 lower-cases metadata names).
+pub const STAMP_VERSION: &str = "ferry-source-version-id";
+pub const STAMP_ETAG: &str = "ferry-source-etag";
+pub const STAMP_MTIME: &str = "ferry-source-mtime";
+/// S3's limit on the number of parts of one upload.
+const MAX_PARTS: u64 = 10_000;
+/// How many versions of one key the duplicate search looks at before giving up.
+const SEARCH_LIMIT: usize = 200;
+
+/// What a copy attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written now; the target's version id.
+    Copied { target_version_id: Option<String> },
+    /// An earlier attempt already put this exact version there.
+    AlreadyThere { target_version_id: Option<String> },
+    /// The target already holds a newer version of the key, written by ferry; the entry is
+    /// older than what the target shows, so writing it would make an old version current.
+    Superseded,
+}
+
+/// Copies between one source and one target bucket.
+pub struct Copier<'a> {
+    pub source: &'a S3Store,
+    pub target: &'a S3Store,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+}
+
+impl Copier<'_> {
+    /// Copies the object version `entry` names.
+    pub async fn copy_object(&self, entry: &ReplicationEntry) -> Result<Outcome, StorageError> {
+        let key = entry.key.as_str();
+        match self.target.head(key, None).await? {
+            Head::Object(current) if is_copy_of(&current, entry) => {
+                return Ok(Outcome::AlreadyThere {
+                    target_version_id: current.version_id,
+                })
+            }
+            Head::Object(current) if stamped_mtime(&current).is_some_and(|m| m > entry.last_modified_ms) => {
+                return Ok(self.search(entry).await?);
+            }
+            Head::DeleteMarker { .. } => {
+                if let Some(outcome) = self.find_earlier_copy(entry).await? {
+                    return Ok(outcome);
+                }
+            }
+            _ => {}
+        }
+        let (head, mut body) = self
+            .source
+            .get(key, entry.version_id.as_deref())
+            .await?;
+        let tags = if head.tag_count > 0 {
+            self.source.tags(key, entry.version_id.as_deref()).await?
+        } else {
+            Vec::new()
+        };
+        let mut meta = head.meta.clone();
+        meta.user.insert(STAMP_VERSION.into(), stamp_version(entry));
+        meta.user.insert(STAMP_ETAG.into(), head.etag.clone().unwrap_or_default());
+        meta.user.insert(STAMP_MTIME.into(), entry.last_modified_ms.to_string());
+        let tagging = encode_tagging(&tags);
+
+        if head.size <= self.multipart_threshold {
+            let mut data = BytesMut::with_capacity(head.size as usize);
+            while let Some(chunk) = body.chunk().await? {
+                data.extend_from_slice(&chunk);
+                if data.len() as u64 > head.size {
+                    break;
+                }
+            }
+            let data = data.freeze();
+            let md5 = Md5::digest(&data);
+            self.check_source(&head, data.len() as u64, &hex(&md5))?;
+            let written = self
+                .target
+                .put(key, data, &base64(&md5), &meta, tagging)
+                .await?;
+            if let Some(etag) = &written.etag {
+                if etag_is_md5(etag) && *etag != hex(&md5) {
+                    return Err(self.integrity(key, format!("target ETag {etag} is not the MD5 {} of the data sent", hex(&md5))));
+                }
+            }
+            return Ok(Outcome::Copied {
+                target_version_id: written.version_id,
+            });
+        }
+
+        let upload_id = self.target.create_multipart(key, &meta, tagging).await?;
+        let result = self.upload_parts(entry, &head, &mut body, &upload_id).await;
+        if result.is_err() {
+            if let Err(e) = self.target.abort_multipart(key, &upload_id).await {
+                tracing::warn!(error = %e, upload_id, "could not abort the failed multipart upload");
+            }
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        entry: &ReplicationEntry,
+        head: &ObjectHead,
+        body: &mut crate::storage::ObjectBody,
+        upload_id: &str,
+    ) -> Result<Outcome, StorageError> {
+        let key = entry.key.as_str();
+        let part_size = part_size_for(head.size, self.part_size) as usize;
+        let mut whole = Md5::new();
+        let mut part_digests: Vec<u8> = Vec::new();
+        let mut parts: Vec<(i32, String)> = Vec::new();
+        let mut buffer = BytesMut::with_capacity(part_size);
+        let mut total: u64 = 0;
+        loop {
+            let chunk = body.chunk().await?;
+            let end = chunk.is_none();
+            if let Some(chunk) = chunk {
+                total += chunk.len() as u64;
+                whole.update(&chunk);
+                buffer.extend_from_slice(&chunk);
+            }
+            while buffer.len() >= part_size || (end && !buffer.is_empty()) {
+                let take = buffer.len().min(part_size);
+                let part: Bytes = buffer.split_to(take).freeze();
+                let digest = Md5::digest(&part);
+                let number = parts.len() as i32 + 1;
+                let etag = self
+                    .target
+                    .upload_part(key, upload_id, number, part, &base64(&digest))
+                    .await?;
+                if etag_is_md5(&etag) && etag != hex(&digest) {
+                    return Err(self.integrity(key, format!("part {number}: target ETag {etag} is not the MD5 {}", hex(&digest))));
+                }
+                part_digests.extend_from_slice(&digest);
+                parts.push((number, etag));
+            }
+            if end {
+                break;
+            }
+        }
+        self.check_source(head, total, &hex(&whole.finalize()))?;
+        let written: Written = self.target.complete_multipart(key, upload_id, &parts).await?;
+        // The multipart ETag is the MD5 of the parts' MD5s, dash, part count: compare it with
+        // what the target reports for the version it made (not the Complete response, which
+        // some servers fill differently).
+        let expected = format!("{}-{}", hex(&Md5::digest(&part_digests)), parts.len());
+        match self.target.head(key, written.version_id.as_deref()).await? {
+            Head::Object(h) if h.size == total && h.etag.as_deref() == Some(expected.as_str()) => Ok(Outcome::Copied {
+                target_version_id: written.version_id.or(h.version_id),
+            }),
+            Head::Object(h) => Err(self.integrity(
+                key,
+                format!(
+                    "target holds {} bytes with ETag {:?}; expected {total} bytes with ETag {expected}",
+                    h.size, h.etag
+                ),
+            )),
+            _ => Err(self.integrity(key, "the completed upload is not readable on the target".into())),
+        }
+    }
+
+    /// Replicates the delete marker `entry` names as a delete marker on the target.
+    pub async fn copy_delete_marker(&self, entry: &ReplicationEntry) -> Result<Outcome, StorageError> {
+        match self.target.head(&entry.key, None).await? {
+            Head::DeleteMarker { version_id } => Ok(Outcome::AlreadyThere {
+                target_version_id: version_id,
+            }),
+            Head::Object(current) if stamped_mtime(&current).is_some_and(|m| m > entry.last_modified_ms) => {
+                Ok(Outcome::Superseded)
+            }
+            _ => {
+                let written = self.target.put_delete_marker(&entry.key).await?;
+                Ok(Outcome::Copied {
+                    target_version_id: written.version_id,
+                })
+            }
+        }
+    }
+
+    /// The target shows something newer than `entry`: either this entry was copied before
+    /// (a redelivery after a crash) — then say where — or it never will be in order.
+    async fn search(&self, entry: &ReplicationEntry) -> Result<Outcome, StorageError> {
+        Ok(self.find_earlier_copy(entry).await?.unwrap_or(Outcome::Superseded))
+    }
+
+    async fn find_earlier_copy(&self, entry: &ReplicationEntry) -> Result<Option<Outcome>, StorageError> {
+        let versions = self.target.key_versions(&entry.key).await?;
+        for listed in versions
+            .iter()
+            .filter(|l| l.kind == crate::model::EntryKind::Object && l.size == entry.size)
+            .take(SEARCH_LIMIT)
+        {
+            if let Head::Object(h) = self.target.head(&entry.key, listed.version_id.as_deref()).await? {
+                if is_copy_of(&h, entry) {
+                    return Ok(Some(Outcome::AlreadyThere {
+                        target_version_id: h.version_id,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn check_source(&self, head: &ObjectHead, length: u64, md5_hex: &str) -> Result<(), StorageError> {
+        if length != head.size {
+            return Err(StorageError {
+                kind: ErrorKind::Transient,
+                op: "GetObject (verify)",
+                location: self.source.name.clone(),
+                key: String::new(),
+                message: format!("read {length} bytes, the source announced {}", head.size),
+            });
+        }
+        if let Some(etag) = head.etag.as_deref().filter(|e| etag_is_md5(e)) {
+            if etag != md5_hex {
+                return Err(StorageError {
+                    kind: ErrorKind::Transient,
+                    op: "GetObject (verify)",
+                    location: self.source.name.clone(),
+                    key: String::new(),
+                    message: format!("data read has MD5 {md5_hex}, the source ETag is {etag}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn integrity(&self, key: &str, message: String) -> StorageError {
+        StorageError {
+            kind: ErrorKind::Transient,
+            op: "verify copy",
+            location: self.target.name.clone(),
+            key: key.to_string(),
+            message,
+        }
+    }
+}
+
+/// Whether `head` is ferry's copy of exactly the version `entry` names.
+pub fn is_copy_of(head: &ObjectHead, entry: &ReplicationEntry) -> bool {
+    head.meta.user.get(STAMP_VERSION) == Some(&stamp_version(entry))
+        && match (&entry.etag, head.meta.user.get(STAMP_ETAG)) {
+            (Some(expected), Some(stamped)) => expected == stamped,
+            _ => true,
+        }
+}
+
+fn stamp_version(entry: &ReplicationEntry) -> String {
+    entry.version_id.clone().unwrap_or_else(|| "null".into())
+}
+
+fn stamped_mtime(head: &ObjectHead) -> Option<i64> {
+    head.meta.user.get(STAMP_MTIME).and_then(|m| m.parse().ok())
+}
+
+/// The part size for an object: the configured one, grown to stay within S3's 10,000 parts,
+/// rounded up to a whole MiB.
+pub fn part_size_for(size: u64, configured: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let needed = size.div_ceil(MAX_PARTS);
+    configured.max(needed.div_ceil(MIB) * MIB)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_to_fit_ten_thousand_parts() {
+        assert_eq!(part_size_for(100 << 20, 8 << 20), 8 << 20);
+        let five_tib: u64 = 5 << 40;
+        let size = part_size_for(five_tib, 8 << 20);
+        assert!(five_tib.div_ceil(size) <= MAX_PARTS);
+        assert_eq!(size % (1 << 20), 0);
+    }
+
+    #[test]
+    fn hex_and_base64_of_md5() {
+        let d = Md5::digest(b"");
+        assert_eq!(hex(&d), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(base64(&d), "1B2M2Y8AsgTpgAmY7PhCfg==");
+    }
+}

@@ -1,0 +1,286 @@
+//! `ReplicationProcessor`: copies each entry's exact source version to every target of its rule.
+//!
+//! Entries are worked on concurrently (up to `max_in_flight`), each target of an entry
+//! independently (up to `target_concurrency` copies per target), and the versions of one key
+//! in order per target ([`lanes`]). A transient failure is retried in place with backoff —
+//! other targets and other keys go on meanwhile. Once every target's result is published to
+//! the status topic, the entry is acknowledged; its offset is committed once every earlier
+//! entry of its partition is too.
+
+mod copier;
+mod lanes;
+
+pub use copier::{is_copy_of, part_size_for, Outcome, STAMP_ETAG, STAMP_MTIME, STAMP_VERSION};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::bus::{Delivery, Publisher, Subscription, Topics};
+use crate::config::ReplicationConfig;
+use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, TargetResult};
+use crate::storage::{ErrorKind, Stores};
+
+use self::copier::Copier;
+use self::lanes::{Lanes, Ticket};
+use super::{dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
+
+const STAGE: &str = "replication";
+
+/// Counters tests and operators read.
+#[derive(Debug, Default)]
+pub struct ReplicationStats {
+    pub copied: AtomicU64,
+    pub already_there: AtomicU64,
+    pub superseded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead_letters: AtomicU64,
+}
+
+/// The replication stage.
+pub struct ReplicationProcessor {
+    config: ReplicationConfig,
+    stores: Stores,
+    publisher: Publisher,
+    topics: Topics,
+    subscription: Subscription,
+    lanes: Arc<Lanes>,
+    /// One semaphore per target: a slow target uses up its own permits, not the others'.
+    target_limits: HashMap<String, Arc<Semaphore>>,
+    pub stats: Arc<ReplicationStats>,
+}
+
+impl ReplicationProcessor {
+    pub fn new(
+        config: ReplicationConfig,
+        stores: Stores,
+        publisher: Publisher,
+        topics: Topics,
+        subscription: Subscription,
+        targets: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let target_limits = targets
+            .into_iter()
+            .map(|t| (t, Arc::new(Semaphore::new(config.target_concurrency))))
+            .collect();
+        Self {
+            config,
+            stores,
+            publisher,
+            topics,
+            subscription,
+            lanes: Arc::new(Lanes::default()),
+            target_limits,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Runs until `shutdown`; then lets in-flight copies finish and commits.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
+        let this = Arc::new(self);
+        let in_flight = Arc::new(Semaphore::new(this.config.max_in_flight));
+        let tasks = TaskTracker::new();
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = in_flight.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let Some(delivery) = receive(&this.subscription, STAGE, &shutdown).await else {
+                break;
+            };
+            let entry: ReplicationEntry = match delivery
+                .payload
+                .as_deref()
+                .map(|p| model::decode("replication entry", p))
+            {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
+                    this.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    dead_letter(&this.publisher, &this.topics.dead_letter, STAGE, delivery, &e.to_string(), &shutdown).await;
+                    continue;
+                }
+                None => {
+                    this.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    dead_letter(&this.publisher, &this.topics.dead_letter, STAGE, delivery, "empty message", &shutdown).await;
+                    continue;
+                }
+            };
+            // Tickets are taken here, in partition order, so lanes follow the source's order.
+            let tickets: Vec<(String, Ticket)> = entry
+                .targets
+                .iter()
+                .map(|t| (t.clone(), this.lanes.enter(t, &entry.message_key())))
+                .collect();
+            let span = tracing::info_span!("entry", stage = STAGE, rule = %entry.rule, bucket = %entry.bucket, key = %entry.key, version = entry.version_id.as_deref().unwrap_or("null"));
+            let worker = this.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(
+                async move {
+                    worker.process(entry, tickets, delivery, &shutdown).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        tasks.close();
+        tasks.wait().await;
+        this.subscription
+            .commit()
+            .map_err(|source| StageError::Bus { stage: STAGE, source })
+    }
+
+    /// Copies `entry` to each target concurrently; acknowledges it once every result is
+    /// published. On shutdown mid-way nothing is acknowledged: the entry is redone later.
+    async fn process(
+        self: Arc<Self>,
+        entry: ReplicationEntry,
+        tickets: Vec<(String, Ticket)>,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) {
+        let entry = Arc::new(entry);
+        let mut per_target = tokio::task::JoinSet::new();
+        for (target, ticket) in tickets {
+            let worker = self.clone();
+            let entry = entry.clone();
+            let shutdown = shutdown.clone();
+            let span = tracing::info_span!("target", target = %target);
+            per_target.spawn(
+                async move { worker.replicate_to(&entry, &target, ticket, &shutdown).await }
+                    .instrument(span),
+            );
+        }
+        let mut all_published = true;
+        while let Some(done) = per_target.join_next().await {
+            all_published &= done.unwrap_or(false);
+        }
+        if all_published {
+            delivery.ack();
+        }
+    }
+
+    /// Copies `entry` to `target` (retrying transient failures) and publishes the result.
+    /// Returns whether the result was published.
+    async fn replicate_to(
+        &self,
+        entry: &ReplicationEntry,
+        target: &str,
+        ticket: Ticket,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = ticket.turn() => {}
+        }
+        let result = match self.copy_with_retries(entry, target, shutdown).await {
+            Some(result) => result,
+            None => return false,
+        };
+        let payload = model::encode(&result);
+        let published = publish_until_done(
+            &self.publisher,
+            &self.topics.status,
+            None,
+            &entry.message_key(),
+            Some(&payload),
+            shutdown,
+        )
+        .await;
+        drop(ticket);
+        published
+    }
+
+    async fn copy_with_retries(
+        &self,
+        entry: &ReplicationEntry,
+        target: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<TargetResult> {
+        let result = |status, target_version_id, error: Option<String>, attempts| TargetResult {
+            schema: model::SCHEMA,
+            entry: entry.clone(),
+            target: target.to_string(),
+            status,
+            target_version_id,
+            error,
+            attempts,
+            at_ms: model::now_ms(),
+        };
+        let (Some(source), Some(store), Some(limit)) = (
+            self.stores.get(&entry.source),
+            self.stores.get(target),
+            self.target_limits.get(target),
+        ) else {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "this ferry's configuration has no location {:?} or {:?}",
+                entry.source, target
+            );
+            tracing::error!(error = %message, "entry names an unknown location");
+            return Some(result(ReplicationStatus::Failed, None, Some(message), 0));
+        };
+        let _permit = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            permit = limit.acquire() => permit.ok()?,
+        };
+        let copier = Copier {
+            source,
+            target: store,
+            multipart_threshold: self.config.multipart_threshold,
+            part_size: self.config.part_size,
+        };
+        let mut backoff = Backoff::new(self.config.retry_initial_delay, self.config.retry_max_delay);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let outcome = match entry.kind {
+                EntryKind::Object => copier.copy_object(entry).await,
+                EntryKind::DeleteMarker => copier.copy_delete_marker(entry).await,
+            };
+            match outcome {
+                Ok(Outcome::Copied { target_version_id }) => {
+                    self.stats.copied.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(attempt = attempts, target_version = target_version_id.as_deref().unwrap_or("null"), "replicated");
+                    return Some(result(ReplicationStatus::Completed, target_version_id, None, attempts));
+                }
+                Ok(Outcome::AlreadyThere { target_version_id }) => {
+                    self.stats.already_there.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(attempt = attempts, "already on the target (redelivery)");
+                    return Some(result(ReplicationStatus::Completed, target_version_id, None, attempts));
+                }
+                Ok(Outcome::Superseded) => {
+                    self.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(attempt = attempts, "target already holds a newer version of this key; not writing an older one over it");
+                    return Some(result(ReplicationStatus::Completed, None, Some("superseded by a newer version on the target".into()), attempts));
+                }
+                Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::Config) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    let delay = backoff.next_delay();
+                    if e.kind == ErrorKind::Config {
+                        tracing::error!(attempt = attempts, error = %e, retry_in = ?delay, "target or source misconfigured; retrying until fixed");
+                    } else {
+                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?delay, "copy failed, will retry");
+                    }
+                    if !sleep_or_shutdown(delay, shutdown).await {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(attempt = attempts, error = %e, "copy failed permanently");
+                    return Some(result(ReplicationStatus::Failed, None, Some(e.to_string()), attempts));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Object stores behind ferry's own types: the S3 client, its errors classified by kind.
+//!
+//! Callers branch on [`ErrorKind`], never on SDK error types (those stay in `s3.rs`).
+
+mod s3;
+
+pub use s3::{encode_tagging, ObjectBody, S3Store};
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::model::EntryKind;
+
+/// What a storage failure means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Timeouts, refused or reset connections, 5xx, throttling, corrupted transfers: retry.
+    Transient,
+    /// The object, version or upload does not exist.
+    NotFound,
+    /// Bucket missing, access denied, bad credentials: every object will fail the same way.
+    Config,
+    /// This request will never succeed as sent (other 4xx).
+    Permanent,
+}
+
+/// A failed storage operation: what was attempted, where, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on {location} ({key}): {message}")]
+pub struct StorageError {
+    pub kind: ErrorKind,
+    pub op: &'static str,
+    pub location: String,
+    pub key: String,
+    pub message: String,
+}
+
+/// One version (or delete marker) as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub version_id: Option<String>,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified_ms: i64,
+    pub is_latest: bool,
+}
+
+/// The headers and user metadata ferry copies with an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    /// `x-amz-meta-*`, names without the prefix.
+    pub user: HashMap<String, String>,
+}
+
+/// What a HEAD or GET says about one object version.
+#[derive(Debug, Clone)]
+pub struct ObjectHead {
+    pub size: u64,
+    /// Unquoted.
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+    pub last_modified_ms: i64,
+    pub meta: ObjectMeta,
+    pub tag_count: u32,
+}
+
+/// The result of looking at a key (or one version of it).
+#[derive(Debug, Clone)]
+pub enum Head {
+    Object(ObjectHead),
+    /// The key's current version (or the version asked for) is a delete marker.
+    DeleteMarker { version_id: Option<String> },
+    Missing,
+}
+
+/// What a write produced on the store.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub version_id: Option<String>,
+    pub etag: Option<String>,
+}
+
+/// Strips the quotes S3 puts around ETags.
+pub fn unquote(etag: &str) -> String {
+    etag.trim_matches('"').to_string()
+}
+
+/// Whether an ETag is a plain MD5 of the content (single-part upload, no SSE-KMS).
+pub fn etag_is_md5(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Config => "configuration",
+            ErrorKind::Permanent => "permanent",
+        })
+    }
+}
+
+/// Every configured location's store, by location name.
+#[derive(Clone, Default)]
+pub struct Stores {
+    stores: std::collections::BTreeMap<String, S3Store>,
+}
+
+impl Stores {
+    /// Builds a client for every location (no requests yet).
+    pub async fn connect(config: &crate::config::Config) -> Self {
+        let mut stores = std::collections::BTreeMap::new();
+        for (name, location) in &config.locations {
+            stores.insert(name.clone(), S3Store::connect(location).await);
+        }
+        Self { stores }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&S3Store> {
+        self.stores.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &S3Store> {
+        self.stores.values()
+    }
+}

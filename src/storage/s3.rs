@@ -1,0 +1,563 @@
+//! `S3Store`: one bucket on an S3-compatible server, through aws-sdk-s3.
+
+use std::time::Duration;
+
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{BucketVersioningStatus, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::{unquote, ErrorKind, Head, Listed, ObjectHead, ObjectMeta, StorageError, Written};
+use crate::config::{ChecksumCalculation, LocationConfig};
+use crate::model::EntryKind;
+
+/// A connection that cannot be made in this long is down; retry later rather than hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A response that stalls this long mid-transfer is treated as a transient failure.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Listing page size (S3's maximum).
+const LIST_PAGE: i32 = 1000;
+
+/// One bucket of one location. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct S3Store {
+    /// The location's name in the configuration, for errors and logs.
+    pub name: String,
+    pub bucket: String,
+    client: Client,
+}
+
+impl S3Store {
+    /// Builds the client for `location`; makes no request.
+    pub async fn connect(location: &LocationConfig) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(location.region.clone()));
+        if let Some(keys) = &location.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                keys.access_key_id.clone(),
+                keys.secret_access_key.clone(),
+                None,
+                None,
+                "ferry-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let (request, response) = match location.checksum_calculation {
+            ChecksumCalculation::WhenRequired => (
+                RequestChecksumCalculation::WhenRequired,
+                ResponseChecksumValidation::WhenRequired,
+            ),
+            ChecksumCalculation::WhenSupported => (
+                RequestChecksumCalculation::WhenSupported,
+                ResponseChecksumValidation::WhenSupported,
+            ),
+        };
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(location.path_style)
+            .request_checksum_calculation(request)
+            .response_checksum_validation(response)
+            // ferry retries with its own backoff and knows which failures are worth it.
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .build(),
+            );
+        if let Some(endpoint) = &location.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Self {
+            name: location.name.clone(),
+            bucket: location.bucket.clone(),
+            client: Client::from_conf(builder.build()),
+        }
+    }
+
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(&self, op: &'static str, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StorageError {
+        let (kind, message) = classify(&err);
+        StorageError {
+            kind,
+            op,
+            location: format!("{} (bucket {})", self.name, self.bucket),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    fn local_error(&self, op: &'static str, key: &str, kind: ErrorKind, message: String) -> StorageError {
+        StorageError {
+            kind,
+            op,
+            location: format!("{} (bucket {})", self.name, self.bucket),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// Checks that the bucket exists and the credentials may use it.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let mut e = self.error("HeadBucket", "", e);
+                if e.kind == ErrorKind::NotFound {
+                    e.kind = ErrorKind::Config;
+                    e.message = "bucket does not exist".into();
+                }
+                e
+            })
+    }
+
+    /// Whether the bucket keeps versions (versioning enabled now or in the past).
+    pub async fn is_versioned(&self) -> Result<bool, StorageError> {
+        let out = self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.error("GetBucketVersioning", "", e))?;
+        Ok(matches!(
+            out.status(),
+            Some(BucketVersioningStatus::Enabled | BucketVersioningStatus::Suspended)
+        ))
+    }
+
+    /// Every version and delete marker under `prefix` (versioned buckets), in listing order.
+    pub async fn list_versions(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        let mut listed = Vec::new();
+        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let out = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .max_keys(LIST_PAGE)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error("ListObjectVersions", prefix, e))?;
+            for v in out.versions() {
+                listed.push(Listed {
+                    key: v.key().unwrap_or_default().to_string(),
+                    version_id: v.version_id().map(str::to_string),
+                    kind: EntryKind::Object,
+                    size: v.size().unwrap_or(0).max(0) as u64,
+                    etag: v.e_tag().map(unquote),
+                    last_modified_ms: millis(v.last_modified()),
+                    is_latest: v.is_latest().unwrap_or(false),
+                });
+            }
+            for m in out.delete_markers() {
+                listed.push(Listed {
+                    key: m.key().unwrap_or_default().to_string(),
+                    version_id: m.version_id().map(str::to_string),
+                    kind: EntryKind::DeleteMarker,
+                    size: 0,
+                    etag: None,
+                    last_modified_ms: millis(m.last_modified()),
+                    is_latest: m.is_latest().unwrap_or(false),
+                });
+            }
+            if !out.is_truncated().unwrap_or(false) {
+                return Ok(listed);
+            }
+            key_marker = out.next_key_marker().map(str::to_string);
+            version_marker = out.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                return Err(self.local_error(
+                    "ListObjectVersions",
+                    prefix,
+                    ErrorKind::Transient,
+                    "truncated listing without a next key marker".into(),
+                ));
+            }
+        }
+    }
+
+    /// Every current object under `prefix` (unversioned buckets).
+    pub async fn list_current(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        let mut listed = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .max_keys(LIST_PAGE)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.error("ListObjectsV2", prefix, e))?;
+            for o in out.contents() {
+                listed.push(Listed {
+                    key: o.key().unwrap_or_default().to_string(),
+                    version_id: None,
+                    kind: EntryKind::Object,
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(unquote),
+                    last_modified_ms: millis(o.last_modified()),
+                    is_latest: true,
+                });
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => return Ok(listed),
+            }
+        }
+    }
+
+    /// HEAD of `key` (its current version, or `version_id`).
+    pub async fn head(&self, key: &str, version_id: Option<&str>) -> Result<Head, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Head::Object(ObjectHead {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().map(unquote),
+                version_id: out.version_id().map(str::to_string),
+                last_modified_ms: millis(out.last_modified()),
+                meta: ObjectMeta {
+                    content_type: out.content_type().map(str::to_string),
+                    cache_control: out.cache_control().map(str::to_string),
+                    content_disposition: out.content_disposition().map(str::to_string),
+                    content_encoding: out.content_encoding().map(str::to_string),
+                    user: out.metadata().cloned().unwrap_or_default(),
+                },
+                tag_count: 0,
+            })),
+            Err(err) => {
+                if let Some(raw) = err.raw_response() {
+                    let marker = raw.headers().get("x-amz-delete-marker") == Some("true");
+                    if marker {
+                        return Ok(Head::DeleteMarker {
+                            version_id: raw.headers().get("x-amz-version-id").map(str::to_string),
+                        });
+                    }
+                }
+                let e = self.error("HeadObject", key, err);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(Head::Missing)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Starts reading one version: its head, and a body to read in chunks.
+    pub async fn get(&self, key: &str, version_id: Option<&str>) -> Result<(ObjectHead, ObjectBody), StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.error("GetObject", key, e))?;
+        let head = ObjectHead {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().map(unquote),
+            version_id: out.version_id().map(str::to_string),
+            last_modified_ms: millis(out.last_modified()),
+            meta: ObjectMeta {
+                content_type: out.content_type().map(str::to_string),
+                cache_control: out.cache_control().map(str::to_string),
+                content_disposition: out.content_disposition().map(str::to_string),
+                content_encoding: out.content_encoding().map(str::to_string),
+                user: out.metadata().cloned().unwrap_or_default(),
+            },
+            tag_count: out.tag_count().unwrap_or(0).max(0) as u32,
+        };
+        Ok((
+            head,
+            ObjectBody {
+                stream: out.body,
+                store: self.clone(),
+                key: key.to_string(),
+            },
+        ))
+    }
+
+    /// The tags of one version.
+    pub async fn tags(&self, key: &str, version_id: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
+        let out = self
+            .client
+            .get_object_tagging()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.error("GetObjectTagging", key, e))?;
+        Ok(out
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect())
+    }
+
+    /// Writes a whole object in one request; the server checks `content_md5` (base64).
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_md5: &str,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+    ) -> Result<Written, StorageError> {
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(body.len() as i64)
+            .content_md5(content_md5)
+            .body(ByteStream::from(body))
+            .set_content_type(meta.content_type.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_content_disposition(meta.content_disposition.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_metadata(Some(meta.user.clone()))
+            .set_tagging(tagging)
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject", key, e))?;
+        Ok(Written {
+            version_id: out.version_id().map(str::to_string),
+            etag: out.e_tag().map(unquote),
+        })
+    }
+
+    /// Starts a multipart upload carrying the object's headers, metadata and tags.
+    pub async fn create_multipart(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+    ) -> Result<String, StorageError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(meta.content_type.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_content_disposition(meta.content_disposition.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_metadata(Some(meta.user.clone()))
+            .set_tagging(tagging)
+            .send()
+            .await
+            .map_err(|e| self.error("CreateMultipartUpload", key, e))?;
+        out.upload_id().map(str::to_string).ok_or_else(|| {
+            self.local_error(
+                "CreateMultipartUpload",
+                key,
+                ErrorKind::Transient,
+                "response has no upload id".into(),
+            )
+        })
+    }
+
+    /// Uploads one part; the server checks `content_md5`. Returns the part's ETag.
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+        content_md5: &str,
+    ) -> Result<String, StorageError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(body.len() as i64)
+            .content_md5(content_md5)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.error("UploadPart", key, e))?;
+        out.e_tag().map(unquote).ok_or_else(|| {
+            self.local_error("UploadPart", key, ErrorKind::Transient, "response has no ETag".into())
+        })
+    }
+
+    /// Completes a multipart upload from `(part number, ETag)` pairs.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<Written, StorageError> {
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(format!("\"{etag}\"")).build())
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| self.error("CompleteMultipartUpload", key, e))?;
+        Ok(Written {
+            version_id: out.version_id().map(str::to_string),
+            etag: out.e_tag().map(unquote),
+        })
+    }
+
+    /// Abandons a multipart upload so no orphaned parts stay behind.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("AbortMultipartUpload", key, e))
+    }
+
+    /// Deletes exactly one version (or, unversioned, the object).
+    pub async fn delete_version(&self, key: &str, version_id: Option<&str>) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("DeleteObject", key, e))
+    }
+
+    /// Deletes `key` without a version: in a versioned bucket this writes a delete marker,
+    /// whose version id is returned.
+    pub async fn put_delete_marker(&self, key: &str) -> Result<Written, StorageError> {
+        let out = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("DeleteObject", key, e))?;
+        Ok(Written {
+            version_id: out.version_id().map(str::to_string),
+            etag: None,
+        })
+    }
+
+    /// The versions and delete markers of exactly `key`, newest first per kind.
+    pub async fn key_versions(&self, key: &str) -> Result<Vec<Listed>, StorageError> {
+        let mut all = self.list_versions(key).await?;
+        all.retain(|l| l.key == key);
+        Ok(all)
+    }
+}
+
+/// The body of a GET, read chunk by chunk (never whole in memory unless the caller keeps it).
+pub struct ObjectBody {
+    stream: ByteStream,
+    store: S3Store,
+    key: String,
+}
+
+impl ObjectBody {
+    /// The next chunk, or `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
+        match self.stream.next().await {
+            None => Ok(None),
+            Some(Ok(bytes)) => Ok(Some(bytes)),
+            Some(Err(e)) => Err(self.store.local_error(
+                "GetObject (body)",
+                &self.key,
+                ErrorKind::Transient,
+                format!("reading the body failed: {e}"),
+            )),
+        }
+    }
+}
+
+fn millis(time: Option<&DateTime>) -> i64 {
+    time.and_then(|t| t.to_millis().ok()).unwrap_or(0)
+}
+
+/// Sorts an SDK failure into an [`ErrorKind`] with a message that says what the server said.
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> (ErrorKind, String) {
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            let detail = service.err().message().unwrap_or("");
+            let message = if code.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status} {code}: {detail}")
+            };
+            let kind = match (status, code) {
+                (_, "NoSuchBucket") => ErrorKind::Config,
+                (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled") => {
+                    ErrorKind::Config
+                }
+                (_, "SlowDown" | "RequestTimeout" | "BadDigest" | "InternalError" | "XAmzContentSHA256Mismatch") => {
+                    ErrorKind::Transient
+                }
+                (404, _) => ErrorKind::NotFound,
+                (401 | 403, _) => ErrorKind::Config,
+                (408 | 429, _) => ErrorKind::Transient,
+                (500.., _) => ErrorKind::Transient,
+                _ => ErrorKind::Permanent,
+            };
+            (kind, message)
+        }
+        SdkError::TimeoutError(_) => (ErrorKind::Transient, "timed out".into()),
+        SdkError::DispatchFailure(_) => (ErrorKind::Transient, format!("cannot reach the server: {}", DisplayErrorContext(err))),
+        SdkError::ResponseError(_) => (ErrorKind::Transient, "unreadable response".into()),
+        SdkError::ConstructionFailure(_) => (ErrorKind::Permanent, format!("cannot build the request: {}", DisplayErrorContext(err))),
+        _ => (ErrorKind::Transient, DisplayErrorContext(err).to_string()),
+    }
+}
+
+/// Encodes tags as the `x-amz-tagging` header wants them (URL query syntax).
+pub fn encode_tagging(tags: &[(String, String)]) -> Option<String> {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    /// RFC 3986 unreserved characters stay as they are.
+    const SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    if tags.is_empty() {
+        return None;
+    }
+    Some(
+        tags.iter()
+            .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, SET), utf8_percent_encode(v, SET)))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+

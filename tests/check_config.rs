@@ -1,0 +1,147 @@
+//! `ferry check-config`: every shipped example passes; broken ones fail with exit status 2 and
+//! a message naming what is wrong; secrets never appear in the output.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn check(config: &str) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, config).expect("write");
+    check_file(&path)
+}
+
+fn check_file(path: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .env_remove("FERRY_CONFIG")
+        .output()
+        .expect("run ferry")
+}
+
+const VALID: &str = r#"
+[queue]
+kind = "kafka"
+brokers = "127.0.0.1:9092"
+
+[locations.primary]
+kind = "s3"
+endpoint = "http://127.0.0.1:7480"
+bucket = "inbox"
+access_key_id = "AKIDEXAMPLE"
+secret_access_key = "very-secret-value"
+transient = true
+
+[locations.site-a]
+kind = "s3"
+bucket = "a"
+
+[[rules]]
+name = "everything"
+source = "primary"
+targets = ["site-a"]
+"#;
+
+fn assert_fails_naming(config: &str, needles: &[&str]) {
+    let out = check(config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "error should name {needle:?}: {stderr}");
+    }
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = check_file(&path);
+            assert!(
+                out.status.success(),
+                "{} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "expected the example configs in config/");
+}
+
+#[test]
+fn valid_config_is_described_without_secrets() {
+    let out = check(VALID);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for expected in ["primary", "site-a", "everything", "ferry.replication", "ferry.status", "ferry.gc", "TRANSIENT", "AKIDEXAMPLE"] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("very-secret-value"), "secret printed:\n{stdout}");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let config = VALID.replace("transient = true", "transient = true\ntransiant = false");
+    assert_fails_naming(&config, &["transiant"]);
+    let config = VALID.replace("[queue]", "[queue]\nbrokerz = \"x\"");
+    assert_fails_naming(&config, &["brokerz"]);
+}
+
+#[test]
+fn missing_location_is_named() {
+    let config = VALID.replace(r#"targets = ["site-a"]"#, r#"targets = ["site-a", "site-z"]"#);
+    assert_fails_naming(&config, &["rules[0].targets", "site-z"]);
+    let config = VALID.replace(r#"source = "primary""#, r#"source = "nowhere""#);
+    assert_fails_naming(&config, &["rules[0].source", "nowhere"]);
+}
+
+#[test]
+fn target_that_is_its_own_source_is_named() {
+    let config = VALID.replace(r#"targets = ["site-a"]"#, r#"targets = ["primary"]"#);
+    assert_fails_naming(&config, &["rules[0].targets", "primary", "own source"]);
+}
+
+#[test]
+fn bad_values_are_named() {
+    assert_fails_naming(&VALID.replace(r#"kind = "kafka""#, r#"kind = "rabbit""#), &["queue.kind", "rabbit"]);
+    assert_fails_naming(
+        &format!("{VALID}\n[populator]\nscan_interval = \"soon\"\n"),
+        &["populator.scan_interval"],
+    );
+    assert_fails_naming(
+        &format!("{VALID}\n[replication]\npart_size = \"1KiB\"\n"),
+        &["replication.part_size"],
+    );
+    assert_fails_naming(
+        &VALID.replace(r#"secret_access_key = "very-secret-value""#, ""),
+        &["locations.primary.secret_access_key"],
+    );
+}
+
+#[test]
+fn missing_file_is_exit_2() {
+    let out = check_file(Path::new("/nonexistent/ferry.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ferry.toml"));
+}
+
+#[test]
+fn secrets_can_come_from_the_environment() {
+    let config = VALID.replace(r#"secret_access_key = "very-secret-value""#, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, config).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("FERRY__LOCATIONS__PRIMARY__SECRET_ACCESS_KEY", "from-env-secret")
+        .output()
+        .expect("run ferry");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("from-env-secret"));
+}

@@ -1,0 +1,255 @@
+//! Shared test harness: the local broker and S3 servers (started by `scripts/test-env.sh`),
+//! S3 clients, a ferry process to start, kill and restart, and an S3 inspector.
+#![allow(dead_code)]
+
+pub mod monitor;
+pub mod s3;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Addresses of the test environment, from the variables `scripts/test-env.sh` writes.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    pub kafka: String,
+    pub rgw: [String; 3],
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl TestEnv {
+    /// Reads the environment; fails with instructions when it is not there, so a test run
+    /// without the servers fails loudly instead of passing vacuously.
+    pub fn get() -> Self {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!(
+                    "{name} is not set: integration tests need the local broker and S3 servers; \
+                     run them through `bash scripts/test.sh` (or `bash scripts/test-env.sh start` \
+                     and source the env file it prints)"
+                )
+            })
+        };
+        Self {
+            kafka: var("FERRY_TEST_KAFKA"),
+            rgw: [var("FERRY_TEST_RGW_0"), var("FERRY_TEST_RGW_1"), var("FERRY_TEST_RGW_2")],
+            access_key: var("FERRY_TEST_ACCESS_KEY"),
+            secret_key: var("FERRY_TEST_SECRET_KEY"),
+        }
+    }
+}
+
+/// A name unique to this test run: lowercase, usable in bucket and topic names.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:x}{:04x}", nanos % 0xffff_ffff, std::process::id() % 0xffff)
+}
+
+/// Where the project's scripts live.
+pub fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+/// Stops (`"stop-rgw"`) or starts (`"start-rgw"`) radosgw number `n` of the test environment.
+pub fn rgw(action: &str, n: usize) {
+    let status = Command::new("bash")
+        .arg(scripts_dir().join("test-env.sh"))
+        .arg(action)
+        .arg(n.to_string())
+        .status()
+        .expect("run scripts/test-env.sh");
+    assert!(status.success(), "scripts/test-env.sh {action} {n} failed");
+}
+
+/// A ferry daemon run as a child process, with its log in a temporary directory.
+pub struct Ferry {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    runs: usize,
+}
+
+impl Ferry {
+    /// Writes `config` to a file and starts `ferry run` on it.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut ferry = Self {
+            child: None,
+            config: path,
+            log: dir.path().join("ferry-0.log"),
+            _dir: dir,
+            runs: 0,
+        };
+        ferry.spawn();
+        ferry
+    }
+
+    fn spawn(&mut self) {
+        self.log = self.config.with_file_name(format!("ferry-{}.log", self.runs));
+        self.runs += 1;
+        let log = std::fs::File::create(&self.log).expect("create log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&self.config)
+            .env("FERRY_LOG", "info,ferry=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ferry");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts ferry again on the same configuration.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGTERM, then waits for the exit status (killing after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The current run's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of every run's log, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for run in 0..self.runs {
+            let path = self.config.with_file_name(format!("ferry-{run}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- ferry run {run} (last 40 lines) ---\n"));
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+        self.kill();
+    }
+}
+
+/// The ferry configuration for a test: `source` on gateway 0, targets `a` and `b` on gateways
+/// 1 and 2, own topic prefix, fast scans and retries. `extra` is appended.
+pub fn config(env: &TestEnv, id: &str, source: &str, transient: bool, targets: [&str; 2], extra: &str) -> String {
+    format!(
+        r#"
+shutdown_timeout = "20s"
+
+[queue]
+kind = "kafka"
+brokers = "{kafka}"
+topic_prefix = "{id}."
+partitions = 4
+replication_factor = 1
+
+[locations.src]
+kind = "s3"
+endpoint = "{rgw0}"
+bucket = "{source}"
+access_key_id = "{ak}"
+secret_access_key = "{sk}"
+transient = {transient}
+
+[locations.site-a]
+kind = "s3"
+endpoint = "{rgw1}"
+bucket = "{a}"
+access_key_id = "{ak}"
+secret_access_key = "{sk}"
+
+[locations.site-b]
+kind = "s3"
+endpoint = "{rgw2}"
+bucket = "{b}"
+access_key_id = "{ak}"
+secret_access_key = "{sk}"
+
+[[rules]]
+name = "all"
+source = "src"
+targets = ["site-a", "site-b"]
+
+[populator]
+feeds = ["scan"]
+scan_interval = "1s"
+
+[replication]
+multipart_threshold = "8MiB"
+part_size = "5MiB"
+retry_initial_delay = "200ms"
+retry_max_delay = "2s"
+{extra}
+"#,
+        kafka = env.kafka,
+        rgw0 = env.rgw[0],
+        rgw1 = env.rgw[1],
+        rgw2 = env.rgw[2],
+        ak = env.access_key,
+        sk = env.secret_key,
+        a = targets[0],
+        b = targets[1],
+    )
+}
+
+/// Polls `check` every 250 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
