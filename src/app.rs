@@ -42,19 +42,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             compacted: false,
         });
         // An events topic made by someone else may have any partition count: don't insist.
-        if bus.partition_count(&config.populator.events_topic).await.unwrap_or(0) > 0 {
+        if bus
+            .partition_count(&config.populator.events_topic)
+            .await
+            .unwrap_or(0)
+            > 0
+        {
             specs.pop();
         }
     }
-    bus.ensure_topics(&specs, config.queue.replication_factor).await?;
+    bus.ensure_topics(&specs, config.queue.replication_factor)
+        .await?;
     tracing::info!(brokers = %config.queue.brokers, topics = specs.len(), "topics ready");
 
     let stores = Stores::connect(&config).await;
     for store in stores.iter() {
         // Not fatal: a target may be down for a while; its copies wait and retry.
         match store.check().await {
-            Ok(()) => tracing::info!(location = %store.name, bucket = %store.bucket, "location reachable"),
-            Err(e) => tracing::error!(location = %store.name, error = %e, "location check failed; copies involving it will retry"),
+            Ok(()) => {
+                tracing::info!(location = %store.name, bucket = %store.bucket, "location reachable")
+            }
+            Err(e) => {
+                tracing::error!(location = %store.name, error = %e, "location check failed; copies involving it will retry")
+            }
         }
     }
 
@@ -63,7 +73,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(8);
     let publisher = bus.publisher();
 
-    let spawn = |name: &'static str, stage: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StageError>> + Send>>| {
+    let spawn = |name: &'static str,
+                 stage: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), StageError>> + Send>,
+    >| {
         let failed = failed_tx.clone();
         let token = stages.clone();
         tracker.spawn(async move {
@@ -85,7 +98,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     if config.stages.populator {
         let stats = Arc::new(PopulatorStats::default());
         if config.populator.feeds.contains(&Feed::Scan) {
-            let scanner = Scanner::new(config.clone(), stores.clone(), publisher.clone(), topics.clone(), bus.state_reader()?, stats.clone());
+            let scanner = Scanner::new(
+                config.clone(),
+                stores.clone(),
+                publisher.clone(),
+                topics.clone(),
+                bus.state_reader()?,
+                stats.clone(),
+            );
             spawn("populator-scan", Box::pin(scanner.run(stages.clone())));
         }
         if config.populator.feeds.contains(&Feed::Events) {
@@ -93,7 +113,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                 config: config.clone(),
                 publisher: publisher.clone(),
                 topics: topics.clone(),
-                subscription: bus.subscribe("populator-events", &[&config.populator.events_topic])?,
+                subscription: bus
+                    .subscribe("populator-events", &[&config.populator.events_topic])?,
                 stats,
             };
             spawn("populator-events", Box::pin(feed.run(stages.clone())));
@@ -111,7 +132,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         spawn("replication", Box::pin(processor.run(stages.clone())));
     }
     if config.stages.status {
-        let processor = StatusProcessor::new(publisher.clone(), topics.clone(), bus.subscribe("status", &[&topics.status])?, bus.state_reader()?);
+        let processor = StatusProcessor::new(
+            publisher.clone(),
+            topics.clone(),
+            bus.subscribe("status", &[&topics.status])?,
+            bus.state_reader()?,
+        );
         spawn("status", Box::pin(processor.run(stages.clone())));
     }
     if config.stages.gc {
@@ -134,10 +160,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     };
     match &failure {
         Some(_) => tracing::error!("a stage failed: stopping the others"),
-        None => tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: finishing in-flight work"),
+        None => {
+            tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: finishing in-flight work")
+        }
     }
     stages.cancel();
-    if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight work did not finish in time; it is not acknowledged and will be redone");
     }
     match failure {

@@ -46,9 +46,16 @@ targets = ["site-a"]
 fn assert_fails_naming(config: &str, needles: &[&str]) {
     let out = check(config);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2, stderr: {stderr}"
+    );
     for needle in needles {
-        assert!(stderr.contains(needle), "error should name {needle:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "error should name {needle:?}: {stderr}"
+        );
     }
 }
 
@@ -76,11 +83,30 @@ fn shipped_examples_are_valid() {
 fn valid_config_is_described_without_secrets() {
     let out = check(VALID);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for expected in ["primary", "site-a", "everything", "ferry.replication", "ferry.status", "ferry.gc", "TRANSIENT", "AKIDEXAMPLE"] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "primary",
+        "site-a",
+        "everything",
+        "ferry.replication",
+        "ferry.status",
+        "ferry.gc",
+        "TRANSIENT",
+        "AKIDEXAMPLE",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
-    assert!(!stdout.contains("very-secret-value"), "secret printed:\n{stdout}");
+    assert!(
+        !stdout.contains("very-secret-value"),
+        "secret printed:\n{stdout}"
+    );
 }
 
 #[test]
@@ -93,7 +119,10 @@ fn unknown_key_is_named() {
 
 #[test]
 fn missing_location_is_named() {
-    let config = VALID.replace(r#"targets = ["site-a"]"#, r#"targets = ["site-a", "site-z"]"#);
+    let config = VALID.replace(
+        r#"targets = ["site-a"]"#,
+        r#"targets = ["site-a", "site-z"]"#,
+    );
     assert_fails_naming(&config, &["rules[0].targets", "site-z"]);
     let config = VALID.replace(r#"source = "primary""#, r#"source = "nowhere""#);
     assert_fails_naming(&config, &["rules[0].source", "nowhere"]);
@@ -107,7 +136,10 @@ fn target_that_is_its_own_source_is_named() {
 
 #[test]
 fn bad_values_are_named() {
-    assert_fails_naming(&VALID.replace(r#"kind = "kafka""#, r#"kind = "rabbit""#), &["queue.kind", "rabbit"]);
+    assert_fails_naming(
+        &VALID.replace(r#"kind = "kafka""#, r#"kind = "rabbit""#),
+        &["queue.kind", "rabbit"],
+    );
     assert_fails_naming(
         &format!("{VALID}\n[populator]\nscan_interval = \"soon\"\n"),
         &["populator.scan_interval"],
@@ -138,10 +170,17 @@ fn secrets_can_come_from_the_environment() {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["check-config", "--config"])
         .arg(&path)
-        .env("FERRY__LOCATIONS__PRIMARY__SECRET_ACCESS_KEY", "from-env-secret")
+        .env(
+            "FERRY__LOCATIONS__PRIMARY__SECRET_ACCESS_KEY",
+            "from-env-secret",
+        )
         .output()
         .expect("run ferry");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!stdout.contains("from-env-secret"));
 }

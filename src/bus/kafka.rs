@@ -12,7 +12,9 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -54,14 +56,22 @@ impl KafkaBus {
     }
 
     /// Creates the topics that do not exist and checks the partition counts of those that do.
-    pub async fn ensure_topics(&self, specs: &[TopicSpec], replication_factor: i32) -> Result<(), BusError> {
+    pub async fn ensure_topics(
+        &self,
+        specs: &[TopicSpec],
+        replication_factor: i32,
+    ) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = base_config(&self.queue)
             .create()
             .map_err(|e| BusError::Client(e.to_string()))?;
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .map(|s| {
-                let topic = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication_factor));
+                let topic = NewTopic::new(
+                    &s.name,
+                    s.partitions,
+                    TopicReplication::Fixed(replication_factor),
+                );
                 if s.compacted {
                     topic.set("cleanup.policy", "compact")
                 } else {
@@ -74,7 +84,11 @@ impl KafkaBus {
             .create_topics(new_topics.iter(), &options)
             .await
             .map_err(|e| BusError::Topic {
-                topic: specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+                topic: specs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 message: format!("broker {} unreachable or refused: {e}", self.queue.brokers),
             })?;
         for result in results {
@@ -167,7 +181,10 @@ impl KafkaBus {
     /// A reader that replays compacted state topics, outside any consumer group.
     pub fn state_reader(&self) -> Result<StateReader, BusError> {
         let consumer: StreamConsumer<LogContext> = base_config(&self.queue)
-            .set("group.id", format!("{}state-reader", self.queue.group_prefix))
+            .set(
+                "group.id",
+                format!("{}state-reader", self.queue.group_prefix),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create_with_context(LogContext)
@@ -194,7 +211,12 @@ pub struct Publisher {
 impl Publisher {
     /// Publishes `payload` under `key` (its hash picks the partition) and waits until the broker
     /// has it. `payload = None` is a tombstone (deletes `key` from a compacted topic).
-    pub async fn publish(&self, topic: &str, key: &str, payload: Option<&[u8]>) -> Result<(i32, i64), BusError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<(i32, i64), BusError> {
         self.send(topic, None, key, payload).await
     }
 
@@ -223,7 +245,11 @@ impl Publisher {
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        match self.producer.send(record, rdkafka::util::Timeout::Never).await {
+        match self
+            .producer
+            .send(record, rdkafka::util::Timeout::Never)
+            .await
+        {
             Ok(delivery) => Ok((delivery.partition, delivery.offset)),
             Err((e, _)) => Err(BusError::Publish {
                 topic: topic.to_string(),
@@ -263,7 +289,9 @@ impl Delivery {
     pub fn ack(self) {
         let inner = &self.subscription;
         let mut ledger = inner.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(position) = ledger.done(&self.topic, self.partition, self.offset, self.generation) {
+        if let Some(position) =
+            ledger.done(&self.topic, self.partition, self.offset, self.generation)
+        {
             let mut tpl = TopicPartitionList::new();
             if tpl
                 .add_partition_offset(&self.topic, self.partition, Offset::Offset(position))
@@ -287,10 +315,15 @@ impl Delivery {
 impl Subscription {
     /// Waits for the next message.
     pub async fn recv(&self) -> Result<Delivery, BusError> {
-        let message = self.inner.consumer.recv().await.map_err(|e| BusError::Consume {
-            topics: self.inner.topics.clone(),
-            message: e.to_string(),
-        })?;
+        let message = self
+            .inner
+            .consumer
+            .recv()
+            .await
+            .map_err(|e| BusError::Consume {
+                topics: self.inner.topics.clone(),
+                message: e.to_string(),
+            })?;
         let topic = message.topic().to_string();
         let generation = self
             .inner
@@ -327,7 +360,11 @@ impl Subscription {
 
     /// Messages received and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
-        self.inner.ledger.lock().unwrap_or_else(|p| p.into_inner()).pending()
+        self.inner
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending()
     }
 }
 
@@ -350,8 +387,10 @@ impl StateReader {
             message,
         };
         let consumer = &self.consumer;
-        let (low, high) = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT))
-            .map_err(|e| error(format!("watermarks: {e}")))?;
+        let (low, high) = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT)
+        })
+        .map_err(|e| error(format!("watermarks: {e}")))?;
         let mut records = Vec::new();
         if high <= low {
             return Ok(records);
@@ -359,11 +398,18 @@ impl StateReader {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(low))
             .map_err(|e| error(e.to_string()))?;
-        consumer.assign(&tpl).map_err(|e| error(format!("assign: {e}")))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| error(format!("assign: {e}")))?;
         loop {
             let message = tokio::time::timeout(ADMIN_TIMEOUT, consumer.recv())
                 .await
-                .map_err(|_| error(format!("no record for {}s while replaying", ADMIN_TIMEOUT.as_secs())))?
+                .map_err(|_| {
+                    error(format!(
+                        "no record for {}s while replaying",
+                        ADMIN_TIMEOUT.as_secs()
+                    ))
+                })?
                 .map_err(|e| error(e.to_string()))?;
             if message.topic() == topic && message.partition() == partition {
                 if let Some(key) = message.key() {
@@ -397,7 +443,10 @@ impl ClientContext for LogContext {
 
 fn log_kafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
             tracing::error!(target: "librdkafka", facility, "{message}")
         }
         RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),

@@ -50,7 +50,13 @@ impl OffsetLedger {
 
     /// Records that the work for `offset` is durably done. Returns the new position to
     /// commit (the next offset to consume) when it advanced.
-    pub fn done(&mut self, topic: &str, partition: i32, offset: i64, generation: u64) -> Option<i64> {
+    pub fn done(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        generation: u64,
+    ) -> Option<i64> {
         let ledger = self.partitions.get_mut(&(topic.to_string(), partition))?;
         if ledger.generation != generation || !ledger.pending.remove(&offset) {
             return None;

@@ -9,7 +9,11 @@ use crate::bus::{topic_specs, Topics};
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "configuration OK\n");
-    let _ = writeln!(out, "queue: kafka at {} (group prefix {:?})", config.queue.brokers, config.queue.group_prefix);
+    let _ = writeln!(
+        out,
+        "queue: kafka at {} (group prefix {:?})",
+        config.queue.brokers, config.queue.group_prefix
+    );
     let topics = Topics::new(&config.queue.topic_prefix);
     for spec in topic_specs(&config.queue, &topics) {
         let _ = writeln!(
@@ -45,7 +49,11 @@ pub fn describe(config: &Config) -> String {
             l.region,
             credentials,
             l.checksum_calculation,
-            if l.transient { ", TRANSIENT: replicated versions are deleted here" } else { "" }
+            if l.transient {
+                ", TRANSIENT: replicated versions are deleted here"
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(out, "\nrules:");

@@ -4,8 +4,8 @@
 //! errors), then [`validate::validate`] — a pure function — checks every value and builds the
 //! [`Config`] the rest of ferry uses. Nothing is connected to before validation succeeds.
 
-pub mod raw;
 mod describe;
+pub mod raw;
 mod units;
 pub mod validate;
 

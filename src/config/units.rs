@@ -4,7 +4,8 @@ use std::time::Duration;
 
 /// `"2s"`, `"250ms"`, `"1h 30m"` (humantime syntax).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (expected e.g. \"2s\", \"500ms\")"))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (expected e.g. \"2s\", \"500ms\")"))
 }
 
 /// `"8MiB"`, `"16 MB"`, `"1048576"`: binary (KiB, MiB, GiB) and decimal (KB, MB, GB) units.
@@ -25,7 +26,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
     number
         .checked_mul(multiplier)

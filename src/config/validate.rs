@@ -103,14 +103,20 @@ fn check_topic_chars(key: &str, text: &str) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::invalid(
             key,
-            format!("{text:?}: Kafka topic names allow only ASCII letters, digits, '.', '_' and '-'"),
+            format!(
+                "{text:?}: Kafka topic names allow only ASCII letters, digits, '.', '_' and '-'"
+            ),
         ))
     }
 }
 
 fn location(name: &str, raw: &RawLocation) -> Result<LocationConfig, ConfigError> {
     let key = |field: &str| format!("locations.{name}.{field}");
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
         return Err(ConfigError::invalid(
             format!("locations.{name}"),
             "location names use ASCII letters, digits, '-' and '_'",
@@ -184,7 +190,10 @@ fn rules(
     locations: &BTreeMap<String, LocationConfig>,
 ) -> Result<Vec<RuleConfig>, ConfigError> {
     if raw.rules.is_empty() {
-        return Err(ConfigError::invalid("rules", "at least one [[rules]] entry is required"));
+        return Err(ConfigError::invalid(
+            "rules",
+            "at least one [[rules]] entry is required",
+        ));
     }
     let mut names = BTreeSet::new();
     let mut rules: Vec<RuleConfig> = Vec::new();
@@ -194,7 +203,10 @@ fn rules(
             return Err(ConfigError::invalid(format!("rules[{i}].name"), "required"));
         }
         if !names.insert(rule.name.as_str()) {
-            return Err(ConfigError::invalid(key("name"), "two rules have this name"));
+            return Err(ConfigError::invalid(
+                key("name"),
+                "two rules have this name",
+            ));
         }
         let Some(source) = locations.get(&rule.source) else {
             return Err(ConfigError::invalid(
@@ -203,7 +215,10 @@ fn rules(
             ));
         };
         if rule.targets.is_empty() {
-            return Err(ConfigError::invalid(key("targets"), "at least one target is required"));
+            return Err(ConfigError::invalid(
+                key("targets"),
+                "at least one target is required",
+            ));
         }
         let mut seen = BTreeSet::new();
         for target in &rule.targets {
@@ -228,11 +243,17 @@ fn rules(
             if same_bucket(location, source) {
                 return Err(ConfigError::invalid(
                     key("targets"),
-                    format!("{target:?} is the same bucket as the source {:?}", rule.source),
+                    format!(
+                        "{target:?} is the same bucket as the source {:?}",
+                        rule.source
+                    ),
                 ));
             }
             if !seen.insert(target) {
-                return Err(ConfigError::invalid(key("targets"), format!("{target:?} is listed twice")));
+                return Err(ConfigError::invalid(
+                    key("targets"),
+                    format!("{target:?} is listed twice"),
+                ));
             }
         }
         // An object matched by two rules would become two entries; with a transient source the
@@ -267,7 +288,10 @@ fn populator(raw: &RawConfig) -> Result<PopulatorConfig, ConfigError> {
     let feeds = match &raw.populator.feeds {
         None => vec![Feed::Scan],
         Some(list) if list.is_empty() => {
-            return Err(ConfigError::invalid("populator.feeds", "at least one feed is required"))
+            return Err(ConfigError::invalid(
+                "populator.feeds",
+                "at least one feed is required",
+            ))
         }
         Some(list) => list
             .iter()
@@ -289,14 +313,22 @@ fn populator(raw: &RawConfig) -> Result<PopulatorConfig, ConfigError> {
     check_topic_chars("populator.events_topic", &events_topic)?;
     Ok(PopulatorConfig {
         feeds,
-        scan_interval: duration("populator.scan_interval", raw.populator.scan_interval.as_deref(), "10s")?,
+        scan_interval: duration(
+            "populator.scan_interval",
+            raw.populator.scan_interval.as_deref(),
+            "10s",
+        )?,
         events_topic,
     })
 }
 
 fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
     let r = &raw.replication;
-    let part_size = size("replication.part_size", r.part_size.as_ref(), DEFAULT_PART_SIZE)?;
+    let part_size = size(
+        "replication.part_size",
+        r.part_size.as_ref(),
+        DEFAULT_PART_SIZE,
+    )?;
     if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
         return Err(ConfigError::invalid(
             "replication.part_size",
@@ -314,8 +346,16 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
             "larger than S3's 5 GiB single-upload limit",
         ));
     }
-    let retry_initial_delay = duration("replication.retry_initial_delay", r.retry_initial_delay.as_deref(), "500ms")?;
-    let retry_max_delay = duration("replication.retry_max_delay", r.retry_max_delay.as_deref(), "60s")?;
+    let retry_initial_delay = duration(
+        "replication.retry_initial_delay",
+        r.retry_initial_delay.as_deref(),
+        "500ms",
+    )?;
+    let retry_max_delay = duration(
+        "replication.retry_max_delay",
+        r.retry_max_delay.as_deref(),
+        "60s",
+    )?;
     if retry_max_delay < retry_initial_delay {
         return Err(ConfigError::invalid(
             "replication.retry_max_delay",
@@ -324,7 +364,12 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
     }
     Ok(ReplicationConfig {
         max_in_flight: positive("replication.max_in_flight", r.max_in_flight, 512, 1_000_000)?,
-        target_concurrency: positive("replication.target_concurrency", r.target_concurrency, 16, 10_000)?,
+        target_concurrency: positive(
+            "replication.target_concurrency",
+            r.target_concurrency,
+            16,
+            10_000,
+        )?,
         multipart_threshold,
         part_size,
         retry_initial_delay,
@@ -332,11 +377,19 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
     })
 }
 
-fn positive(key: &str, value: Option<i64>, default: usize, max: usize) -> Result<usize, ConfigError> {
+fn positive(
+    key: &str,
+    value: Option<i64>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
     match value {
         None => Ok(default),
         Some(v) if v >= 1 && (v as u64) <= max as u64 => Ok(v as usize),
-        Some(v) => Err(ConfigError::invalid(key, format!("{v} is out of range (1 to {max})"))),
+        Some(v) => Err(ConfigError::invalid(
+            key,
+            format!("{v} is out of range (1 to {max})"),
+        )),
     }
 }
 

@@ -47,7 +47,14 @@ impl ReplicationEntry {
 
     /// Identifies this version across messages and state records.
     pub fn id(&self) -> String {
-        serde_json::json!([self.source, self.bucket, self.key, self.version_id, self.etag]).to_string()
+        serde_json::json!([
+            self.source,
+            self.bucket,
+            self.key,
+            self.version_id,
+            self.etag
+        ])
+        .to_string()
     }
 
     /// `bucket/key@version` for logs and errors.

@@ -28,7 +28,10 @@ pub enum DecodeError {
 }
 
 /// Decodes a ferry message of type `T`, checking its schema version first.
-pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, payload: &[u8]) -> Result<T, DecodeError> {
+pub fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    payload: &[u8],
+) -> Result<T, DecodeError> {
     #[derive(serde::Deserialize)]
     struct Versioned {
         schema: Option<u64>,
@@ -37,7 +40,12 @@ pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, payload: &[u8]
         serde_json::from_slice(payload).map_err(|source| DecodeError::Json { what, source })?;
     match version.schema {
         Some(v) if v == u64::from(SCHEMA) => {}
-        other => return Err(DecodeError::Schema { what, found: other.unwrap_or(0) }),
+        other => {
+            return Err(DecodeError::Schema {
+                what,
+                found: other.unwrap_or(0),
+            })
+        }
     }
     serde_json::from_slice(payload).map_err(|source| DecodeError::Json { what, source })
 }

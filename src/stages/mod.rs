@@ -98,7 +98,16 @@ pub async fn dead_letter(
         "at_ms": crate::model::now_ms(),
     });
     let payload = crate::model::encode(&record);
-    if publish_until_done(publisher, dead_letter_topic, None, &origin, Some(&payload), shutdown).await {
+    if publish_until_done(
+        publisher,
+        dead_letter_topic,
+        None,
+        &origin,
+        Some(&payload),
+        shutdown,
+    )
+    .await
+    {
         delivery.ack();
     }
 }

@@ -75,7 +75,9 @@ pub struct ObjectHead {
 pub enum Head {
     Object(ObjectHead),
     /// The key's current version (or the version asked for) is a delete marker.
-    DeleteMarker { version_id: Option<String> },
+    DeleteMarker {
+        version_id: Option<String>,
+    },
     Missing,
 }
 

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{BucketVersioningStatus, CompletedMultipartUpload, CompletedPart};
@@ -76,7 +78,12 @@ impl S3Store {
         }
     }
 
-    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(&self, op: &'static str, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StorageError {
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        op: &'static str,
+        key: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError {
         let (kind, message) = classify(&err);
         StorageError {
             kind,
@@ -87,7 +94,13 @@ impl S3Store {
         }
     }
 
-    fn local_error(&self, op: &'static str, key: &str, kind: ErrorKind, message: String) -> StorageError {
+    fn local_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        kind: ErrorKind,
+        message: String,
+    ) -> StorageError {
         StorageError {
             kind,
             op,
@@ -262,7 +275,11 @@ impl S3Store {
     }
 
     /// Starts reading one version: its head, and a body to read in chunks.
-    pub async fn get(&self, key: &str, version_id: Option<&str>) -> Result<(ObjectHead, ObjectBody), StorageError> {
+    pub async fn get(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(ObjectHead, ObjectBody), StorageError> {
         let out = self
             .client
             .get_object()
@@ -297,7 +314,11 @@ impl S3Store {
     }
 
     /// The tags of one version.
-    pub async fn tags(&self, key: &str, version_id: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
+    pub async fn tags(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StorageError> {
         let out = self
             .client
             .get_object_tagging()
@@ -305,8 +326,17 @@ impl S3Store {
             .key(key)
             .set_version_id(version_id.map(str::to_string))
             .send()
-            .await
-            .map_err(|e| self.error("GetObjectTagging", key, e))?;
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            // Some servers (radosgw) answer an untagged object with 200 and no body at all.
+            Err(SdkError::ServiceError(e))
+                if e.raw().status().as_u16() == 200 && e.raw().body().bytes() == Some(b"") =>
+            {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(self.error("GetObjectTagging", key, e)),
+        };
         Ok(out
             .tag_set()
             .iter()
@@ -400,7 +430,12 @@ impl S3Store {
             .await
             .map_err(|e| self.error("UploadPart", key, e))?;
         out.e_tag().map(unquote).ok_or_else(|| {
-            self.local_error("UploadPart", key, ErrorKind::Transient, "response has no ETag".into())
+            self.local_error(
+                "UploadPart",
+                key,
+                ErrorKind::Transient,
+                "response has no ETag".into(),
+            )
         })
     }
 
@@ -413,7 +448,12 @@ impl S3Store {
     ) -> Result<Written, StorageError> {
         let parts = parts
             .iter()
-            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(format!("\"{etag}\"")).build())
+            .map(|(n, etag)| {
+                CompletedPart::builder()
+                    .part_number(*n)
+                    .e_tag(format!("\"{etag}\""))
+                    .build()
+            })
             .collect();
         let out = self
             .client
@@ -421,7 +461,11 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| self.error("CompleteMultipartUpload", key, e))?;
@@ -445,7 +489,11 @@ impl S3Store {
     }
 
     /// Deletes exactly one version (or, unversioned, the object).
-    pub async fn delete_version(&self, key: &str, version_id: Option<&str>) -> Result<(), StorageError> {
+    pub async fn delete_version(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(), StorageError> {
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -510,7 +558,9 @@ fn millis(time: Option<&DateTime>) -> i64 {
 }
 
 /// Sorts an SDK failure into an [`ErrorKind`] with a message that says what the server said.
-fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> (ErrorKind, String) {
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> (ErrorKind, String) {
     match err {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -523,12 +573,21 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
             };
             let kind = match (status, code) {
                 (_, "NoSuchBucket") => ErrorKind::Config,
-                (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled") => {
-                    ErrorKind::Config
-                }
-                (_, "SlowDown" | "RequestTimeout" | "BadDigest" | "InternalError" | "XAmzContentSHA256Mismatch") => {
-                    ErrorKind::Transient
-                }
+                (
+                    _,
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "AllAccessDisabled",
+                ) => ErrorKind::Config,
+                (
+                    _,
+                    "SlowDown"
+                    | "RequestTimeout"
+                    | "BadDigest"
+                    | "InternalError"
+                    | "XAmzContentSHA256Mismatch",
+                ) => ErrorKind::Transient,
                 (404, _) => ErrorKind::NotFound,
                 (401 | 403, _) => ErrorKind::Config,
                 (408 | 429, _) => ErrorKind::Transient,
@@ -538,9 +597,15 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
             (kind, message)
         }
         SdkError::TimeoutError(_) => (ErrorKind::Transient, "timed out".into()),
-        SdkError::DispatchFailure(_) => (ErrorKind::Transient, format!("cannot reach the server: {}", DisplayErrorContext(err))),
+        SdkError::DispatchFailure(_) => (
+            ErrorKind::Transient,
+            format!("cannot reach the server: {}", DisplayErrorContext(err)),
+        ),
         SdkError::ResponseError(_) => (ErrorKind::Transient, "unreadable response".into()),
-        SdkError::ConstructionFailure(_) => (ErrorKind::Permanent, format!("cannot build the request: {}", DisplayErrorContext(err))),
+        SdkError::ConstructionFailure(_) => (
+            ErrorKind::Permanent,
+            format!("cannot build the request: {}", DisplayErrorContext(err)),
+        ),
         _ => (ErrorKind::Transient, DisplayErrorContext(err).to_string()),
     }
 }
@@ -549,15 +614,24 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
 pub fn encode_tagging(tags: &[(String, String)]) -> Option<String> {
     use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
     /// RFC 3986 unreserved characters stay as they are.
-    const SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    const SET: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
     if tags.is_empty() {
         return None;
     }
     Some(
         tags.iter()
-            .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, SET), utf8_percent_encode(v, SET)))
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    utf8_percent_encode(k, SET),
+                    utf8_percent_encode(v, SET)
+                )
+            })
             .collect::<Vec<_>>()
             .join("&"),
     )
 }
-

@@ -33,7 +33,11 @@ impl TestEnv {
         };
         Self {
             kafka: var("FERRY_TEST_KAFKA"),
-            rgw: [var("FERRY_TEST_RGW_0"), var("FERRY_TEST_RGW_1"), var("FERRY_TEST_RGW_2")],
+            rgw: [
+                var("FERRY_TEST_RGW_0"),
+                var("FERRY_TEST_RGW_1"),
+                var("FERRY_TEST_RGW_2"),
+            ],
             access_key: var("FERRY_TEST_ACCESS_KEY"),
             secret_key: var("FERRY_TEST_SECRET_KEY"),
         }
@@ -46,7 +50,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{:x}{:04x}", nanos % 0xffff_ffff, std::process::id() % 0xffff)
+    format!(
+        "{prefix}-{:x}{:04x}",
+        nanos % 0xffff_ffff,
+        std::process::id() % 0xffff
+    )
 }
 
 /// Where the project's scripts live.
@@ -92,7 +100,9 @@ impl Ferry {
     }
 
     fn spawn(&mut self) {
-        self.log = self.config.with_file_name(format!("ferry-{}.log", self.runs));
+        self.log = self
+            .config
+            .with_file_name(format!("ferry-{}.log", self.runs));
         self.runs += 1;
         let log = std::fs::File::create(&self.log).expect("create log");
         let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -124,7 +134,10 @@ impl Ferry {
     /// SIGTERM, then waits for the exit status (killing after `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -177,7 +190,14 @@ impl Drop for Ferry {
 
 /// The ferry configuration for a test: `source` on gateway 0, targets `a` and `b` on gateways
 /// 1 and 2, own topic prefix, fast scans and retries. `extra` is appended.
-pub fn config(env: &TestEnv, id: &str, source: &str, transient: bool, targets: [&str; 2], extra: &str) -> String {
+pub fn config(
+    env: &TestEnv,
+    id: &str,
+    source: &str,
+    transient: bool,
+    targets: [&str; 2],
+    extra: &str,
+) -> String {
     format!(
         r#"
 shutdown_timeout = "20s"
@@ -249,7 +269,10 @@ where
         if check().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

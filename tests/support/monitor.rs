@@ -37,8 +37,18 @@ impl Monitor {
     pub fn start(source: Client, source_bucket: String, targets: Vec<TargetIndex>) -> Self {
         let written = Arc::new(Mutex::new(HashSet::new()));
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(watch(source, source_bucket, targets, written.clone(), stop.clone()));
-        Self { written, stop, task }
+        let task = tokio::spawn(watch(
+            source,
+            source_bucket,
+            targets,
+            written.clone(),
+            stop.clone(),
+        ));
+        Self {
+            written,
+            stop,
+            task,
+        }
     }
 
     /// Records a version the test wrote to the source.
@@ -70,7 +80,8 @@ async fn watch(
         match versions(&source, &bucket).await {
             Ok(v) => {
                 let present: HashSet<String> = v.into_iter().filter_map(|v| v.version_id).collect();
-                let gone: Vec<&String> = expected.iter().filter(|v| !present.contains(*v)).collect();
+                let gone: Vec<&String> =
+                    expected.iter().filter(|v| !present.contains(*v)).collect();
                 report.gone = gone.len();
                 for v in gone {
                     if !settled.contains(v) && !pending.contains_key(v) {
@@ -95,7 +106,9 @@ async fn watch(
                     return true;
                 }
                 if !held.contains(v) {
-                    report.premature.push(format!("{v} (missing on target {})", t.bucket));
+                    report
+                        .premature
+                        .push(format!("{v} (missing on target {})", t.bucket));
                     settled.insert(v.clone());
                     return false;
                 }

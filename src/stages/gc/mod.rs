@@ -83,7 +83,11 @@ impl GarbageCollector {
             let Some(delivery) = receive(&this.subscription, STAGE, &shutdown).await else {
                 break;
             };
-            let task: GcTask = match delivery.payload.as_deref().map(|p| model::decode("GC task", p)) {
+            let task: GcTask = match delivery
+                .payload
+                .as_deref()
+                .map(|p| model::decode("GC task", p))
+            {
                 Some(Ok(task)) => task,
                 other => {
                     let reason = match other {
@@ -91,7 +95,15 @@ impl GarbageCollector {
                         _ => "empty message".into(),
                     };
                     this.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(&this.publisher, &this.topics.dead_letter, STAGE, delivery, &reason, &shutdown).await;
+                    dead_letter(
+                        &this.publisher,
+                        &this.topics.dead_letter,
+                        STAGE,
+                        delivery,
+                        &reason,
+                        &shutdown,
+                    )
+                    .await;
                     continue;
                 }
             };
@@ -111,7 +123,10 @@ impl GarbageCollector {
         tasks.wait().await;
         this.subscription
             .commit()
-            .map_err(|source| StageError::Bus { stage: STAGE, source })
+            .map_err(|source| StageError::Bus {
+                stage: STAGE,
+                source,
+            })
     }
 
     /// Verifies and deletes, retrying transient failures; acknowledges when settled.
@@ -150,14 +165,22 @@ impl GarbageCollector {
     async fn try_collect(&self, task: &GcTask) -> Result<Verdict, StorageError> {
         let entry = &task.entry;
         let Some(source) = self.stores.get(&entry.source) else {
-            return Ok(Verdict::Refuse(format!("no location {:?} in this configuration", entry.source)));
+            return Ok(Verdict::Refuse(format!(
+                "no location {:?} in this configuration",
+                entry.source
+            )));
         };
         if task.copies.is_empty() || task.copies.len() != entry.targets.len() {
-            return Ok(Verdict::Refuse("the task does not account for every target".into()));
+            return Ok(Verdict::Refuse(
+                "the task does not account for every target".into(),
+            ));
         }
         for copy in &task.copies {
             let Some(target) = self.stores.get(&copy.target) else {
-                return Ok(Verdict::Refuse(format!("no location {:?} in this configuration", copy.target)));
+                return Ok(Verdict::Refuse(format!(
+                    "no location {:?} in this configuration",
+                    copy.target
+                )));
             };
             if let Some(why) = check_copy(target, task, copy).await? {
                 return Ok(Verdict::Refuse(why));
@@ -171,13 +194,19 @@ impl GarbageCollector {
                 _ => return Ok(Verdict::Refuse("the source object was overwritten since; its new content is not replicated yet".into())),
             }
         }
-        source.delete_version(&entry.key, entry.version_id.as_deref()).await?;
+        source
+            .delete_version(&entry.key, entry.version_id.as_deref())
+            .await?;
         Ok(Verdict::Delete)
     }
 }
 
 /// Checks that `copy` on `target` is a verified copy of the task's version; `Some(reason)` if not.
-async fn check_copy(target: &S3Store, task: &GcTask, copy: &TargetCopy) -> Result<Option<String>, StorageError> {
+async fn check_copy(
+    target: &S3Store,
+    task: &GcTask,
+    copy: &TargetCopy,
+) -> Result<Option<String>, StorageError> {
     let entry = &task.entry;
     match entry.kind {
         EntryKind::Object => match target.head(&entry.key, copy.version_id.as_deref()).await? {
@@ -190,17 +219,19 @@ async fn check_copy(target: &S3Store, task: &GcTask, copy: &TargetCopy) -> Resul
                 copy.target, h.size, entry.size
             ))),
             Head::Object(_) => Ok(None),
-            _ => Ok(Some(format!("target {} does not hold version {:?}", copy.target, copy.version_id))),
+            _ => Ok(Some(format!(
+                "target {} does not hold version {:?}",
+                copy.target, copy.version_id
+            ))),
         },
         EntryKind::DeleteMarker => {
             // A delete marker carries no data: the target must show the key deleted, or hold
             // the marker ferry wrote.
             if let Some(version) = &copy.version_id {
                 let versions = target.key_versions(&entry.key).await?;
-                if versions
-                    .iter()
-                    .any(|l| l.kind == EntryKind::DeleteMarker && l.version_id.as_ref() == Some(version))
-                {
+                if versions.iter().any(|l| {
+                    l.kind == EntryKind::DeleteMarker && l.version_id.as_ref() == Some(version)
+                }) {
                     return Ok(None);
                 }
             }

@@ -78,11 +78,21 @@ pub enum Change {
 
 /// Classifies an event name (`ObjectCreated:Put`, `s3:ObjectRemoved:DeleteMarkerCreated`, …).
 pub fn change_of(record: &EventRecord) -> Change {
-    let name = record.event_name.strip_prefix("s3:").unwrap_or(&record.event_name);
-    let versioned = record.s3.object.version_id.as_deref().is_some_and(|v| !v.is_empty() && v != "null");
+    let name = record
+        .event_name
+        .strip_prefix("s3:")
+        .unwrap_or(&record.event_name);
+    let versioned = record
+        .s3
+        .object
+        .version_id
+        .as_deref()
+        .is_some_and(|v| !v.is_empty() && v != "null");
     if name.starts_with("ObjectCreated:") {
         Change::Write(EntryKind::Object)
-    } else if name == "ObjectRemoved:DeleteMarkerCreated" || (name == "ObjectRemoved:Delete" && !versioned) {
+    } else if name == "ObjectRemoved:DeleteMarkerCreated"
+        || (name == "ObjectRemoved:Delete" && !versioned)
+    {
         Change::Write(EntryKind::DeleteMarker)
     } else {
         Change::Ignore
@@ -99,7 +109,10 @@ pub fn decode_key(raw: &str) -> Result<String, EventError> {
 }
 
 /// Turns one event message into the entries it implies, per `config`'s rules.
-pub fn entries_of(config: &Config, payload: &[u8]) -> Result<(Vec<ReplicationEntry>, usize), EventError> {
+pub fn entries_of(
+    config: &Config,
+    payload: &[u8],
+) -> Result<(Vec<ReplicationEntry>, usize), EventError> {
     let message: EventMessage = serde_json::from_slice(payload)?;
     let mut entries = Vec::new();
     let mut ignored = 0;
@@ -109,9 +122,9 @@ pub fn entries_of(config: &Config, payload: &[u8]) -> Result<(Vec<ReplicationEnt
             continue;
         };
         let key = decode_key(&record.s3.object.key)?;
-        let source = config
-            .sources()
-            .find(|l| l.bucket == record.s3.bucket.name && rule_for(config, &l.name, &key).is_some());
+        let source = config.sources().find(|l| {
+            l.bucket == record.s3.bucket.name && rule_for(config, &l.name, &key).is_some()
+        });
         let Some(source) = source else {
             ignored += 1;
             continue;
@@ -121,7 +134,12 @@ pub fn entries_of(config: &Config, payload: &[u8]) -> Result<(Vec<ReplicationEnt
             continue;
         };
         let etag = record.s3.object.e_tag.as_deref().map(unquote);
-        let version = record.s3.object.version_id.as_deref().filter(|v| !v.is_empty());
+        let version = record
+            .s3
+            .object
+            .version_id
+            .as_deref()
+            .filter(|v| !v.is_empty());
         entries.push(entry_for(
             rule,
             source,
@@ -165,16 +183,34 @@ impl EventFeed {
                 Ok(parsed) => parsed,
                 Err(e) => {
                     self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(&self.publisher, &self.topics.dead_letter, STAGE, delivery, &e.to_string(), &shutdown).await;
+                    dead_letter(
+                        &self.publisher,
+                        &self.topics.dead_letter,
+                        STAGE,
+                        delivery,
+                        &e.to_string(),
+                        &shutdown,
+                    )
+                    .await;
                     continue;
                 }
             };
             self.stats.events.fetch_add(1, Ordering::Relaxed);
-            self.stats.events_ignored.fetch_add(ignored as u64, Ordering::Relaxed);
+            self.stats
+                .events_ignored
+                .fetch_add(ignored as u64, Ordering::Relaxed);
             let mut all = true;
             for entry in &entries {
                 let payload = model::encode(entry);
-                all &= publish_until_done(&self.publisher, &self.topics.replication, None, &entry.message_key(), Some(&payload), &shutdown).await;
+                all &= publish_until_done(
+                    &self.publisher,
+                    &self.topics.replication,
+                    None,
+                    &entry.message_key(),
+                    Some(&payload),
+                    &shutdown,
+                )
+                .await;
                 if !all {
                     break;
                 }
@@ -186,7 +222,10 @@ impl EventFeed {
         }
         self.subscription
             .commit()
-            .map_err(|source| StageError::Bus { stage: STAGE, source })
+            .map_err(|source| StageError::Bus {
+                stage: STAGE,
+                source,
+            })
     }
 }
 
@@ -213,12 +252,31 @@ mod tests {
 
     #[test]
     fn classifies_event_names_from_every_server() {
-        assert_eq!(change_of(&record("ObjectCreated:Put", Some("v"))), Change::Write(EntryKind::Object));
-        assert_eq!(change_of(&record("s3:ObjectCreated:CompleteMultipartUpload", None)), Change::Write(EntryKind::Object));
-        assert_eq!(change_of(&record("ObjectRemoved:DeleteMarkerCreated", Some("d"))), Change::Write(EntryKind::DeleteMarker));
-        assert_eq!(change_of(&record("s3:ObjectRemoved:Delete", None)), Change::Write(EntryKind::DeleteMarker));
-        assert_eq!(change_of(&record("ObjectRemoved:Delete", Some("v"))), Change::Ignore, "version deletes are not replicated");
-        assert_eq!(change_of(&record("s3:ObjectAccessed:Get", None)), Change::Ignore);
+        assert_eq!(
+            change_of(&record("ObjectCreated:Put", Some("v"))),
+            Change::Write(EntryKind::Object)
+        );
+        assert_eq!(
+            change_of(&record("s3:ObjectCreated:CompleteMultipartUpload", None)),
+            Change::Write(EntryKind::Object)
+        );
+        assert_eq!(
+            change_of(&record("ObjectRemoved:DeleteMarkerCreated", Some("d"))),
+            Change::Write(EntryKind::DeleteMarker)
+        );
+        assert_eq!(
+            change_of(&record("s3:ObjectRemoved:Delete", None)),
+            Change::Write(EntryKind::DeleteMarker)
+        );
+        assert_eq!(
+            change_of(&record("ObjectRemoved:Delete", Some("v"))),
+            Change::Ignore,
+            "version deletes are not replicated"
+        );
+        assert_eq!(
+            change_of(&record("s3:ObjectAccessed:Get", None)),
+            Change::Ignore
+        );
     }
 
     #[test]

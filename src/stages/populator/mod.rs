@@ -43,7 +43,11 @@ pub struct Observed<'a> {
 }
 
 /// Builds the entry for a version of `source` matched by `rule`.
-pub fn entry_for(rule: &RuleConfig, source: &LocationConfig, seen: Observed<'_>) -> ReplicationEntry {
+pub fn entry_for(
+    rule: &RuleConfig,
+    source: &LocationConfig,
+    seen: Observed<'_>,
+) -> ReplicationEntry {
     ReplicationEntry {
         schema: model::SCHEMA,
         rule: rule.name.clone(),

@@ -15,8 +15,8 @@ use super::{entry_for, rule_for, Observed, SharedStats};
 use crate::bus::{Publisher, StateReader, Topics};
 use crate::config::{Config, LocationConfig};
 use crate::model::{self, EntryKind};
-use crate::storage::{Listed, S3Store, Stores};
 use crate::stages::{publish_until_done, sleep_or_shutdown, StageError};
+use crate::storage::{Listed, S3Store, Stores};
 
 const STAGE: &str = "populator";
 
@@ -61,7 +61,9 @@ impl Scanner {
                     return Ok(());
                 }
                 match self.scan(source, &shutdown).await {
-                    Ok(n) if n > 0 => tracing::info!(stage = STAGE, source = %source.name, enqueued = n, "scan enqueued new versions"),
+                    Ok(n) if n > 0 => {
+                        tracing::info!(stage = STAGE, source = %source.name, enqueued = n, "scan enqueued new versions")
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         self.stats.scan_errors.fetch_add(1, Ordering::Relaxed);
@@ -81,10 +83,14 @@ impl Scanner {
             .reader
             .read_partition(&self.topics.populator_state, 0)
             .await
-            .map_err(|source| StageError::Bus { stage: STAGE, source })?;
+            .map_err(|source| StageError::Bus {
+                stage: STAGE,
+                source,
+            })?;
         for (key, value) in records {
             let key = String::from_utf8_lossy(&key).into_owned();
-            let Ok((location, _)) = serde_json::from_str::<(String, serde_json::Value)>(&key) else {
+            let Ok((location, _)) = serde_json::from_str::<(String, serde_json::Value)>(&key)
+            else {
                 continue;
             };
             let set = self.seen.entry(location).or_default();
@@ -100,7 +106,11 @@ impl Scanner {
     }
 
     /// One pass over `source`; returns how many entries it enqueued.
-    async fn scan(&mut self, source: &LocationConfig, shutdown: &CancellationToken) -> Result<usize, crate::storage::StorageError> {
+    async fn scan(
+        &mut self,
+        source: &LocationConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, crate::storage::StorageError> {
         let Some(store) = self.stores.get(&source.name).cloned() else {
             return Ok(0);
         };
@@ -130,11 +140,29 @@ impl Scanner {
                 },
             );
             let payload = model::encode(&entry);
-            if !publish_until_done(&self.publisher, &self.topics.replication, None, &entry.message_key(), Some(&payload), shutdown).await {
+            if !publish_until_done(
+                &self.publisher,
+                &self.topics.replication,
+                None,
+                &entry.message_key(),
+                Some(&payload),
+                shutdown,
+            )
+            .await
+            {
                 return Ok(enqueued);
             }
             let progress = serde_json::json!({"schema": model::SCHEMA, "enqueued_at_ms": entry.enqueued_at_ms});
-            if !publish_until_done(&self.publisher, &self.topics.populator_state, Some(0), &record, Some(&model::encode(&progress)), shutdown).await {
+            if !publish_until_done(
+                &self.publisher,
+                &self.topics.populator_state,
+                Some(0),
+                &record,
+                Some(&model::encode(&progress)),
+                shutdown,
+            )
+            .await
+            {
                 return Ok(enqueued);
             }
             seen.insert(record);
@@ -144,7 +172,16 @@ impl Scanner {
         // Versions gone from the source never come back (version ids are unique): forget them.
         let gone: Vec<String> = seen.difference(&present).cloned().collect();
         for record in gone {
-            if !publish_until_done(&self.publisher, &self.topics.populator_state, Some(0), &record, None, shutdown).await {
+            if !publish_until_done(
+                &self.publisher,
+                &self.topics.populator_state,
+                Some(0),
+                &record,
+                None,
+                shutdown,
+            )
+            .await
+            {
                 break;
             }
             seen.remove(&record);
@@ -158,7 +195,11 @@ impl Scanner {
 fn progress_key(source: &LocationConfig, l: &Listed) -> String {
     let identity = match &l.version_id {
         Some(v) if v != "null" => v.clone(),
-        _ => format!("null:{}:{}", l.etag.as_deref().unwrap_or(""), l.last_modified_ms),
+        _ => format!(
+            "null:{}:{}",
+            l.etag.as_deref().unwrap_or(""),
+            l.last_modified_ms
+        ),
     };
     serde_json::json!([source.name, [source.bucket, l.key, identity]]).to_string()
 }
@@ -220,7 +261,10 @@ mod tests {
             listed("b", "d2", EntryKind::DeleteMarker, 6, true),
         ];
         order_oldest_first(&mut l);
-        let order: Vec<&str> = l.iter().map(|l| l.version_id.as_deref().unwrap_or("")).collect();
+        let order: Vec<&str> = l
+            .iter()
+            .map(|l| l.version_id.as_deref().unwrap_or(""))
+            .collect();
         assert_eq!(order, ["v1", "v2", "d1", "v3", "w1", "d2"]);
     }
 
@@ -232,7 +276,10 @@ mod tests {
             listed("a", "v1", EntryKind::Object, 10, false),
         ];
         order_oldest_first(&mut l);
-        let order: Vec<&str> = l.iter().map(|l| l.version_id.as_deref().unwrap_or("")).collect();
+        let order: Vec<&str> = l
+            .iter()
+            .map(|l| l.version_id.as_deref().unwrap_or(""))
+            .collect();
         assert_eq!(order, ["v1", "v2", "v3"]);
     }
 }

@@ -11,7 +11,9 @@ use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
 
 use crate::model::ReplicationEntry;
-use crate::storage::{encode_tagging, etag_is_md5, ErrorKind, Head, ObjectHead, S3Store, StorageError, Written};
+use crate::storage::{
+    encode_tagging, etag_is_md5, ErrorKind, Head, ObjectHead, S3Store, StorageError, Written,
+};
 
 /// User-metadata names of the stamps (S3 lower-cases metadata names).
 pub const STAMP_VERSION: &str = "ferry-source-version-id";
@@ -52,8 +54,10 @@ impl Copier<'_> {
                     target_version_id: current.version_id,
                 })
             }
-            Head::Object(current) if stamped_mtime(&current).is_some_and(|m| m > entry.last_modified_ms) => {
-                return Ok(self.search(entry).await?);
+            Head::Object(current)
+                if stamped_mtime(&current).is_some_and(|m| m > entry.last_modified_ms) =>
+            {
+                return self.search(entry).await;
             }
             Head::DeleteMarker { .. } => {
                 if let Some(outcome) = self.find_earlier_copy(entry).await? {
@@ -62,10 +66,7 @@ impl Copier<'_> {
             }
             _ => {}
         }
-        let (head, mut body) = self
-            .source
-            .get(key, entry.version_id.as_deref())
-            .await?;
+        let (head, mut body) = self.source.get(key, entry.version_id.as_deref()).await?;
         let tags = if head.tag_count > 0 {
             self.source.tags(key, entry.version_id.as_deref()).await?
         } else {
@@ -73,8 +74,10 @@ impl Copier<'_> {
         };
         let mut meta = head.meta.clone();
         meta.user.insert(STAMP_VERSION.into(), stamp_version(entry));
-        meta.user.insert(STAMP_ETAG.into(), head.etag.clone().unwrap_or_default());
-        meta.user.insert(STAMP_MTIME.into(), entry.last_modified_ms.to_string());
+        meta.user
+            .insert(STAMP_ETAG.into(), head.etag.clone().unwrap_or_default());
+        meta.user
+            .insert(STAMP_MTIME.into(), entry.last_modified_ms.to_string());
         let tagging = encode_tagging(&tags);
 
         if head.size <= self.multipart_threshold {
@@ -94,7 +97,13 @@ impl Copier<'_> {
                 .await?;
             if let Some(etag) = &written.etag {
                 if etag_is_md5(etag) && *etag != hex(&md5) {
-                    return Err(self.integrity(key, format!("target ETag {etag} is not the MD5 {} of the data sent", hex(&md5))));
+                    return Err(self.integrity(
+                        key,
+                        format!(
+                            "target ETag {etag} is not the MD5 {} of the data sent",
+                            hex(&md5)
+                        ),
+                    ));
                 }
             }
             return Ok(Outcome::Copied {
@@ -144,7 +153,13 @@ impl Copier<'_> {
                     .upload_part(key, upload_id, number, part, &base64(&digest))
                     .await?;
                 if etag_is_md5(&etag) && etag != hex(&digest) {
-                    return Err(self.integrity(key, format!("part {number}: target ETag {etag} is not the MD5 {}", hex(&digest))));
+                    return Err(self.integrity(
+                        key,
+                        format!(
+                            "part {number}: target ETag {etag} is not the MD5 {}",
+                            hex(&digest)
+                        ),
+                    ));
                 }
                 part_digests.extend_from_slice(&digest);
                 parts.push((number, etag));
@@ -154,7 +169,10 @@ impl Copier<'_> {
             }
         }
         self.check_source(head, total, &hex(&whole.finalize()))?;
-        let written: Written = self.target.complete_multipart(key, upload_id, &parts).await?;
+        let written: Written = self
+            .target
+            .complete_multipart(key, upload_id, &parts)
+            .await?;
         // The multipart ETag is the MD5 of the parts' MD5s, dash, part count: compare it with
         // what the target reports for the version it made (not the Complete response, which
         // some servers fill differently).
@@ -175,12 +193,17 @@ impl Copier<'_> {
     }
 
     /// Replicates the delete marker `entry` names as a delete marker on the target.
-    pub async fn copy_delete_marker(&self, entry: &ReplicationEntry) -> Result<Outcome, StorageError> {
+    pub async fn copy_delete_marker(
+        &self,
+        entry: &ReplicationEntry,
+    ) -> Result<Outcome, StorageError> {
         match self.target.head(&entry.key, None).await? {
             Head::DeleteMarker { version_id } => Ok(Outcome::AlreadyThere {
                 target_version_id: version_id,
             }),
-            Head::Object(current) if stamped_mtime(&current).is_some_and(|m| m > entry.last_modified_ms) => {
+            Head::Object(current)
+                if stamped_mtime(&current).is_some_and(|m| m > entry.last_modified_ms) =>
+            {
                 Ok(Outcome::Superseded)
             }
             _ => {
@@ -195,17 +218,27 @@ impl Copier<'_> {
     /// The target shows something newer than `entry`: either this entry was copied before
     /// (a redelivery after a crash) — then say where — or it never will be in order.
     async fn search(&self, entry: &ReplicationEntry) -> Result<Outcome, StorageError> {
-        Ok(self.find_earlier_copy(entry).await?.unwrap_or(Outcome::Superseded))
+        Ok(self
+            .find_earlier_copy(entry)
+            .await?
+            .unwrap_or(Outcome::Superseded))
     }
 
-    async fn find_earlier_copy(&self, entry: &ReplicationEntry) -> Result<Option<Outcome>, StorageError> {
+    async fn find_earlier_copy(
+        &self,
+        entry: &ReplicationEntry,
+    ) -> Result<Option<Outcome>, StorageError> {
         let versions = self.target.key_versions(&entry.key).await?;
         for listed in versions
             .iter()
             .filter(|l| l.kind == crate::model::EntryKind::Object && l.size == entry.size)
             .take(SEARCH_LIMIT)
         {
-            if let Head::Object(h) = self.target.head(&entry.key, listed.version_id.as_deref()).await? {
+            if let Head::Object(h) = self
+                .target
+                .head(&entry.key, listed.version_id.as_deref())
+                .await?
+            {
                 if is_copy_of(&h, entry) {
                     return Ok(Some(Outcome::AlreadyThere {
                         target_version_id: h.version_id,
@@ -216,7 +249,12 @@ impl Copier<'_> {
         Ok(None)
     }
 
-    fn check_source(&self, head: &ObjectHead, length: u64, md5_hex: &str) -> Result<(), StorageError> {
+    fn check_source(
+        &self,
+        head: &ObjectHead,
+        length: u64,
+        md5_hex: &str,
+    ) -> Result<(), StorageError> {
         if length != head.size {
             return Err(StorageError {
                 kind: ErrorKind::Transient,

@@ -30,7 +30,9 @@ pub struct Ticket {
 impl Lanes {
     /// Takes the next place in the lane of `key` on `target`. Call in the order entries arrive.
     pub fn enter(self: &Arc<Self>, target: &str, key: &str) -> Ticket {
-        let id = self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = CancellationToken::new();
         let lane = (target.to_string(), key.to_string());
         let before = self
@@ -87,12 +89,20 @@ mod tests {
         let other_key = lanes.enter("t", "j");
         let other_target = lanes.enter("u", "k");
         // Independent lanes go at once.
-        tokio::time::timeout(Duration::from_secs(1), other_key.turn()).await.expect("other key");
-        tokio::time::timeout(Duration::from_secs(1), other_target.turn()).await.expect("other target");
+        tokio::time::timeout(Duration::from_secs(1), other_key.turn())
+            .await
+            .expect("other key");
+        tokio::time::timeout(Duration::from_secs(1), other_target.turn())
+            .await
+            .expect("other target");
         // The second version waits for the first.
-        assert!(tokio::time::timeout(Duration::from_secs(1), second.turn()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_secs(1), second.turn())
+            .await
+            .is_err());
         drop(first);
-        tokio::time::timeout(Duration::from_secs(1), second.turn()).await.expect("after first");
+        tokio::time::timeout(Duration::from_secs(1), second.turn())
+            .await
+            .expect("after first");
         drop((second, other_key, other_target));
         assert_eq!(lanes.busy(), 0, "finished lanes are forgotten");
     }

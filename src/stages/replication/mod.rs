@@ -106,12 +106,28 @@ impl ReplicationProcessor {
                 Some(Ok(entry)) => entry,
                 Some(Err(e)) => {
                     this.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(&this.publisher, &this.topics.dead_letter, STAGE, delivery, &e.to_string(), &shutdown).await;
+                    dead_letter(
+                        &this.publisher,
+                        &this.topics.dead_letter,
+                        STAGE,
+                        delivery,
+                        &e.to_string(),
+                        &shutdown,
+                    )
+                    .await;
                     continue;
                 }
                 None => {
                     this.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(&this.publisher, &this.topics.dead_letter, STAGE, delivery, "empty message", &shutdown).await;
+                    dead_letter(
+                        &this.publisher,
+                        &this.topics.dead_letter,
+                        STAGE,
+                        delivery,
+                        "empty message",
+                        &shutdown,
+                    )
+                    .await;
                     continue;
                 }
             };
@@ -136,7 +152,10 @@ impl ReplicationProcessor {
         tasks.wait().await;
         this.subscription
             .commit()
-            .map_err(|source| StageError::Bus { stage: STAGE, source })
+            .map_err(|source| StageError::Bus {
+                stage: STAGE,
+                source,
+            })
     }
 
     /// Copies `entry` to each target concurrently; acknowledges it once every result is
@@ -156,8 +175,12 @@ impl ReplicationProcessor {
             let shutdown = shutdown.clone();
             let span = tracing::info_span!("target", target = %target);
             per_target.spawn(
-                async move { worker.replicate_to(&entry, &target, ticket, &shutdown).await }
-                    .instrument(span),
+                async move {
+                    worker
+                        .replicate_to(&entry, &target, ticket, &shutdown)
+                        .await
+                }
+                .instrument(span),
             );
         }
         let mut all_published = true;
@@ -239,7 +262,8 @@ impl ReplicationProcessor {
             multipart_threshold: self.config.multipart_threshold,
             part_size: self.config.part_size,
         };
-        let mut backoff = Backoff::new(self.config.retry_initial_delay, self.config.retry_max_delay);
+        let mut backoff =
+            Backoff::new(self.config.retry_initial_delay, self.config.retry_max_delay);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -250,18 +274,37 @@ impl ReplicationProcessor {
             match outcome {
                 Ok(Outcome::Copied { target_version_id }) => {
                     self.stats.copied.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(attempt = attempts, target_version = target_version_id.as_deref().unwrap_or("null"), "replicated");
-                    return Some(result(ReplicationStatus::Completed, target_version_id, None, attempts));
+                    tracing::info!(
+                        attempt = attempts,
+                        target_version = target_version_id.as_deref().unwrap_or("null"),
+                        "replicated"
+                    );
+                    return Some(result(
+                        ReplicationStatus::Completed,
+                        target_version_id,
+                        None,
+                        attempts,
+                    ));
                 }
                 Ok(Outcome::AlreadyThere { target_version_id }) => {
                     self.stats.already_there.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(attempt = attempts, "already on the target (redelivery)");
-                    return Some(result(ReplicationStatus::Completed, target_version_id, None, attempts));
+                    return Some(result(
+                        ReplicationStatus::Completed,
+                        target_version_id,
+                        None,
+                        attempts,
+                    ));
                 }
                 Ok(Outcome::Superseded) => {
                     self.stats.superseded.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(attempt = attempts, "target already holds a newer version of this key; not writing an older one over it");
-                    return Some(result(ReplicationStatus::Completed, None, Some("superseded by a newer version on the target".into()), attempts));
+                    return Some(result(
+                        ReplicationStatus::Completed,
+                        None,
+                        Some("superseded by a newer version on the target".into()),
+                        attempts,
+                    ));
                 }
                 Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::Config) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -278,7 +321,12 @@ impl ReplicationProcessor {
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(attempt = attempts, error = %e, "copy failed permanently");
-                    return Some(result(ReplicationStatus::Failed, None, Some(e.to_string()), attempts));
+                    return Some(result(
+                        ReplicationStatus::Failed,
+                        None,
+                        Some(e.to_string()),
+                        attempts,
+                    ));
                 }
             }
         }

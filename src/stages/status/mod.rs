@@ -45,7 +45,12 @@ pub struct StatusProcessor {
 }
 
 impl StatusProcessor {
-    pub fn new(publisher: Publisher, topics: Topics, subscription: Subscription, reader: StateReader) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        topics: Topics,
+        subscription: Subscription,
+        reader: StateReader,
+    ) -> Self {
         Self {
             publisher,
             topics,
@@ -85,7 +90,15 @@ impl StatusProcessor {
                         _ => "empty message".into(),
                     };
                     self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(&self.publisher, &self.topics.dead_letter, STAGE, delivery, &reason, &shutdown).await;
+                    dead_letter(
+                        &self.publisher,
+                        &self.topics.dead_letter,
+                        STAGE,
+                        delivery,
+                        &reason,
+                        &shutdown,
+                    )
+                    .await;
                     continue;
                 }
             };
@@ -107,13 +120,31 @@ impl StatusProcessor {
                     entry: entry.clone(),
                     copies: state.copies(),
                 };
-                if !publish_until_done(&self.publisher, &self.topics.gc, None, &entry.message_key(), Some(&model::encode(&task)), &shutdown).await {
+                if !publish_until_done(
+                    &self.publisher,
+                    &self.topics.gc,
+                    None,
+                    &entry.message_key(),
+                    Some(&model::encode(&task)),
+                    &shutdown,
+                )
+                .await
+                {
                     break;
                 }
                 self.stats.gc_tasks.fetch_add(1, Ordering::Relaxed);
             }
             if changed {
-                if !publish_until_done(&self.publisher, &self.topics.status_state, Some(partition), &id, Some(&model::encode(&state)), &shutdown).await {
+                if !publish_until_done(
+                    &self.publisher,
+                    &self.topics.status_state,
+                    Some(partition),
+                    &id,
+                    Some(&model::encode(&state)),
+                    &shutdown,
+                )
+                .await
+                {
                     break;
                 }
                 match state.overall {
@@ -125,8 +156,23 @@ impl StatusProcessor {
                     ReplicationStatus::Failed if result.status == ReplicationStatus::Failed => {
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = result.error.as_deref().unwrap_or(""), "FAILED");
-                        let key = serde_json::json!([entry.bucket, entry.key, entry.version_id, result.target]).to_string();
-                        if !publish_until_done(&self.publisher, &self.topics.failed, None, &key, Some(&model::encode(&result)), &shutdown).await {
+                        let key = serde_json::json!([
+                            entry.bucket,
+                            entry.key,
+                            entry.version_id,
+                            result.target
+                        ])
+                        .to_string();
+                        if !publish_until_done(
+                            &self.publisher,
+                            &self.topics.failed,
+                            None,
+                            &key,
+                            Some(&model::encode(&result)),
+                            &shutdown,
+                        )
+                        .await
+                        {
                             break;
                         }
                     }
@@ -138,7 +184,10 @@ impl StatusProcessor {
         }
         self.subscription
             .commit()
-            .map_err(|source| StageError::Bus { stage: STAGE, source })
+            .map_err(|source| StageError::Bus {
+                stage: STAGE,
+                source,
+            })
     }
 
     /// Loads the state of status partition `partition` from its changelog partition.
@@ -147,7 +196,10 @@ impl StatusProcessor {
             .reader
             .read_partition(&self.topics.status_state, partition)
             .await
-            .map_err(|source| StageError::Bus { stage: STAGE, source })?;
+            .map_err(|source| StageError::Bus {
+                stage: STAGE,
+                source,
+            })?;
         let states = self.state.entry(partition).or_default();
         states.clear();
         let count = records.len();
@@ -161,11 +213,19 @@ impl StatusProcessor {
                     Ok(state) => {
                         states.insert(id, state);
                     }
-                    Err(e) => tracing::error!(stage = STAGE, partition, error = %e, "unreadable state record skipped"),
+                    Err(e) => {
+                        tracing::error!(stage = STAGE, partition, error = %e, "unreadable state record skipped")
+                    }
                 },
             }
         }
-        tracing::info!(stage = STAGE, partition, records = count, entries = states.len(), "state replayed");
+        tracing::info!(
+            stage = STAGE,
+            partition,
+            records = count,
+            entries = states.len(),
+            "state replayed"
+        );
         Ok(())
     }
 }
