@@ -1,0 +1,336 @@
+//! The populator's event feed, dead letters, and bad locations — against the real broker and
+//! S3 servers.
+
+mod support;
+
+use std::time::Duration;
+
+use ferry::bus::{KafkaBus, TopicSpec};
+use ferry::config::QueueConfig;
+use support::s3::{self, Put};
+use support::{config, unique, wait_until, Ferry, TestEnv};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn queue(env: &TestEnv, id: &str) -> QueueConfig {
+    QueueConfig {
+        brokers: env.kafka.clone(),
+        topic_prefix: format!("{id}."),
+        partitions: 4,
+        replication_factor: 1,
+        group_prefix: format!("{id}."),
+    }
+}
+
+/// Every record of a single-partition topic, as text.
+async fn read_topic(bus: &KafkaBus, topic: &str) -> Vec<String> {
+    let reader = bus.state_reader().expect("reader");
+    reader
+        .read_partition(topic, 0)
+        .await
+        .expect("read topic")
+        .into_iter()
+        .filter_map(|(_, v)| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        .collect()
+}
+
+async fn object_count(client: &aws_sdk_s3::Client, bucket: &str) -> (usize, usize) {
+    let v = s3::versions(client, bucket).await.unwrap_or_default();
+    (
+        v.iter().filter(|v| !v.delete_marker).count(),
+        v.iter().filter(|v| v.delete_marker).count(),
+    )
+}
+
+/// An S3 event notification message as AWS (or, with `s3:` names, MinIO and Ceph) sends it.
+fn event(
+    name: &str,
+    bucket: &str,
+    encoded_key: &str,
+    version: Option<&str>,
+    size: usize,
+) -> String {
+    serde_json::json!({
+        "Records": [{
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "eventTime": "2026-11-25T10:00:00.000Z",
+            "eventName": name,
+            "s3": {
+                "bucket": {"name": bucket},
+                "object": {"key": encoded_key, "size": size, "versionId": version, "sequencer": "0055AED6DCD90281E5"}
+            }
+        }]
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
+    let env = TestEnv::get();
+    let id = unique("events");
+    let clients = [
+        s3::client(&env, 0),
+        s3::client(&env, 1),
+        s3::client(&env, 2),
+    ];
+    let (src, a, b) = (format!("{id}-src"), format!("{id}-a"), format!("{id}-b"));
+    s3::create_bucket(&clients[0], &src, true).await;
+    s3::create_bucket(&clients[1], &a, true).await;
+    s3::create_bucket(&clients[2], &b, true).await;
+
+    let events_topic = format!("{id}.s3-events");
+    let bus = KafkaBus::connect(&queue(&env, &id)).expect("bus");
+    bus.ensure_topics(
+        &[TopicSpec {
+            name: events_topic.clone(),
+            partitions: 1,
+            compacted: false,
+        }],
+        1,
+    )
+    .await
+    .expect("events topic");
+    let extra = format!("\n[populator]\nfeeds = [\"events\"]\nevents_topic = \"{events_topic}\"\n");
+    let cfg = config(&env, &id, &src, false, [&a, &b], "").replace(
+        "[populator]\nfeeds = [\"scan\"]\nscan_interval = \"1s\"\n",
+        "",
+    ) + &extra;
+    let mut ferry = Ferry::start(&cfg);
+
+    // Writes at the source, each announced by an event; the feed must decode `+` and `%XX`.
+    let publisher = bus.publisher();
+    let writes = [
+        ("a b/c+d%.txt", "a+b/c%2Bd%25.txt"),
+        ("日本.bin", "%E6%97%A5%E6%9C%AC.bin"),
+        ("plain", "plain"),
+    ];
+    for (n, (key, encoded)) in writes.iter().enumerate() {
+        let version = s3::put(
+            &clients[0],
+            &src,
+            &Put {
+                key: key.to_string(),
+                seed: n as u64,
+                size: 100 + n,
+                ..Put::default()
+            },
+        )
+        .await;
+        let name = if n % 2 == 0 {
+            "ObjectCreated:Put"
+        } else {
+            "s3:ObjectCreated:Put"
+        };
+        let message = event(name, &src, encoded, version.as_deref(), 100 + n);
+        publisher
+            .publish(&events_topic, key, Some(message.as_bytes()))
+            .await
+            .expect("publish event");
+    }
+    publisher
+        .publish(&events_topic, "junk", Some(b"this is not an event"))
+        .await
+        .expect("publish junk");
+    let marker = s3::delete(&clients[0], &src, "plain").await;
+    let message = event(
+        "s3:ObjectRemoved:DeleteMarkerCreated",
+        &src,
+        "plain",
+        marker.as_deref(),
+        0,
+    );
+    publisher
+        .publish(&events_topic, "plain", Some(message.as_bytes()))
+        .await
+        .expect("publish delete");
+    // A version delete is not replicated; a bucket ferry does not know is ignored.
+    let message = event(
+        "ObjectRemoved:Delete",
+        &src,
+        "plain",
+        Some("some-version"),
+        0,
+    );
+    publisher
+        .publish(&events_topic, "plain", Some(message.as_bytes()))
+        .await
+        .expect("publish");
+    let message = event("ObjectCreated:Put", "someone-elses-bucket", "x", None, 1);
+    publisher
+        .publish(&events_topic, "x", Some(message.as_bytes()))
+        .await
+        .expect("publish");
+
+    wait_until(
+        TIMEOUT,
+        "3 objects and 1 delete marker on both targets",
+        || async {
+            object_count(&clients[1], &a).await == (3, 1)
+                && object_count(&clients[2], &b).await == (3, 1)
+        },
+    )
+    .await;
+    for (key, _) in writes.iter().filter(|(k, _)| *k != "plain") {
+        let got = s3::fetch(&clients[1], &a, key, None).await;
+        assert!(
+            got.metadata.contains_key("ferry-source-version-id"),
+            "{key} is ferry's copy"
+        );
+    }
+    let dead = read_topic(&bus, &format!("{id}.dead-letter")).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "exactly the junk message is dead-lettered: {dead:?}"
+    );
+    assert!(
+        dead[0].contains("this is not an event") && dead[0].contains(&events_topic),
+        "{}",
+        dead[0]
+    );
+    assert!(ferry.running(), "the feed keeps going after bad input");
+    ferry.terminate(Duration::from_secs(30));
+    for (n, bucket) in [(0, &src), (1, &a), (2, &b)] {
+        s3::remove_bucket(&clients[n], bucket).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_are_dead_lettered_and_replication_continues() {
+    let env = TestEnv::get();
+    let id = unique("dead");
+    let clients = [
+        s3::client(&env, 0),
+        s3::client(&env, 1),
+        s3::client(&env, 2),
+    ];
+    let (src, a, b) = (format!("{id}-src"), format!("{id}-a"), format!("{id}-b"));
+    s3::create_bucket(&clients[0], &src, true).await;
+    s3::create_bucket(&clients[1], &a, true).await;
+    s3::create_bucket(&clients[2], &b, true).await;
+    let mut ferry = Ferry::start(&config(&env, &id, &src, false, [&a, &b], ""));
+    let bus = KafkaBus::connect(&queue(&env, &id)).expect("bus");
+
+    // Wait until ferry created its topics, then poison the replication and status topics.
+    wait_until(TIMEOUT, "ferry's topics", || async {
+        bus.partition_count(&format!("{id}.replication"))
+            .await
+            .unwrap_or(0)
+            == 4
+    })
+    .await;
+    let publisher = bus.publisher();
+    publisher
+        .publish(&format!("{id}.replication"), "k", Some(b"{not json"))
+        .await
+        .expect("publish");
+    publisher
+        .publish(
+            &format!("{id}.replication"),
+            "k",
+            Some(br#"{"schema": 99, "bucket": "b"}"#),
+        )
+        .await
+        .expect("publish");
+    publisher
+        .publish(&format!("{id}.status"), "k", Some(br#"{"schema": 1}"#))
+        .await
+        .expect("publish");
+    s3::put(
+        &clients[0],
+        &src,
+        &Put {
+            key: "after-the-garbage".into(),
+            seed: 1,
+            size: 10,
+            ..Put::default()
+        },
+    )
+    .await;
+
+    wait_until(TIMEOUT, "the good object on both targets", || async {
+        object_count(&clients[1], &a).await.0 == 1 && object_count(&clients[2], &b).await.0 == 1
+    })
+    .await;
+    let topic = format!("{id}.dead-letter");
+    wait_until(TIMEOUT, "three dead letters", || async {
+        read_topic(&bus, &topic).await.len() >= 3
+    })
+    .await;
+    let dead = read_topic(&bus, &topic).await;
+    let all = dead.join("\n");
+    assert!(all.contains("schema 99"), "names the unknown schema: {all}");
+    assert!(
+        all.contains("not valid JSON"),
+        "names the JSON error: {all}"
+    );
+    assert!(
+        all.contains(&format!("{id}.replication/")) && all.contains(&format!("{id}.status/")),
+        "names the origin: {all}"
+    );
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+    for (n, bucket) in [(0, &src), (1, &a), (2, &b)] {
+        s3::remove_bucket(&clients[n], bucket).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_target_bucket_is_named_and_nothing_is_lost_until_it_exists() {
+    let env = TestEnv::get();
+    let id = unique("nobucket");
+    let clients = [
+        s3::client(&env, 0),
+        s3::client(&env, 1),
+        s3::client(&env, 2),
+    ];
+    let (src, a, b) = (format!("{id}-src"), format!("{id}-a"), format!("{id}-b"));
+    s3::create_bucket(&clients[0], &src, true).await;
+    s3::create_bucket(&clients[1], &a, true).await;
+    // Target b's bucket does not exist yet; the source is transient.
+    let mut ferry = Ferry::start(&config(&env, &id, &src, true, [&a, &b], ""));
+    for i in 0..5u64 {
+        s3::put(
+            &clients[0],
+            &src,
+            &Put {
+                key: format!("k{i}"),
+                seed: i,
+                size: 1000,
+                ..Put::default()
+            },
+        )
+        .await;
+    }
+    wait_until(TIMEOUT, "target a has everything", || async {
+        object_count(&clients[1], &a).await.0 == 5
+    })
+    .await;
+    wait_until(
+        TIMEOUT,
+        "an error naming site-b and its missing bucket",
+        || async {
+            let log = ferry.log();
+            log.lines()
+                .any(|l| l.contains("site-b") && l.contains(&b) && l.contains("NoSuchBucket"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        object_count(&clients[0], &src).await.0,
+        5,
+        "nothing leaves the transient source while b lacks it"
+    );
+
+    s3::create_bucket(&clients[2], &b, true).await;
+    wait_until(TIMEOUT, "b catches up and the source empties", || async {
+        object_count(&clients[2], &b).await.0 == 5 && object_count(&clients[0], &src).await.0 == 0
+    })
+    .await;
+    ferry.terminate(Duration::from_secs(30));
+    for (n, bucket) in [(0, &src), (1, &a), (2, &b)] {
+        s3::remove_bucket(&clients[n], bucket).await;
+    }
+}
