@@ -184,3 +184,25 @@ fn secrets_can_come_from_the_environment() {
     );
     assert!(!stdout.contains("from-env-secret"));
 }
+
+#[test]
+fn unreachable_broker_stops_ferry_with_an_error_naming_it() {
+    // Nothing listens on port 1: ferry must say which broker it could not reach and exit
+    // non-zero (for the supervisor), not hang or panic.
+    let config = VALID.replace("127.0.0.1:9092", "127.0.0.1:1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, config).expect("write");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run ferry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "names the broker: {stderr}");
+    assert!(!stderr.contains("very-secret-value"), "no secret in logs");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(90));
+}

@@ -487,6 +487,23 @@ async fn sigkill_mid_run_and_restart_loses_nothing() {
         "premature deletes: {:?}",
         report.premature
     );
+    // The restarted process resumed from state kept in Kafka, not from scratch.
+    let log = ferry.log();
+    let number = |message: &str, field: &str| -> u64 {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .map(|v| v[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(
+        number("scan progress loaded", "versions") > 0,
+        "scan progress replayed"
+    );
+    assert!(
+        number("state replayed", "records") > 0,
+        "status state replayed"
+    );
 
     for (n, bucket) in [(1, &buckets.a), (2, &buckets.b)] {
         let mut index = TargetIndex::new(buckets.clients[n].clone(), bucket);

@@ -25,8 +25,10 @@ use super::ledger::OffsetLedger;
 use super::{BusError, TopicSpec};
 use crate::config::QueueConfig;
 
-/// How long metadata and admin calls may take before start-up reports the broker unreachable.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long metadata and admin calls may take before start-up reports the broker unreachable:
+/// long enough for a broker that is still starting, short enough that a wrong address is
+/// reported while someone is still watching.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a publish may wait for the broker before it is reported as failed; callers retry.
 const DELIVERY_TIMEOUT_MS: &str = "60000";
 
@@ -79,7 +81,9 @@ impl KafkaBus {
                 }
             })
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let options = AdminOptions::new()
+            .operation_timeout(Some(ADMIN_TIMEOUT))
+            .request_timeout(Some(ADMIN_TIMEOUT));
         let results = admin
             .create_topics(new_topics.iter(), &options)
             .await
@@ -402,15 +406,22 @@ impl StateReader {
             .assign(&tpl)
             .map_err(|e| error(format!("assign: {e}")))?;
         loop {
-            let message = tokio::time::timeout(ADMIN_TIMEOUT, consumer.recv())
+            let received = tokio::time::timeout(ADMIN_TIMEOUT, consumer.recv())
                 .await
                 .map_err(|_| {
                     error(format!(
                         "no record for {}s while replaying",
                         ADMIN_TIMEOUT.as_secs()
                     ))
-                })?
-                .map_err(|e| error(e.to_string()))?;
+                })?;
+            let message = match received {
+                Ok(message) => message,
+                // The end of the partition: compaction may have removed the offsets just
+                // before the high watermark, so this, not the watermark, says we are done.
+                Err(KafkaError::PartitionEOF(p)) if p == partition => break,
+                Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(e) => return Err(error(e.to_string())),
+            };
             if message.topic() == topic && message.partition() == partition {
                 if let Some(key) = message.key() {
                     records.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));

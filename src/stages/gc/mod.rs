@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
 use crate::config::{GcConfig, ReplicationConfig};
 use crate::model::{self, EntryKind, GcTask, TargetCopy};
-use crate::storage::{ErrorKind, Head, S3Store, StorageError, Stores};
+use crate::storage::{etag_is_md5, ErrorKind, Head, S3Store, StorageError, Stores};
 
 use super::replication::is_copy_of;
 use super::{dead_letter, receive, sleep_or_shutdown, StageError};
@@ -218,6 +218,14 @@ async fn check_copy(
                 "target {} holds {} bytes, the source version has {}",
                 copy.target, h.size, entry.size
             ))),
+            // Both ETags are plain MD5s of the content (single-part on both sides): they must
+            // be equal. Other combinations were checked part by part when copying.
+            Head::Object(h) if matches!((&h.etag, &entry.etag), (Some(t), Some(s)) if etag_is_md5(t) && etag_is_md5(s) && t != s) => {
+                Ok(Some(format!(
+                    "target {} holds content with MD5 {:?}, the source version's is {:?}",
+                    copy.target, h.etag, entry.etag
+                )))
+            }
             Head::Object(_) => Ok(None),
             _ => Ok(Some(format!(
                 "target {} does not hold version {:?}",

@@ -1,0 +1,250 @@
+//! The garbage collector deletes a transient source version only when every target copy checks
+//! out, against the real broker and S3 servers, with GC tasks crafted to fail each check.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use ferry::bus::KafkaBus;
+use ferry::config::QueueConfig;
+use ferry::model::{EntryKind, GcTask, ReplicationEntry, TargetCopy, SCHEMA};
+use support::s3::{self, Put};
+use support::{config, unique, wait_until, Ferry, TestEnv};
+
+/// Writes a copy of `data` to `bucket` stamped as ferry's copy of `source_version`.
+async fn stamped_copy(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    data: Vec<u8>,
+    source_version: &str,
+    etag: &str,
+) -> String {
+    let out = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(data))
+        .set_metadata(Some(HashMap::from([
+            (
+                "ferry-source-version-id".to_string(),
+                source_version.to_string(),
+            ),
+            ("ferry-source-etag".to_string(), etag.to_string()),
+        ])))
+        .send()
+        .await
+        .expect("put copy");
+    out.version_id().expect("versioned target").to_string()
+}
+
+fn task(
+    src: &str,
+    key: &str,
+    version: &str,
+    etag: &str,
+    size: u64,
+    copies: [(&str, &str); 2],
+) -> GcTask {
+    GcTask {
+        schema: SCHEMA,
+        entry: ReplicationEntry {
+            schema: SCHEMA,
+            rule: "all".into(),
+            source: "src".into(),
+            bucket: src.into(),
+            key: key.into(),
+            version_id: Some(version.into()),
+            kind: EntryKind::Object,
+            size,
+            etag: Some(etag.into()),
+            last_modified_ms: 0,
+            targets: vec!["site-a".into(), "site-b".into()],
+            transient: true,
+            enqueued_at_ms: 0,
+        },
+        copies: copies
+            .iter()
+            .map(|(t, v)| TargetCopy {
+                target: t.to_string(),
+                version_id: Some(v.to_string()),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_only_versions_every_target_verifiably_holds() {
+    let env = TestEnv::get();
+    let id = unique("gc");
+    let clients = [
+        s3::client(&env, 0),
+        s3::client(&env, 1),
+        s3::client(&env, 2),
+    ];
+    let (src, a, b) = (format!("{id}-src"), format!("{id}-a"), format!("{id}-b"));
+    s3::create_bucket(&clients[0], &src, true).await;
+    s3::create_bucket(&clients[1], &a, true).await;
+    s3::create_bucket(&clients[2], &b, true).await;
+
+    // Three source versions; only "good" has a verified copy on both targets.
+    let mut versions = HashMap::new();
+    for (n, key) in ["good", "missing", "short"].iter().enumerate() {
+        let version = s3::put(
+            &clients[0],
+            &src,
+            &Put {
+                key: key.to_string(),
+                seed: n as u64,
+                size: 5000,
+                ..Put::default()
+            },
+        )
+        .await
+        .expect("versioned");
+        let head = clients[0]
+            .head_object()
+            .bucket(&src)
+            .key(*key)
+            .version_id(&version)
+            .send()
+            .await
+            .expect("head");
+        let etag = head
+            .e_tag()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string();
+        versions.insert(*key, (version, etag, s3::data(n as u64, 5000)));
+    }
+    let (gv, ge, gd) = &versions["good"];
+    let good = task(
+        &src,
+        "good",
+        gv,
+        ge,
+        5000,
+        [
+            (
+                "site-a",
+                &stamped_copy(&clients[1], &a, "good", gd.clone(), gv, ge).await,
+            ),
+            (
+                "site-b",
+                &stamped_copy(&clients[2], &b, "good", gd.clone(), gv, ge).await,
+            ),
+        ],
+    );
+    let (mv, me, md) = &versions["missing"];
+    let missing = task(
+        &src,
+        "missing",
+        mv,
+        me,
+        5000,
+        [
+            (
+                "site-a",
+                &stamped_copy(&clients[1], &a, "missing", md.clone(), mv, me).await,
+            ),
+            ("site-b", "no-such-version"),
+        ],
+    );
+    let (sv, se, sd) = &versions["short"];
+    let short = task(
+        &src,
+        "short",
+        sv,
+        se,
+        5000,
+        [
+            (
+                "site-a",
+                &stamped_copy(&clients[1], &a, "short", sd.clone(), sv, se).await,
+            ),
+            (
+                "site-b",
+                &stamped_copy(&clients[2], &b, "short", sd[..4000].to_vec(), sv, se).await,
+            ),
+        ],
+    );
+
+    // Only the garbage collector runs; the tasks are published as the status processor would.
+    let only_gc = "\n[stages]\npopulator = false\nreplication = false\nstatus = false\ngc = true\n";
+    let mut ferry = Ferry::start(&config(&env, &id, &src, true, [&a, &b], only_gc));
+    let bus = KafkaBus::connect(&QueueConfig {
+        brokers: env.kafka.clone(),
+        topic_prefix: format!("{id}."),
+        partitions: 4,
+        replication_factor: 1,
+        group_prefix: format!("{id}."),
+    })
+    .expect("bus");
+    let gc_topic = format!("{id}.gc");
+    wait_until(Duration::from_secs(60), "ferry's gc topic", || async {
+        bus.partition_count(&gc_topic).await.unwrap_or(0) == 4
+    })
+    .await;
+    for t in [&missing, &short, &good] {
+        let payload = ferry::model::encode(t);
+        bus.publisher()
+            .publish(&gc_topic, &t.entry.message_key(), Some(&payload))
+            .await
+            .expect("publish");
+    }
+
+    let source_has = |key: &'static str, version: String| {
+        let client = clients[0].clone();
+        let bucket = src.clone();
+        async move {
+            client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .version_id(version)
+                .send()
+                .await
+                .is_ok()
+        }
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the verified version deleted",
+        || {
+            let present = source_has("good", gv.clone());
+            async move { !present.await }
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "both refusals logged", || async {
+        ferry
+            .log()
+            .matches("not deleting the transient source copy")
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(
+        source_has("missing", mv.clone()).await,
+        "a version missing on a target is kept"
+    );
+    assert!(
+        source_has("short", sv.clone()).await,
+        "a version whose copy is short is kept"
+    );
+    let log = ferry.log();
+    assert!(
+        log.contains("does not hold version") && log.contains("no-such-version"),
+        "says which copy is missing"
+    );
+    assert!(
+        log.contains("holds 4000 bytes, the source version has 5000"),
+        "says what is wrong with the copy"
+    );
+    ferry.terminate(Duration::from_secs(30));
+    for (n, bucket) in [(0, &src), (1, &a), (2, &b)] {
+        s3::remove_bucket(&clients[n], bucket).await;
+    }
+}
