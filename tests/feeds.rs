@@ -6,21 +6,10 @@ mod support;
 use std::time::Duration;
 
 use ferry::bus::{KafkaBus, TopicSpec};
-use ferry::config::QueueConfig;
 use support::s3::{self, Put};
-use support::{config, unique, wait_until, Ferry, TestEnv};
+use support::{wait_until, Buckets, Ferry, TestEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn queue(env: &TestEnv, id: &str) -> QueueConfig {
-    QueueConfig {
-        brokers: env.kafka.clone(),
-        topic_prefix: format!("{id}."),
-        partitions: 4,
-        replication_factor: 1,
-        group_prefix: format!("{id}."),
-    }
-}
 
 /// Every record of a single-partition topic, as text.
 async fn read_topic(bus: &KafkaBus, topic: &str) -> Vec<String> {
@@ -32,14 +21,6 @@ async fn read_topic(bus: &KafkaBus, topic: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|(_, v)| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
         .collect()
-}
-
-async fn object_count(client: &aws_sdk_s3::Client, bucket: &str) -> (usize, usize) {
-    let v = s3::versions(client, bucket).await.unwrap_or_default();
-    (
-        v.iter().filter(|v| !v.delete_marker).count(),
-        v.iter().filter(|v| v.delete_marker).count(),
-    )
 }
 
 /// An S3 event notification message as AWS (or, with `s3:` names, MinIO and Ceph) sends it.
@@ -68,19 +49,11 @@ fn event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
     let env = TestEnv::get();
-    let id = unique("events");
-    let clients = [
-        s3::client(&env, 0),
-        s3::client(&env, 1),
-        s3::client(&env, 2),
-    ];
-    let (src, a, b) = (format!("{id}-src"), format!("{id}-a"), format!("{id}-b"));
-    s3::create_bucket(&clients[0], &src, true).await;
-    s3::create_bucket(&clients[1], &a, true).await;
-    s3::create_bucket(&clients[2], &b, true).await;
+    let buckets = Buckets::create(&env, "events").await;
+    let (id, clients, src, a) = (&buckets.id, &buckets.clients, &buckets.source, &buckets.a);
 
     let events_topic = format!("{id}.s3-events");
-    let bus = KafkaBus::connect(&queue(&env, &id)).expect("bus");
+    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
     bus.ensure_topics(
         &[TopicSpec {
             name: events_topic.clone(),
@@ -92,7 +65,7 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
     .await
     .expect("events topic");
     let extra = format!("\n[populator]\nfeeds = [\"events\"]\nevents_topic = \"{events_topic}\"\n");
-    let cfg = config(&env, &id, &src, false, [&a, &b], "").replace(
+    let cfg = buckets.config(&env, false).replace(
         "[populator]\nfeeds = [\"scan\"]\nscan_interval = \"1s\"\n",
         "",
     ) + &extra;
@@ -108,7 +81,7 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
     for (n, (key, encoded)) in writes.iter().enumerate() {
         let version = s3::put(
             &clients[0],
-            &src,
+            src,
             &Put {
                 key: key.to_string(),
                 seed: n as u64,
@@ -122,7 +95,7 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
         } else {
             "s3:ObjectCreated:Put"
         };
-        let message = event(name, &src, encoded, version.as_deref(), 100 + n);
+        let message = event(name, src, encoded, version.as_deref(), 100 + n);
         publisher
             .publish(&events_topic, key, Some(message.as_bytes()))
             .await
@@ -132,10 +105,10 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
         .publish(&events_topic, "junk", Some(b"this is not an event"))
         .await
         .expect("publish junk");
-    let marker = s3::delete(&clients[0], &src, "plain").await;
+    let marker = s3::delete(&clients[0], src, "plain").await;
     let message = event(
         "s3:ObjectRemoved:DeleteMarkerCreated",
-        &src,
+        src,
         "plain",
         marker.as_deref(),
         0,
@@ -147,7 +120,7 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
     // A version delete is not replicated; a bucket ferry does not know is ignored.
     let message = event(
         "ObjectRemoved:Delete",
-        &src,
+        src,
         "plain",
         Some("some-version"),
         0,
@@ -165,14 +138,11 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
     wait_until(
         TIMEOUT,
         "3 objects and 1 delete marker on both targets",
-        || async {
-            object_count(&clients[1], &a).await == (3, 1)
-                && object_count(&clients[2], &b).await == (3, 1)
-        },
+        || async { buckets.count(1).await == (3, 1) && buckets.count(2).await == (3, 1) },
     )
     .await;
     for (key, _) in writes.iter().filter(|(k, _)| *k != "plain") {
-        let got = s3::fetch(&clients[1], &a, key, None).await;
+        let got = s3::fetch(&clients[1], a, key, None).await;
         assert!(
             got.metadata.contains_key("ferry-source-version-id"),
             "{key} is ferry's copy"
@@ -191,26 +161,16 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
     );
     assert!(ferry.running(), "the feed keeps going after bad input");
     ferry.terminate(Duration::from_secs(30));
-    for (n, bucket) in [(0, &src), (1, &a), (2, &b)] {
-        s3::remove_bucket(&clients[n], bucket).await;
-    }
+    buckets.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entries_are_dead_lettered_and_replication_continues() {
     let env = TestEnv::get();
-    let id = unique("dead");
-    let clients = [
-        s3::client(&env, 0),
-        s3::client(&env, 1),
-        s3::client(&env, 2),
-    ];
-    let (src, a, b) = (format!("{id}-src"), format!("{id}-a"), format!("{id}-b"));
-    s3::create_bucket(&clients[0], &src, true).await;
-    s3::create_bucket(&clients[1], &a, true).await;
-    s3::create_bucket(&clients[2], &b, true).await;
-    let mut ferry = Ferry::start(&config(&env, &id, &src, false, [&a, &b], ""));
-    let bus = KafkaBus::connect(&queue(&env, &id)).expect("bus");
+    let buckets = Buckets::create(&env, "dead").await;
+    let (id, clients, src) = (&buckets.id, &buckets.clients, &buckets.source);
+    let mut ferry = Ferry::start(&buckets.config(&env, false));
+    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
 
     // Wait until ferry created its topics, then poison the replication and status topics.
     wait_until(TIMEOUT, "ferry's topics", || async {
@@ -239,7 +199,7 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
         .expect("publish");
     s3::put(
         &clients[0],
-        &src,
+        src,
         &Put {
             key: "after-the-garbage".into(),
             seed: 1,
@@ -250,7 +210,7 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
     .await;
 
     wait_until(TIMEOUT, "the good object on both targets", || async {
-        object_count(&clients[1], &a).await.0 == 1 && object_count(&clients[2], &b).await.0 == 1
+        buckets.target_counts().await == (1, 1)
     })
     .await;
     let topic = format!("{id}.dead-letter");
@@ -271,29 +231,22 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
     );
     assert!(ferry.running());
     ferry.terminate(Duration::from_secs(30));
-    for (n, bucket) in [(0, &src), (1, &a), (2, &b)] {
-        s3::remove_bucket(&clients[n], bucket).await;
-    }
+    buckets.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_target_bucket_is_named_and_nothing_is_lost_until_it_exists() {
     let env = TestEnv::get();
-    let id = unique("nobucket");
-    let clients = [
-        s3::client(&env, 0),
-        s3::client(&env, 1),
-        s3::client(&env, 2),
-    ];
-    let (src, a, b) = (format!("{id}-src"), format!("{id}-a"), format!("{id}-b"));
-    s3::create_bucket(&clients[0], &src, true).await;
-    s3::create_bucket(&clients[1], &a, true).await;
+    let buckets = Buckets::named(&env, "nobucket");
+    let (clients, src, b) = (&buckets.clients, &buckets.source, &buckets.b);
+    buckets.create_one(0).await;
+    buckets.create_one(1).await;
     // Target b's bucket does not exist yet; the source is transient.
-    let mut ferry = Ferry::start(&config(&env, &id, &src, true, [&a, &b], ""));
+    let mut ferry = Ferry::start(&buckets.config(&env, true));
     for i in 0..5u64 {
         s3::put(
             &clients[0],
-            &src,
+            src,
             &Put {
                 key: format!("k{i}"),
                 seed: i,
@@ -304,7 +257,7 @@ async fn missing_target_bucket_is_named_and_nothing_is_lost_until_it_exists() {
         .await;
     }
     wait_until(TIMEOUT, "target a has everything", || async {
-        object_count(&clients[1], &a).await.0 == 5
+        buckets.count(1).await.0 == 5
     })
     .await;
     wait_until(
@@ -312,25 +265,24 @@ async fn missing_target_bucket_is_named_and_nothing_is_lost_until_it_exists() {
         "an error naming site-b and its missing bucket",
         || async {
             let log = ferry.log();
-            log.lines()
-                .any(|l| l.contains("site-b") && l.contains(&b) && l.contains("NoSuchBucket"))
+            log.lines().any(|l| {
+                l.contains("site-b") && l.contains(b.as_str()) && l.contains("NoSuchBucket")
+            })
         },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        object_count(&clients[0], &src).await.0,
+        buckets.count(0).await.0,
         5,
         "nothing leaves the transient source while b lacks it"
     );
 
-    s3::create_bucket(&clients[2], &b, true).await;
+    buckets.create_one(2).await;
     wait_until(TIMEOUT, "b catches up and the source empties", || async {
-        object_count(&clients[2], &b).await.0 == 5 && object_count(&clients[0], &src).await.0 == 0
+        buckets.count(2).await.0 == 5 && buckets.count(0).await.0 == 0
     })
     .await;
     ferry.terminate(Duration::from_secs(30));
-    for (n, bucket) in [(0, &src), (1, &a), (2, &b)] {
-        s3::remove_bucket(&clients[n], bucket).await;
-    }
+    buckets.remove().await;
 }

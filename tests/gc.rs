@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use ferry::bus::KafkaBus;
-use ferry::config::QueueConfig;
 use ferry::model::{EntryKind, GcTask, ReplicationEntry, TargetCopy, SCHEMA};
 use support::s3::{self, Put};
-use support::{config, unique, wait_until, Ferry, TestEnv};
+use support::{wait_until, Buckets, Ferry, TestEnv};
 
 /// Writes a copy of `data` to `bucket` stamped as ferry's copy of `source_version`.
 async fn stamped_copy(
@@ -78,23 +77,21 @@ fn task(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_deletes_only_versions_every_target_verifiably_holds() {
     let env = TestEnv::get();
-    let id = unique("gc");
-    let clients = [
-        s3::client(&env, 0),
-        s3::client(&env, 1),
-        s3::client(&env, 2),
-    ];
-    let (src, a, b) = (format!("{id}-src"), format!("{id}-a"), format!("{id}-b"));
-    s3::create_bucket(&clients[0], &src, true).await;
-    s3::create_bucket(&clients[1], &a, true).await;
-    s3::create_bucket(&clients[2], &b, true).await;
+    let buckets = Buckets::create(&env, "gc").await;
+    let (id, clients, src, a, b) = (
+        &buckets.id,
+        &buckets.clients,
+        &buckets.source,
+        &buckets.a,
+        &buckets.b,
+    );
 
     // Three source versions; only "good" has a verified copy on both targets.
     let mut versions = HashMap::new();
     for (n, key) in ["good", "missing", "short"].iter().enumerate() {
         let version = s3::put(
             &clients[0],
-            &src,
+            src,
             &Put {
                 key: key.to_string(),
                 seed: n as u64,
@@ -106,7 +103,7 @@ async fn gc_deletes_only_versions_every_target_verifiably_holds() {
         .expect("versioned");
         let head = clients[0]
             .head_object()
-            .bucket(&src)
+            .bucket(src)
             .key(*key)
             .version_id(&version)
             .send()
@@ -121,7 +118,7 @@ async fn gc_deletes_only_versions_every_target_verifiably_holds() {
     }
     let (gv, ge, gd) = &versions["good"];
     let good = task(
-        &src,
+        src,
         "good",
         gv,
         ge,
@@ -129,17 +126,17 @@ async fn gc_deletes_only_versions_every_target_verifiably_holds() {
         [
             (
                 "site-a",
-                &stamped_copy(&clients[1], &a, "good", gd.clone(), gv, ge).await,
+                &stamped_copy(&clients[1], a, "good", gd.clone(), gv, ge).await,
             ),
             (
                 "site-b",
-                &stamped_copy(&clients[2], &b, "good", gd.clone(), gv, ge).await,
+                &stamped_copy(&clients[2], b, "good", gd.clone(), gv, ge).await,
             ),
         ],
     );
     let (mv, me, md) = &versions["missing"];
     let missing = task(
-        &src,
+        src,
         "missing",
         mv,
         me,
@@ -147,14 +144,14 @@ async fn gc_deletes_only_versions_every_target_verifiably_holds() {
         [
             (
                 "site-a",
-                &stamped_copy(&clients[1], &a, "missing", md.clone(), mv, me).await,
+                &stamped_copy(&clients[1], a, "missing", md.clone(), mv, me).await,
             ),
             ("site-b", "no-such-version"),
         ],
     );
     let (sv, se, sd) = &versions["short"];
     let short = task(
-        &src,
+        src,
         "short",
         sv,
         se,
@@ -162,26 +159,19 @@ async fn gc_deletes_only_versions_every_target_verifiably_holds() {
         [
             (
                 "site-a",
-                &stamped_copy(&clients[1], &a, "short", sd.clone(), sv, se).await,
+                &stamped_copy(&clients[1], a, "short", sd.clone(), sv, se).await,
             ),
             (
                 "site-b",
-                &stamped_copy(&clients[2], &b, "short", sd[..4000].to_vec(), sv, se).await,
+                &stamped_copy(&clients[2], b, "short", sd[..4000].to_vec(), sv, se).await,
             ),
         ],
     );
 
     // Only the garbage collector runs; the tasks are published as the status processor would.
     let only_gc = "\n[stages]\npopulator = false\nreplication = false\nstatus = false\ngc = true\n";
-    let mut ferry = Ferry::start(&config(&env, &id, &src, true, [&a, &b], only_gc));
-    let bus = KafkaBus::connect(&QueueConfig {
-        brokers: env.kafka.clone(),
-        topic_prefix: format!("{id}."),
-        partitions: 4,
-        replication_factor: 1,
-        group_prefix: format!("{id}."),
-    })
-    .expect("bus");
+    let mut ferry = Ferry::start(&buckets.config_with(&env, true, only_gc));
+    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
     let gc_topic = format!("{id}.gc");
     wait_until(Duration::from_secs(60), "ferry's gc topic", || async {
         bus.partition_count(&gc_topic).await.unwrap_or(0) == 4
@@ -244,7 +234,5 @@ async fn gc_deletes_only_versions_every_target_verifiably_holds() {
         "says what is wrong with the copy"
     );
     ferry.terminate(Duration::from_secs(30));
-    for (n, bucket) in [(0, &src), (1, &a), (2, &b)] {
-        s3::remove_bucket(&clients[n], bucket).await;
-    }
+    buckets.remove().await;
 }

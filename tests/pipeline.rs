@@ -8,70 +8,10 @@ use std::time::{Duration, Instant};
 
 use support::monitor::Monitor;
 use support::s3::{self, Put, TargetIndex};
-use support::{config, rgw, unique, wait_until, Ferry, TestEnv};
+use support::{rgw, wait_until, Buckets, Ferry, TestEnv};
 
 /// Long enough for 300 versions (80 MiB) on a 2-core machine running everything.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(300);
-
-struct Buckets {
-    id: String,
-    source: String,
-    a: String,
-    b: String,
-    clients: [aws_sdk_s3::Client; 3],
-}
-
-impl Buckets {
-    async fn create(env: &TestEnv, name: &str) -> Self {
-        let id = unique(name);
-        let clients = [s3::client(env, 0), s3::client(env, 1), s3::client(env, 2)];
-        let b = Self {
-            source: format!("{id}-src"),
-            a: format!("{id}-a"),
-            b: format!("{id}-b"),
-            id,
-            clients,
-        };
-        s3::create_bucket(&b.clients[0], &b.source, true).await;
-        s3::create_bucket(&b.clients[1], &b.a, true).await;
-        s3::create_bucket(&b.clients[2], &b.b, true).await;
-        b
-    }
-
-    async fn remove(&self) {
-        s3::remove_bucket(&self.clients[0], &self.source).await;
-        s3::remove_bucket(&self.clients[1], &self.a).await;
-        s3::remove_bucket(&self.clients[2], &self.b).await;
-    }
-
-    fn config(&self, env: &TestEnv, transient: bool) -> String {
-        config(
-            env,
-            &self.id,
-            &self.source,
-            transient,
-            [&self.a, &self.b],
-            "",
-        )
-    }
-
-    /// How many object versions each target holds.
-    async fn target_counts(&self) -> (usize, usize) {
-        let count = |v: Vec<s3::Version>| v.iter().filter(|v| !v.delete_marker).count();
-        (
-            count(
-                s3::versions(&self.clients[1], &self.a)
-                    .await
-                    .unwrap_or_default(),
-            ),
-            count(
-                s3::versions(&self.clients[2], &self.b)
-                    .await
-                    .unwrap_or_default(),
-            ),
-        )
-    }
-}
 
 /// The 300-version workload: sizes from 0 B to 40 MiB, metadata and tags on some, keys with
 /// spaces, unicode and `%`, one key written 4 times.

@@ -276,3 +276,104 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A source bucket on gateway 0 and two target buckets on gateways 1 and 2, named for one test.
+pub struct Buckets {
+    pub id: String,
+    pub source: String,
+    pub a: String,
+    pub b: String,
+    pub clients: [aws_sdk_s3::Client; 3],
+}
+
+impl Buckets {
+    /// Names the buckets (unique to this run) without creating them.
+    pub fn named(env: &TestEnv, name: &str) -> Self {
+        let id = unique(name);
+        let clients = [s3::client(env, 0), s3::client(env, 1), s3::client(env, 2)];
+        Self {
+            source: format!("{id}-src"),
+            a: format!("{id}-a"),
+            b: format!("{id}-b"),
+            id,
+            clients,
+        }
+    }
+
+    /// Names and creates all three, versioned.
+    pub async fn create(env: &TestEnv, name: &str) -> Self {
+        let b = Self::named(env, name);
+        for n in 0..3 {
+            b.create_one(n).await;
+        }
+        b
+    }
+
+    /// Creates bucket `n` (0 source, 1 target a, 2 target b), versioned.
+    pub async fn create_one(&self, n: usize) {
+        s3::create_bucket(&self.clients[n], self.bucket(n), true).await;
+    }
+
+    /// The name of bucket `n` (0 source, 1 target a, 2 target b).
+    pub fn bucket(&self, n: usize) -> &str {
+        [&self.source, &self.a, &self.b][n]
+    }
+
+    /// Deletes every version and the buckets.
+    pub async fn remove(&self) {
+        for n in 0..3 {
+            s3::remove_bucket(&self.clients[n], self.bucket(n)).await;
+        }
+    }
+
+    /// The ferry configuration for these buckets; `extra` is appended.
+    pub fn config_with(&self, env: &TestEnv, transient: bool, extra: &str) -> String {
+        config(
+            env,
+            &self.id,
+            &self.source,
+            transient,
+            [&self.a, &self.b],
+            extra,
+        )
+    }
+
+    /// The ferry configuration for these buckets.
+    pub fn config(&self, env: &TestEnv, transient: bool) -> String {
+        config(
+            env,
+            &self.id,
+            &self.source,
+            transient,
+            [&self.a, &self.b],
+            "",
+        )
+    }
+
+    /// (object versions, delete markers) in bucket `n`.
+    pub async fn count(&self, n: usize) -> (usize, usize) {
+        let v = s3::versions(&self.clients[n], self.bucket(n))
+            .await
+            .unwrap_or_default();
+        (
+            v.iter().filter(|v| !v.delete_marker).count(),
+            v.iter().filter(|v| v.delete_marker).count(),
+        )
+    }
+
+    /// The queue settings ferry uses for these buckets' test (to publish or read its topics).
+    pub fn queue(&self, env: &TestEnv) -> ferry::config::QueueConfig {
+        ferry::config::QueueConfig {
+            brokers: env.kafka.clone(),
+            topic_prefix: format!("{}.", self.id),
+            partitions: 4,
+            replication_factor: 1,
+            group_prefix: format!("{}.", self.id),
+        }
+    }
+
+    /// How many object versions each target holds.
+    pub async fn target_counts(&self) -> (usize, usize) {
+        (self.count(1).await.0, self.count(2).await.0)
+    }
+}
