@@ -286,3 +286,105 @@ async fn missing_target_bucket_is_named_and_nothing_is_lost_until_it_exists() {
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
 }
+
+/// Malformed message number `i`: every kind of bad input a topic can carry.
+fn garbage(i: usize) -> Option<Vec<u8>> {
+    match i % 6 {
+        0 => Some(b"not json at all".to_vec()),
+        1 => Some(format!(r#"{{"schema": {}, "bucket": "b"}}"#, 2 + i).into_bytes()),
+        2 => Some(br#"{"schema": 1, "bucket": "b"}"#.to_vec()),
+        3 => Some(vec![0xff, 0xfe, 0x00, (i % 251) as u8]),
+        4 => Some(br#"[1, 2, 3]"#.to_vec()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_malformed_messages_on_every_topic_are_dead_lettered_while_valid_work_flows() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "flood").await;
+    let id = &buckets.id;
+    let events_topic = format!("{id}.s3-events");
+    let extra = format!("\n[populator]\nfeeds = [\"scan\", \"events\"]\nevents_topic = \"{events_topic}\"\nscan_interval = \"1s\"\n");
+    let cfg = buckets.config(&env, true).replace(
+        "[populator]\nfeeds = [\"scan\"]\nscan_interval = \"1s\"\n",
+        "",
+    ) + &extra;
+    let mut ferry = Ferry::start(&cfg);
+    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    wait_until(TIMEOUT, "ferry's topics", || async {
+        bus.partition_count(&events_topic).await.unwrap_or(0) > 0
+            && bus.partition_count(&format!("{id}.gc")).await.unwrap_or(0) == 4
+    })
+    .await;
+
+    let topics = [
+        format!("{id}.replication"),
+        format!("{id}.status"),
+        format!("{id}.gc"),
+        events_topic.clone(),
+    ];
+    let publisher = bus.publisher();
+    let mut written = 0;
+    for round in 0..10 {
+        // Valid work interleaved with the garbage: an object at the source every round.
+        s3::put(
+            &buckets.clients[0],
+            &buckets.source,
+            &Put {
+                key: format!("valid/{round}"),
+                seed: round,
+                size: 2000,
+                ..Put::default()
+            },
+        )
+        .await;
+        written += 1;
+        let mut sends = Vec::new();
+        for topic in &topics {
+            for i in 0..100 {
+                let n = round as usize * 100 + i;
+                let payload = garbage(n);
+                let publisher = publisher.clone();
+                let topic = topic.clone();
+                sends.push(tokio::spawn(async move {
+                    publisher
+                        .publish(&topic, &format!("junk-{n}"), payload.as_deref())
+                        .await
+                        .expect("publish junk");
+                }));
+            }
+        }
+        for s in sends {
+            s.await.expect("send task");
+        }
+    }
+
+    wait_until(
+        Duration::from_secs(240),
+        "valid objects replicated and the transient source emptied",
+        || async {
+            buckets.target_counts().await == (written, written) && buckets.count(0).await.0 == 0
+        },
+    )
+    .await;
+    let dead_letter = format!("{id}.dead-letter");
+    wait_until(Duration::from_secs(240), "4,000 dead letters", || async {
+        read_topic(&bus, &dead_letter).await.len() >= 4000
+    })
+    .await;
+    let dead = read_topic(&bus, &dead_letter).await;
+    for topic in &topics {
+        let from_topic = dead
+            .iter()
+            .filter(|d| d.contains(&format!("\"origin\":\"{topic}/")))
+            .count();
+        assert_eq!(
+            from_topic, 1000,
+            "every malformed message of {topic} is dead-lettered once"
+        );
+    }
+    assert!(ferry.running(), "nothing crashed");
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}

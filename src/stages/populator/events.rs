@@ -176,19 +176,19 @@ impl EventFeed {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
         while let Some(delivery) = receive(&self.subscription, STAGE, &shutdown).await {
             let parsed = match delivery.payload.as_deref() {
-                Some(p) => entries_of(&self.config, p),
-                None => Ok((Vec::new(), 1)),
+                Some(p) => entries_of(&self.config, p).map_err(|e| e.to_string()),
+                None => Err("empty message".to_string()),
             };
             let (entries, ignored) = match parsed {
                 Ok(parsed) => parsed,
-                Err(e) => {
+                Err(reason) => {
                     self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                     dead_letter(
                         &self.publisher,
                         &self.topics.dead_letter,
                         STAGE,
                         delivery,
-                        &e.to_string(),
+                        &reason,
                         &shutdown,
                     )
                     .await;
