@@ -127,7 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             publisher.clone(),
             topics.clone(),
             bus.subscribe("replication", &[&topics.replication])?,
-            config.locations.keys().cloned(),
+            &config.locations,
         );
         spawn("replication", Box::pin(processor.run(stages.clone())));
     }

@@ -272,6 +272,8 @@ async fn missing_target_bucket_is_named_and_nothing_is_lost_until_it_exists() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let paused = ferry.log().matches("location PAUSED").count();
+    assert_eq!(paused, 1, "the target is paused once, not once per object");
     assert_eq!(
         buckets.count(0).await.0,
         5,
@@ -283,6 +285,7 @@ async fn missing_target_bucket_is_named_and_nothing_is_lost_until_it_exists() {
         buckets.count(2).await.0 == 5 && buckets.count(0).await.0 == 0
     })
     .await;
+    assert!(ferry.log().contains("RESUMED"), "the resume is logged");
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
 }
@@ -385,6 +388,84 @@ async fn a_thousand_malformed_messages_on_every_topic_are_dead_lettered_while_va
         );
     }
     assert!(ferry.running(), "nothing crashed");
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_version_gone_before_its_copy_is_failed_and_recorded() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "gone").await;
+    let id = &buckets.id;
+    let events_topic = format!("{id}.s3-events");
+    let extra = format!("\n[populator]\nfeeds = [\"events\"]\nevents_topic = \"{events_topic}\"\n");
+    let cfg = buckets.config(&env, true).replace(
+        "[populator]\nfeeds = [\"scan\"]\nscan_interval = \"1s\"\n",
+        "",
+    ) + &extra;
+    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    bus.ensure_topics(
+        &[TopicSpec {
+            name: events_topic.clone(),
+            partitions: 1,
+            compacted: false,
+        }],
+        1,
+    )
+    .await
+    .expect("events topic");
+    let mut ferry = Ferry::start(&cfg);
+
+    // The version is written and deleted before ferry gets to it; the event still arrives.
+    let put = Put {
+        key: "short-lived".into(),
+        seed: 1,
+        size: 100,
+        ..Put::default()
+    };
+    let version = s3::put(&buckets.clients[0], &buckets.source, &put)
+        .await
+        .expect("versioned");
+    buckets.clients[0]
+        .delete_object()
+        .bucket(&buckets.source)
+        .key("short-lived")
+        .version_id(&version)
+        .send()
+        .await
+        .expect("delete version");
+    let message = event(
+        "ObjectCreated:Put",
+        &buckets.source,
+        "short-lived",
+        Some(&version),
+        100,
+    );
+    bus.publisher()
+        .publish(&events_topic, "short-lived", Some(message.as_bytes()))
+        .await
+        .expect("publish");
+
+    let failed_topic = format!("{id}.failed");
+    wait_until(TIMEOUT, "a FAILED record per target", || async {
+        let reader = bus.state_reader().expect("reader");
+        let mut records = 0;
+        for p in 0..4 {
+            records += reader
+                .read_partition(&failed_topic, p)
+                .await
+                .map(|r| r.len())
+                .unwrap_or(0);
+        }
+        records >= 2
+    })
+    .await;
+    let log = ferry.log();
+    assert!(
+        log.contains("copy FAILED") && log.contains("NoSuch"),
+        "the failure says why"
+    );
+    assert_eq!(buckets.target_counts().await, (0, 0));
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
 }

@@ -416,9 +416,20 @@ impl StateReader {
                 })?;
             let message = match received {
                 Ok(message) => message,
-                // The end of the partition: compaction may have removed the offsets just
-                // before the high watermark, so this, not the watermark, says we are done.
-                Err(KafkaError::PartitionEOF(p)) if p == partition => break,
+                // An end-of-partition event: done if the fetch position reached the watermark
+                // read at the start (compaction may have removed the offsets just before it, so
+                // the last record's offset alone cannot tell). Some brokers (tansu) signal an
+                // end after every batch, hence the position check.
+                Err(KafkaError::PartitionEOF(p)) if p == partition => {
+                    let position = consumer.position().ok().and_then(|tpl| {
+                        tpl.find_partition(topic, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    });
+                    if position.is_some_and(|o| o >= high) {
+                        break;
+                    }
+                    continue;
+                }
                 Err(KafkaError::PartitionEOF(_)) => continue,
                 Err(e) => return Err(error(e.to_string())),
             };

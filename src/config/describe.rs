@@ -87,7 +87,7 @@ pub fn describe(config: &Config) -> String {
     let _ = writeln!(
         out,
         "replication: {} entries in flight, {} copies per target, multipart above {} bytes in {} byte parts, retry {:?}..{:?}",
-        r.max_in_flight, r.target_concurrency, r.multipart_threshold, r.part_size, r.retry_initial_delay, r.retry_max_delay
+        r.max_in_flight, r.target_concurrency, r.multipart_threshold, r.part_size, r.retry.initial_delay, r.retry.max_delay
     );
     let _ = writeln!(out, "gc: {} tasks at once", config.gc.concurrency);
     let _ = writeln!(out, "shutdown timeout: {:?}", config.shutdown_timeout);

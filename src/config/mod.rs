@@ -71,6 +71,21 @@ pub struct LocationConfig {
     pub checksum_calculation: ChecksumCalculation,
     /// Replicated versions are deleted here once every target holds a verified copy.
     pub transient: bool,
+    /// As a target: how many copies to it run at once.
+    pub concurrency: usize,
+    /// As a target: how failed copies to it are retried.
+    pub retry: RetryPolicy,
+}
+
+/// How transient failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before the entry is FAILED for the target (configuration errors do not count:
+    /// they pause the target instead).
+    pub max_attempts: u32,
+    /// First delay; it doubles, with jitter, up to `max_delay`.
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
 }
 
 impl fmt::Debug for LocationConfig {
@@ -84,6 +99,8 @@ impl fmt::Debug for LocationConfig {
             .field("credentials", &self.credentials)
             .field("checksum_calculation", &self.checksum_calculation)
             .field("transient", &self.transient)
+            .field("concurrency", &self.concurrency)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -146,9 +163,8 @@ pub struct ReplicationConfig {
     pub multipart_threshold: u64,
     /// Part size for multipart copies (grown to stay within 10,000 parts).
     pub part_size: u64,
-    /// First retry delay after a transient failure; doubles (with jitter) up to the maximum.
-    pub retry_initial_delay: Duration,
-    pub retry_max_delay: Duration,
+    /// Default retry policy of targets that set none.
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug, Clone)]

@@ -91,6 +91,12 @@ pub struct RawLocation {
     pub checksum_calculation: Option<String>,
     #[serde(default)]
     pub transient: bool,
+    /// As a target: copies to it at once (default `replication.target_concurrency`).
+    pub concurrency: Option<i64>,
+    /// As a target: attempts per entry before it is FAILED (default `replication.max_attempts`).
+    pub max_attempts: Option<i64>,
+    pub retry_initial_delay: Option<String>,
+    pub retry_max_delay: Option<String>,
 }
 
 /// `[[rules]]`.
@@ -118,6 +124,7 @@ pub struct RawPopulator {
 #[serde(deny_unknown_fields)]
 pub struct RawReplication {
     pub max_in_flight: Option<i64>,
+    pub max_attempts: Option<i64>,
     pub target_concurrency: Option<i64>,
     pub multipart_threshold: Option<RawSize>,
     pub part_size: Option<RawSize>,

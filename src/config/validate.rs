@@ -17,14 +17,14 @@ const MAX_PART_SIZE: u64 = 5 << 30;
 /// Checks `raw` and builds the typed configuration, or names the first key that is wrong.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let queue = queue(&raw)?;
+    let replication = replication(&raw)?;
     let locations = raw
         .locations
         .iter()
-        .map(|(name, loc)| location(name, loc).map(|l| (name.clone(), l)))
+        .map(|(name, loc)| location(name, loc, &replication).map(|l| (name.clone(), l)))
         .collect::<Result<BTreeMap<_, _>, _>>()?;
     let rules = rules(&raw, &locations)?;
     let populator = populator(&raw)?;
-    let replication = replication(&raw)?;
     let gc = GcConfig {
         concurrency: positive("gc.concurrency", raw.gc.concurrency, 16, 4096)?,
     };
@@ -110,7 +110,11 @@ fn check_topic_chars(key: &str, text: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn location(name: &str, raw: &RawLocation) -> Result<LocationConfig, ConfigError> {
+fn location(
+    name: &str,
+    raw: &RawLocation,
+    defaults: &ReplicationConfig,
+) -> Result<LocationConfig, ConfigError> {
     let key = |field: &str| format!("locations.{name}.{field}");
     if name.is_empty()
         || !name
@@ -182,6 +186,50 @@ fn location(name: &str, raw: &RawLocation) -> Result<LocationConfig, ConfigError
         credentials,
         checksum_calculation,
         transient: raw.transient,
+        concurrency: match raw.concurrency {
+            None => defaults.target_concurrency,
+            v => positive(&key("concurrency"), v, 0, 10_000)?,
+        },
+        retry: retry_policy(
+            &format!("locations.{name}."),
+            raw.max_attempts,
+            raw.retry_initial_delay.as_deref(),
+            raw.retry_max_delay.as_deref(),
+            defaults.retry,
+        )?,
+    })
+}
+
+/// A retry policy from optional overrides of `defaults`; `prefix` is the keys' section
+/// (`"replication."` or `"locations.NAME."`).
+fn retry_policy(
+    prefix: &str,
+    max_attempts: Option<i64>,
+    initial: Option<&str>,
+    max: Option<&str>,
+    defaults: RetryPolicy,
+) -> Result<RetryPolicy, ConfigError> {
+    let key = |field: &str| format!("{prefix}{field}");
+    let max_attempts = match max_attempts {
+        None => defaults.max_attempts,
+        v => positive(&key("max_attempts"), v, 0, 1_000_000)? as u32,
+    };
+    let optional = |field: &str, value: Option<&str>, default: Duration| match value {
+        None => Ok(default),
+        Some(v) => parse_duration(v).map_err(|m| ConfigError::invalid(key(field), m)),
+    };
+    let initial_delay = optional("retry_initial_delay", initial, defaults.initial_delay)?;
+    let max_delay = optional("retry_max_delay", max, defaults.max_delay)?;
+    if max_delay < initial_delay {
+        return Err(ConfigError::invalid(
+            key("retry_max_delay"),
+            "smaller than retry_initial_delay",
+        ));
+    }
+    Ok(RetryPolicy {
+        max_attempts,
+        initial_delay,
+        max_delay,
     })
 }
 
@@ -346,22 +394,20 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
             "larger than S3's 5 GiB single-upload limit",
         ));
     }
-    let retry_initial_delay = duration(
-        "replication.retry_initial_delay",
+    // Ten attempts with delays doubling from 0.5 s to at most 60 s span about five minutes:
+    // enough to ride out a restart or a throttling burst, short enough that a broken copy is
+    // reported FAILED within the hour.
+    let retry = retry_policy(
+        "replication.",
+        r.max_attempts,
         r.retry_initial_delay.as_deref(),
-        "500ms",
-    )?;
-    let retry_max_delay = duration(
-        "replication.retry_max_delay",
         r.retry_max_delay.as_deref(),
-        "60s",
+        RetryPolicy {
+            max_attempts: 10,
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+        },
     )?;
-    if retry_max_delay < retry_initial_delay {
-        return Err(ConfigError::invalid(
-            "replication.retry_max_delay",
-            "smaller than replication.retry_initial_delay",
-        ));
-    }
     Ok(ReplicationConfig {
         max_in_flight: positive("replication.max_in_flight", r.max_in_flight, 512, 1_000_000)?,
         target_concurrency: positive(
@@ -372,8 +418,7 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
         )?,
         multipart_threshold,
         part_size,
-        retry_initial_delay,
-        retry_max_delay,
+        retry,
     })
 }
 

@@ -26,11 +26,13 @@ pub enum ErrorKind {
 
 /// A failed storage operation: what was attempted, where, and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} on {location} ({key}): {message}")]
+#[error("{op} on {location} (bucket {bucket}, key {key:?}): {message}")]
 pub struct StorageError {
     pub kind: ErrorKind,
     pub op: &'static str,
+    /// The location's name in the configuration.
     pub location: String,
+    pub bucket: String,
     pub key: String,
     pub message: String,
 }

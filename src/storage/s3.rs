@@ -88,13 +88,15 @@ impl S3Store {
         StorageError {
             kind,
             op,
-            location: format!("{} (bucket {})", self.name, self.bucket),
+            location: self.name.clone(),
+            bucket: self.bucket.clone(),
             key: key.to_string(),
             message,
         }
     }
 
-    fn local_error(
+    /// An error found by ferry itself (not reported by the server) about this store.
+    pub fn local_error(
         &self,
         op: &'static str,
         key: &str,
@@ -104,7 +106,8 @@ impl S3Store {
         StorageError {
             kind,
             op,
-            location: format!("{} (bucket {})", self.name, self.bucket),
+            location: self.name.clone(),
+            bucket: self.bucket.clone(),
             key: key.to_string(),
             message,
         }

@@ -131,7 +131,7 @@ impl GarbageCollector {
 
     /// Verifies and deletes, retrying transient failures; acknowledges when settled.
     async fn collect(&self, task: GcTask, delivery: Delivery, shutdown: &CancellationToken) {
-        let mut backoff = Backoff::new(self.retry.retry_initial_delay, self.retry.retry_max_delay);
+        let mut backoff = Backoff::new(self.retry.retry.initial_delay, self.retry.retry.max_delay);
         loop {
             match self.try_collect(&task).await {
                 Ok(Verdict::Delete) => {

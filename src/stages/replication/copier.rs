@@ -255,37 +255,28 @@ impl Copier<'_> {
         length: u64,
         md5_hex: &str,
     ) -> Result<(), StorageError> {
+        let fail = |message| {
+            Err(self
+                .source
+                .local_error("GetObject (verify)", "", ErrorKind::Transient, message))
+        };
         if length != head.size {
-            return Err(StorageError {
-                kind: ErrorKind::Transient,
-                op: "GetObject (verify)",
-                location: self.source.name.clone(),
-                key: String::new(),
-                message: format!("read {length} bytes, the source announced {}", head.size),
-            });
+            return fail(format!(
+                "read {length} bytes, the source announced {}",
+                head.size
+            ));
         }
-        if let Some(etag) = head.etag.as_deref().filter(|e| etag_is_md5(e)) {
-            if etag != md5_hex {
-                return Err(StorageError {
-                    kind: ErrorKind::Transient,
-                    op: "GetObject (verify)",
-                    location: self.source.name.clone(),
-                    key: String::new(),
-                    message: format!("data read has MD5 {md5_hex}, the source ETag is {etag}"),
-                });
-            }
+        match head.etag.as_deref().filter(|e| etag_is_md5(e)) {
+            Some(etag) if etag != md5_hex => fail(format!(
+                "data read has MD5 {md5_hex}, the source ETag is {etag}"
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn integrity(&self, key: &str, message: String) -> StorageError {
-        StorageError {
-            kind: ErrorKind::Transient,
-            op: "verify copy",
-            location: self.target.name.clone(),
-            key: key.to_string(),
-            message,
-        }
+        self.target
+            .local_error("verify copy", key, ErrorKind::Transient, message)
     }
 }
 

@@ -8,6 +8,7 @@
 //! entry of its partition is too.
 
 mod copier;
+mod gate;
 mod lanes;
 
 pub use copier::{is_copy_of, part_size_for, Outcome, STAMP_ETAG, STAMP_MTIME, STAMP_VERSION};
@@ -23,11 +24,12 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
-use crate::config::ReplicationConfig;
+use crate::config::{LocationConfig, ReplicationConfig, RetryPolicy};
 use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, TargetResult};
 use crate::storage::{ErrorKind, Stores};
 
 use self::copier::Copier;
+use self::gate::Gates;
 use self::lanes::{Lanes, Ticket};
 use super::{dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
 
@@ -41,7 +43,15 @@ pub struct ReplicationStats {
     pub superseded: AtomicU64,
     pub failed: AtomicU64,
     pub retries: AtomicU64,
+    pub pauses: AtomicU64,
     pub dead_letters: AtomicU64,
+}
+
+/// What the processor keeps per target location.
+struct TargetSettings {
+    /// A slow target uses up its own permits, not the others'.
+    limit: Arc<Semaphore>,
+    retry: RetryPolicy,
 }
 
 /// The replication stage.
@@ -52,8 +62,10 @@ pub struct ReplicationProcessor {
     topics: Topics,
     subscription: Subscription,
     lanes: Arc<Lanes>,
-    /// One semaphore per target: a slow target uses up its own permits, not the others'.
-    target_limits: HashMap<String, Arc<Semaphore>>,
+    targets: HashMap<String, TargetSettings>,
+    gates: Gates,
+    /// Entry tasks and location probes, waited for at shutdown.
+    tasks: TaskTracker,
     pub stats: Arc<ReplicationStats>,
 }
 
@@ -64,11 +76,17 @@ impl ReplicationProcessor {
         publisher: Publisher,
         topics: Topics,
         subscription: Subscription,
-        targets: impl IntoIterator<Item = String>,
+        locations: &std::collections::BTreeMap<String, LocationConfig>,
     ) -> Self {
-        let target_limits = targets
-            .into_iter()
-            .map(|t| (t, Arc::new(Semaphore::new(config.target_concurrency))))
+        let targets = locations
+            .values()
+            .map(|l| {
+                let settings = TargetSettings {
+                    limit: Arc::new(Semaphore::new(l.concurrency)),
+                    retry: l.retry,
+                };
+                (l.name.clone(), settings)
+            })
             .collect();
         Self {
             config,
@@ -77,7 +95,9 @@ impl ReplicationProcessor {
             topics,
             subscription,
             lanes: Arc::new(Lanes::default()),
-            target_limits,
+            targets,
+            gates: Gates::new(locations.keys().cloned()),
+            tasks: TaskTracker::new(),
             stats: Arc::default(),
         }
     }
@@ -86,7 +106,7 @@ impl ReplicationProcessor {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
         let this = Arc::new(self);
         let in_flight = Arc::new(Semaphore::new(this.config.max_in_flight));
-        let tasks = TaskTracker::new();
+        let tasks = this.tasks.clone();
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -195,7 +215,7 @@ impl ReplicationProcessor {
     /// Copies `entry` to `target` (retrying transient failures) and publishes the result.
     /// Returns whether the result was published.
     async fn replicate_to(
-        &self,
+        self: &Arc<Self>,
         entry: &ReplicationEntry,
         target: &str,
         ticket: Ticket,
@@ -224,7 +244,7 @@ impl ReplicationProcessor {
     }
 
     async fn copy_with_retries(
-        &self,
+        self: &Arc<Self>,
         entry: &ReplicationEntry,
         target: &str,
         shutdown: &CancellationToken,
@@ -239,10 +259,12 @@ impl ReplicationProcessor {
             attempts,
             at_ms: model::now_ms(),
         };
-        let (Some(source), Some(store), Some(limit)) = (
+        let (Some(source), Some(store), Some(settings), Some(source_gate), Some(target_gate)) = (
             self.stores.get(&entry.source),
             self.stores.get(target),
-            self.target_limits.get(target),
+            self.targets.get(target),
+            self.gates.get(&entry.source),
+            self.gates.get(target),
         ) else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             let message = format!(
@@ -254,7 +276,7 @@ impl ReplicationProcessor {
         };
         let _permit = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            permit = limit.acquire() => permit.ok()?,
+            permit = settings.limit.acquire() => permit.ok()?,
         };
         let copier = Copier {
             source,
@@ -262,10 +284,13 @@ impl ReplicationProcessor {
             multipart_threshold: self.config.multipart_threshold,
             part_size: self.config.part_size,
         };
-        let mut backoff =
-            Backoff::new(self.config.retry_initial_delay, self.config.retry_max_delay);
+        let policy = settings.retry;
+        let mut backoff = Backoff::new(policy.initial_delay, policy.max_delay);
         let mut attempts = 0;
         loop {
+            if !source_gate.open(shutdown).await || !target_gate.open(shutdown).await {
+                return None;
+            }
             attempts += 1;
             let outcome = match entry.kind {
                 EntryKind::Object => copier.copy_object(entry).await,
@@ -306,21 +331,22 @@ impl ReplicationProcessor {
                         attempts,
                     ));
                 }
-                Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::Config) => {
+                Err(e) if e.kind == ErrorKind::Config => {
+                    // Not this entry's fault: pause the location, do not count the attempt.
+                    attempts -= 1;
+                    self.pause(&e.location, &e.to_string(), shutdown);
+                }
+                Err(e) if e.kind == ErrorKind::Transient && attempts < policy.max_attempts => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     let delay = backoff.next_delay();
-                    if e.kind == ErrorKind::Config {
-                        tracing::error!(attempt = attempts, error = %e, retry_in = ?delay, "target or source misconfigured; retrying until fixed");
-                    } else {
-                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?delay, "copy failed, will retry");
-                    }
+                    tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, will retry");
                     if !sleep_or_shutdown(delay, shutdown).await {
                         return None;
                     }
                 }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(attempt = attempts, error = %e, "copy failed permanently");
+                    tracing::error!(attempt = attempts, error = %e, "copy FAILED");
                     return Some(result(
                         ReplicationStatus::Failed,
                         None,
@@ -330,5 +356,45 @@ impl ReplicationProcessor {
                 }
             }
         }
+    }
+
+    /// Closes `location`'s gate and, if it was open, starts the probe that reopens it.
+    fn pause(self: &Arc<Self>, location: &str, reason: &str, shutdown: &CancellationToken) {
+        let (Some(gate), Some(store)) = (self.gates.get(location), self.stores.get(location))
+        else {
+            return;
+        };
+        if !gate.pause(reason) {
+            return;
+        }
+        self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            location,
+            reason,
+            "location PAUSED: copies involving it wait until it works again"
+        );
+        let (gate, store, shutdown) = (gate.clone(), store.clone(), shutdown.clone());
+        let every = self
+            .targets
+            .get(location)
+            .map_or(self.config.retry.max_delay, |t| t.retry.max_delay);
+        self.tasks.spawn(async move {
+            loop {
+                if !sleep_or_shutdown(every.max(std::time::Duration::from_secs(1)), &shutdown).await
+                {
+                    return;
+                }
+                match store.check().await {
+                    Ok(()) => {
+                        tracing::warn!(location = %store.name, "location reachable again: RESUMED");
+                        gate.resume();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(location = %store.name, error = %e, "location still PAUSED")
+                    }
+                }
+            }
+        });
     }
 }
