@@ -163,6 +163,9 @@ pub struct ReplicationConfig {
     pub multipart_threshold: u64,
     /// Part size for multipart copies (grown to stay within 10,000 parts).
     pub part_size: u64,
+    /// Parts of one object uploaded at once; peak buffer memory per object copy is about
+    /// `(part_concurrency + 1) × part_size`.
+    pub part_concurrency: usize,
     /// Default retry policy of targets that set none.
     pub retry: RetryPolicy,
 }

@@ -128,6 +128,7 @@ pub struct RawReplication {
     pub target_concurrency: Option<i64>,
     pub multipart_threshold: Option<RawSize>,
     pub part_size: Option<RawSize>,
+    pub part_concurrency: Option<i64>,
     pub retry_initial_delay: Option<String>,
     pub retry_max_delay: Option<String>,
 }

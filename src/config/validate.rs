@@ -418,6 +418,7 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
         )?,
         multipart_threshold,
         part_size,
+        part_concurrency: positive("replication.part_concurrency", r.part_concurrency, 4, 64)?,
         retry,
     })
 }

@@ -6,10 +6,15 @@
 //! target's ETag must equal the MD5 (or multipart MD5) ferry computed while streaming, the
 //! length must match the source's, and a source whose ETag is a plain MD5 must match it.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
+use tokio::task::JoinSet;
 
+use super::ReplicationStats;
 use crate::model::ReplicationEntry;
 use crate::storage::{
     encode_tagging, etag_is_md5, ErrorKind, Head, ObjectHead, S3Store, StorageError, Written,
@@ -42,6 +47,10 @@ pub struct Copier<'a> {
     pub target: &'a S3Store,
     pub multipart_threshold: u64,
     pub part_size: u64,
+    /// Parts of one object uploaded at once.
+    pub part_concurrency: usize,
+    /// Where bytes read and written are counted.
+    pub stats: Arc<ReplicationStats>,
 }
 
 impl Copier<'_> {
@@ -89,12 +98,17 @@ impl Copier<'_> {
                 }
             }
             let data = data.freeze();
+            self.stats
+                .source_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             let md5 = Md5::digest(&data);
             self.check_source(&head, data.len() as u64, &hex(&md5))?;
+            let length = data.len() as u64;
             let written = self
                 .target
                 .put(key, data, &base64(&md5), &meta, tagging)
                 .await?;
+            self.stats.target_bytes.fetch_add(length, Ordering::Relaxed);
             if let Some(etag) = &written.etag {
                 if etag_is_md5(etag) && *etag != hex(&md5) {
                     return Err(self.integrity(
@@ -131,44 +145,50 @@ impl Copier<'_> {
         let key = entry.key.as_str();
         let part_size = part_size_for(head.size, self.part_size) as usize;
         let mut whole = Md5::new();
-        let mut part_digests: Vec<u8> = Vec::new();
-        let mut parts: Vec<(i32, String)> = Vec::new();
         let mut buffer = BytesMut::with_capacity(part_size);
         let mut total: u64 = 0;
+        let mut numbered = 0;
+        // Parts in flight: at most `part_concurrency` buffers of `part_size` exist at once,
+        // whatever the object's size.
+        let mut uploads: JoinSet<Result<UploadedPart, StorageError>> = JoinSet::new();
+        let mut done: Vec<UploadedPart> = Vec::new();
         loop {
             let chunk = body.chunk().await?;
             let end = chunk.is_none();
             if let Some(chunk) = chunk {
                 total += chunk.len() as u64;
+                self.stats
+                    .source_bytes
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 whole.update(&chunk);
                 buffer.extend_from_slice(&chunk);
             }
             while buffer.len() >= part_size || (end && !buffer.is_empty()) {
-                let take = buffer.len().min(part_size);
-                let part: Bytes = buffer.split_to(take).freeze();
-                let digest = Md5::digest(&part);
-                let number = parts.len() as i32 + 1;
-                let etag = self
-                    .target
-                    .upload_part(key, upload_id, number, part, &base64(&digest))
-                    .await?;
-                if etag_is_md5(&etag) && etag != hex(&digest) {
-                    return Err(self.integrity(
-                        key,
-                        format!(
-                            "part {number}: target ETag {etag} is not the MD5 {}",
-                            hex(&digest)
-                        ),
-                    ));
+                while uploads.len() >= self.part_concurrency {
+                    done.push(joined(uploads.join_next().await)?);
                 }
-                part_digests.extend_from_slice(&digest);
-                parts.push((number, etag));
+                let part: Bytes = buffer.split_to(buffer.len().min(part_size)).freeze();
+                numbered += 1;
+                uploads.spawn(upload_one(
+                    self.target.clone(),
+                    key.to_string(),
+                    upload_id.to_string(),
+                    numbered,
+                    part,
+                    self.stats.clone(),
+                ));
             }
             if end {
                 break;
             }
         }
+        while !uploads.is_empty() {
+            done.push(joined(uploads.join_next().await)?);
+        }
         self.check_source(head, total, &hex(&whole.finalize()))?;
+        done.sort_by_key(|p| p.number);
+        let parts: Vec<(i32, String)> = done.iter().map(|p| (p.number, p.etag.clone())).collect();
+        let digests: Vec<u8> = done.iter().flat_map(|p| p.md5).collect();
         let written: Written = self
             .target
             .complete_multipart(key, upload_id, &parts)
@@ -176,7 +196,7 @@ impl Copier<'_> {
         // The multipart ETag is the MD5 of the parts' MD5s, dash, part count: compare it with
         // what the target reports for the version it made (not the Complete response, which
         // some servers fill differently).
-        let expected = format!("{}-{}", hex(&Md5::digest(&part_digests)), parts.len());
+        let expected = format!("{}-{}", hex(&Md5::digest(&digests)), parts.len());
         match self.target.head(key, written.version_id.as_deref()).await? {
             Head::Object(h) if h.size == total && h.etag.as_deref() == Some(expected.as_str()) => Ok(Outcome::Copied {
                 target_version_id: written.version_id.or(h.version_id),
@@ -277,6 +297,67 @@ impl Copier<'_> {
     fn integrity(&self, key: &str, message: String) -> StorageError {
         self.target
             .local_error("verify copy", key, ErrorKind::Transient, message)
+    }
+}
+
+/// One uploaded part: its number, the target's ETag, and the MD5 ferry computed.
+struct UploadedPart {
+    number: i32,
+    etag: String,
+    md5: [u8; 16],
+}
+
+/// Uploads one part with its Content-MD5 and checks the ETag the target returns.
+async fn upload_one(
+    target: S3Store,
+    key: String,
+    upload_id: String,
+    number: i32,
+    part: Bytes,
+    stats: Arc<ReplicationStats>,
+) -> Result<UploadedPart, StorageError> {
+    let md5: [u8; 16] = Md5::digest(&part).into();
+    let length = part.len() as u64;
+    let etag = target
+        .upload_part(&key, &upload_id, number, part, &base64(&md5))
+        .await?;
+    if etag_is_md5(&etag) && etag != hex(&md5) {
+        return Err(target.local_error(
+            "verify copy",
+            &key,
+            ErrorKind::Transient,
+            format!(
+                "part {number}: target ETag {etag} is not the MD5 {}",
+                hex(&md5)
+            ),
+        ));
+    }
+    stats.target_bytes.fetch_add(length, Ordering::Relaxed);
+    Ok(UploadedPart { number, etag, md5 })
+}
+
+/// The result of a joined part upload (a panicked upload task is a transient failure).
+fn joined(
+    result: Option<Result<Result<UploadedPart, StorageError>, tokio::task::JoinError>>,
+) -> Result<UploadedPart, StorageError> {
+    match result {
+        Some(Ok(part)) => part,
+        Some(Err(e)) => Err(StorageError {
+            kind: ErrorKind::Transient,
+            op: "UploadPart",
+            location: String::new(),
+            bucket: String::new(),
+            key: String::new(),
+            message: format!("upload task failed: {e}"),
+        }),
+        None => Err(StorageError {
+            kind: ErrorKind::Transient,
+            op: "UploadPart",
+            location: String::new(),
+            bucket: String::new(),
+            key: String::new(),
+            message: "no upload to wait for".into(),
+        }),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct ReplicationStats {
     pub retries: AtomicU64,
     pub pauses: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Bytes read from sources (a version read for several targets counts each read).
+    pub source_bytes: AtomicU64,
+    /// Bytes written to targets, summed over targets.
+    pub target_bytes: AtomicU64,
 }
 
 /// What the processor keeps per target location.
@@ -170,6 +174,18 @@ impl ReplicationProcessor {
         }
         tasks.close();
         tasks.wait().await;
+        let stats = &this.stats;
+        tracing::info!(
+            stage = STAGE,
+            copied = stats.copied.load(Ordering::Relaxed),
+            already_there = stats.already_there.load(Ordering::Relaxed),
+            superseded = stats.superseded.load(Ordering::Relaxed),
+            failed = stats.failed.load(Ordering::Relaxed),
+            retries = stats.retries.load(Ordering::Relaxed),
+            source_bytes = stats.source_bytes.load(Ordering::Relaxed),
+            target_bytes = stats.target_bytes.load(Ordering::Relaxed),
+            "replication totals"
+        );
         this.subscription
             .commit()
             .map_err(|source| StageError::Bus {
@@ -283,6 +299,8 @@ impl ReplicationProcessor {
             target: store,
             multipart_threshold: self.config.multipart_threshold,
             part_size: self.config.part_size,
+            part_concurrency: self.config.part_concurrency,
+            stats: self.stats.clone(),
         };
         let policy = settings.retry;
         let mut backoff = Backoff::new(policy.initial_delay, policy.max_delay);
