@@ -277,6 +277,29 @@ impl S3Store {
         }
     }
 
+    /// The size of part 1 of a version that was uploaded in parts (HEAD with partNumber=1),
+    /// or `None` if the server does not say.
+    pub async fn first_part_size(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<u64>, StorageError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .part_number(1)
+            .send()
+            .await
+            .map_err(|e| self.error("HeadObject (part 1)", key, e))?;
+        Ok(match (out.parts_count(), out.content_length()) {
+            (Some(n), Some(length)) if n > 1 && length > 0 => Some(length as u64),
+            _ => None,
+        })
+    }
+
     /// Starts reading one version: its head, and a body to read in chunks.
     pub async fn get(
         &self,

@@ -218,11 +218,12 @@ async fn check_copy(
                 "target {} holds {} bytes, the source version has {}",
                 copy.target, h.size, entry.size
             ))),
-            // Both ETags are plain MD5s of the content (single-part on both sides): they must
-            // be equal. Other combinations were checked part by part when copying.
+            // Both ETags are plain MD5s of the content: they must be equal. (Multipart ETags
+            // depend on the part layout, which may differ between source and copy; those
+            // copies were checked part by part when they were made.)
             Head::Object(h) if matches!((&h.etag, &entry.etag), (Some(t), Some(s)) if etag_is_md5(t) && etag_is_md5(s) && t != s) => {
                 Ok(Some(format!(
-                    "target {} holds content with MD5 {:?}, the source version's is {:?}",
+                    "target {} holds content with ETag {:?}, the source version's is {:?}",
                     copy.target, h.etag, entry.etag
                 )))
             }

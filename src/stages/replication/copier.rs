@@ -26,6 +26,9 @@ pub const STAMP_ETAG: &str = "ferry-source-etag";
 pub const STAMP_MTIME: &str = "ferry-source-mtime";
 /// S3's limit on the number of parts of one upload.
 const MAX_PARTS: u64 = 10_000;
+/// S3's smallest and largest part (all but the last part of an upload).
+const MIN_PART: u64 = 5 << 20;
+const MAX_PART: u64 = 5 << 30;
 /// How many versions of one key the duplicate search looks at before giving up.
 const SEARCH_LIMIT: usize = 200;
 
@@ -51,6 +54,9 @@ pub struct Copier<'a> {
     pub part_concurrency: usize,
     /// Where bytes read and written are counted.
     pub stats: Arc<ReplicationStats>,
+    /// Uploads of failed attempts whose abort failed too (the target was away): aborted at the
+    /// next attempt, so no orphaned parts stay behind.
+    pub unaborted: std::sync::Mutex<Vec<String>>,
 }
 
 impl Copier<'_> {
@@ -89,7 +95,11 @@ impl Copier<'_> {
             .insert(STAMP_MTIME.into(), entry.last_modified_ms.to_string());
         let tagging = encode_tagging(&tags);
 
-        if head.size <= self.multipart_threshold {
+        // A source uploaded in N equal parts of P bytes is copied with the same layout, so the
+        // target's ETag must come out identical to the source's: an end-to-end check of every
+        // byte, comparable later by the garbage collector.
+        let source_layout = self.source_layout(entry, &head).await?;
+        if head.size <= self.multipart_threshold && source_layout.is_none() {
             let mut data = BytesMut::with_capacity(head.size as usize);
             while let Some(chunk) = body.chunk().await? {
                 data.extend_from_slice(&chunk);
@@ -126,13 +136,33 @@ impl Copier<'_> {
         }
 
         let upload_id = self.target.create_multipart(key, &meta, tagging).await?;
-        let result = self.upload_parts(entry, &head, &mut body, &upload_id).await;
+        let result = self
+            .upload_parts(entry, &head, &mut body, &upload_id, source_layout)
+            .await;
         if result.is_err() {
-            if let Err(e) = self.target.abort_multipart(key, &upload_id).await {
-                tracing::warn!(error = %e, upload_id, "could not abort the failed multipart upload");
-            }
+            self.lock_unaborted().push(upload_id);
+            self.abort_failed_uploads(key).await;
         }
         result
+    }
+
+    /// Aborts the uploads of failed attempts; those that still cannot be aborted are kept for
+    /// the next call.
+    pub async fn abort_failed_uploads(&self, key: &str) {
+        let pending = std::mem::take(&mut *self.lock_unaborted());
+        for upload_id in pending {
+            if let Err(e) = self.target.abort_multipart(key, &upload_id).await {
+                if e.kind == ErrorKind::NotFound {
+                    continue;
+                }
+                tracing::warn!(error = %e, upload_id, "could not abort a failed multipart upload yet");
+                self.lock_unaborted().push(upload_id);
+            }
+        }
+    }
+
+    fn lock_unaborted(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.unaborted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn upload_parts(
@@ -141,9 +171,11 @@ impl Copier<'_> {
         head: &ObjectHead,
         body: &mut crate::storage::ObjectBody,
         upload_id: &str,
+        source_layout: Option<u64>,
     ) -> Result<Outcome, StorageError> {
         let key = entry.key.as_str();
-        let part_size = part_size_for(head.size, self.part_size) as usize;
+        let part_size =
+            source_layout.unwrap_or_else(|| part_size_for(head.size, self.part_size)) as usize;
         let mut whole = Md5::new();
         let mut buffer = BytesMut::with_capacity(part_size);
         let mut total: u64 = 0;
@@ -197,6 +229,17 @@ impl Copier<'_> {
         // what the target reports for the version it made (not the Complete response, which
         // some servers fill differently).
         let expected = format!("{}-{}", hex(&Md5::digest(&digests)), parts.len());
+        if source_layout.is_some() && head.etag.as_deref() != Some(expected.as_str()) {
+            return Err(self.source.local_error(
+                "GetObject (verify)",
+                key,
+                ErrorKind::Transient,
+                format!(
+                    "data read has multipart ETag {expected}, the source's is {:?}",
+                    head.etag
+                ),
+            ));
+        }
         match self.target.head(key, written.version_id.as_deref()).await? {
             Head::Object(h) if h.size == total && h.etag.as_deref() == Some(expected.as_str()) => Ok(Outcome::Copied {
                 target_version_id: written.version_id.or(h.version_id),
@@ -267,6 +310,35 @@ impl Copier<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// The source's part size when its ETag says it was uploaded in parts and the parts are
+    /// uniform (all but the last of one size, within S3's limits); `None` otherwise.
+    async fn source_layout(
+        &self,
+        entry: &ReplicationEntry,
+        head: &ObjectHead,
+    ) -> Result<Option<u64>, StorageError> {
+        let Some(parts) = head
+            .etag
+            .as_deref()
+            .and_then(|e| e.split_once('-'))
+            .and_then(|(_, n)| n.parse::<u64>().ok())
+        else {
+            return Ok(None);
+        };
+        let Some(part) = self
+            .source
+            .first_part_size(&entry.key, entry.version_id.as_deref())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let uniform = head.size.div_ceil(part) == parts;
+        Ok(
+            (uniform && (MIN_PART..=MAX_PART).contains(&part) && parts <= MAX_PARTS)
+                .then_some(part),
+        )
     }
 
     fn check_source(

@@ -301,6 +301,7 @@ impl ReplicationProcessor {
             part_size: self.config.part_size,
             part_concurrency: self.config.part_concurrency,
             stats: self.stats.clone(),
+            unaborted: Default::default(),
         };
         let policy = settings.retry;
         let mut backoff = Backoff::new(policy.initial_delay, policy.max_delay);
@@ -310,6 +311,7 @@ impl ReplicationProcessor {
                 return None;
             }
             attempts += 1;
+            copier.abort_failed_uploads(&entry.key).await;
             let outcome = match entry.kind {
                 EntryKind::Object => copier.copy_object(entry).await,
                 EntryKind::DeleteMarker => copier.copy_delete_marker(entry).await,

@@ -1,0 +1,272 @@
+//! Failure classes against real servers, through a fault-injecting proxy: throttling (503
+//! SlowDown) is retried until it passes; corrupted uploads and downloads are caught, never
+//! COMPLETED, and the transient source keeps its copy; a target that goes away in the middle
+//! of a multipart copy leaves no orphaned upload behind.
+
+mod support;
+
+use std::time::Duration;
+
+use ferry::bus::KafkaBus;
+use support::proxy::{Fault, FaultProxy};
+use support::s3::{self, Put};
+use support::{rgw, wait_until, Buckets, Ferry, TestEnv};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Records on `<id>.failed` (all partitions).
+async fn failed_records(bus: &KafkaBus, buckets: &Buckets) -> Vec<String> {
+    let reader = bus.state_reader().expect("reader");
+    let mut out = Vec::new();
+    for p in 0..4 {
+        for (_, v) in reader
+            .read_partition(&format!("{}.failed", buckets.id), p)
+            .await
+            .unwrap_or_default()
+        {
+            out.extend(v.map(|v| String::from_utf8_lossy(&v).into_owned()));
+        }
+    }
+    out
+}
+
+async fn multipart_uploads(client: &aws_sdk_s3::Client, bucket: &str) -> usize {
+    client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .map(|o| o.uploads().len())
+        .unwrap_or(usize::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_target_is_retried_until_it_recovers() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "slowdown").await;
+    let proxy = FaultProxy::start(&env.rgw[2]).await;
+    proxy.set(Fault::SlowDown);
+    let cfg = buckets
+        .config(&env, true)
+        .replace(&env.rgw[2], &proxy.endpoint);
+    let mut ferry = Ferry::start(&cfg);
+    for i in 0..10u64 {
+        s3::put(
+            &buckets.clients[0],
+            &buckets.source,
+            &Put {
+                key: format!("t/{i}"),
+                seed: i,
+                size: 3000,
+                ..Put::default()
+            },
+        )
+        .await;
+    }
+    wait_until(TIMEOUT, "target a complete", || async {
+        buckets.target_counts().await.0 == 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(buckets.count(2).await.0, 0, "target b answered only 503s");
+    assert_eq!(
+        buckets.count(0).await.0,
+        10,
+        "the transient source keeps what b lacks"
+    );
+    assert!(
+        proxy.faulted.load(std::sync::atomic::Ordering::Relaxed) >= 10,
+        "the proxy refused requests"
+    );
+
+    proxy.set(Fault::None);
+    wait_until(
+        TIMEOUT,
+        "target b caught up and the source emptied",
+        || async { buckets.count(2).await.0 == 10 && buckets.count(0).await.0 == 0 },
+    )
+    .await;
+    let log = ferry.log();
+    assert!(
+        log.contains("HTTP 503") && log.contains("will retry"),
+        "the throttling is logged as retried"
+    );
+    assert!(
+        !log.contains("copy FAILED"),
+        "throttling that passes fails nothing"
+    );
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "flipup").await;
+    let proxy = FaultProxy::start(&env.rgw[2]).await;
+    proxy.set(Fault::FlipUploads);
+    let cfg = buckets
+        .config(&env, true)
+        .replace(&env.rgw[2], &proxy.endpoint)
+        .replace(
+            &format!("bucket = \"{}\"\n", buckets.b),
+            &format!("bucket = \"{}\"\nmax_attempts = 3\n", buckets.b),
+        );
+    let mut ferry = Ferry::start(&cfg);
+    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "small".into(),
+            seed: 1,
+            size: 100_000,
+            ..Put::default()
+        },
+    )
+    .await;
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "large".into(),
+            seed: 2,
+            size: 20 << 20,
+            ..Put::default()
+        },
+    )
+    .await;
+
+    wait_until(TIMEOUT, "both entries FAILED for site-b", || async {
+        failed_records(&bus, &buckets).await.len() >= 2
+    })
+    .await;
+    let failed = failed_records(&bus, &buckets).await.join("\n");
+    assert!(
+        failed.contains("site-b") && failed.contains("\"FAILED\""),
+        "{failed}"
+    );
+    assert_eq!(buckets.count(1).await.0, 2, "target a got both");
+    assert_eq!(
+        buckets.count(2).await.0,
+        0,
+        "target b accepted no corrupted data"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        buckets.count(0).await.0,
+        2,
+        "the transient source keeps both versions"
+    );
+    assert_eq!(
+        multipart_uploads(&buckets.clients[2], &buckets.b).await,
+        0,
+        "failed multipart uploads were aborted"
+    );
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_downloads_are_caught_by_ferry_itself() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "flipdown").await;
+    // Single-part source objects are checked against their MD5 ETag. (A source uploaded in
+    // parts is checked against its multipart ETag only where the server reports the part
+    // layout, which radosgw 16 does not: see the issue notes.)
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "single".into(),
+            seed: 1,
+            size: 100_000,
+            ..Put::default()
+        },
+    )
+    .await;
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "another".into(),
+            seed: 2,
+            size: 3 << 20,
+            ..Put::default()
+        },
+    )
+    .await;
+    let proxy = FaultProxy::start(&env.rgw[0]).await;
+    proxy.set(Fault::FlipDownloads);
+    let cfg = buckets
+        .config(&env, true)
+        .replace(&env.rgw[0], &proxy.endpoint)
+        + "max_attempts = 2\n";
+    let mut ferry = Ferry::start(&cfg);
+    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+
+    wait_until(TIMEOUT, "both entries FAILED on both targets", || async {
+        failed_records(&bus, &buckets).await.len() >= 4
+    })
+    .await;
+    assert_eq!(
+        buckets.target_counts().await,
+        (0, 0),
+        "no corrupted copy reached a target"
+    );
+    assert_eq!(
+        buckets.count(0).await.0,
+        2,
+        "the transient source keeps both"
+    );
+    let log = ferry.log();
+    assert!(log.contains("data read has MD5"), "the corruption is named");
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_lost_mid_multipart_leaves_no_orphaned_upload() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "midpart").await;
+    // Small parts, one at a time, so the copy is still uploading when the target goes away.
+    let cfg = buckets.config(&env, true).replace(
+        "part_size = \"5MiB\"\n",
+        "part_size = \"5MiB\"\npart_concurrency = 1\n",
+    );
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "big".into(),
+            seed: 9,
+            size: 200 << 20,
+            ..Put::default()
+        },
+    )
+    .await;
+    let mut ferry = Ferry::start(&cfg);
+    wait_until(
+        TIMEOUT,
+        "a multipart upload in progress on target b",
+        || async { multipart_uploads(&buckets.clients[2], &buckets.b).await == 1 },
+    )
+    .await;
+    rgw("stop-rgw", 2);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rgw("start-rgw", 2);
+    wait_until(
+        TIMEOUT,
+        "the copy completed on both targets and the source emptied",
+        || async { buckets.target_counts().await == (1, 1) && buckets.count(0).await.0 == 0 },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "no multipart upload left on b",
+        || async { multipart_uploads(&buckets.clients[2], &buckets.b).await == 0 },
+    )
+    .await;
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}
