@@ -206,3 +206,15 @@ fn unreachable_broker_stops_ferry_with_an_error_naming_it() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(90));
 }
+
+#[test]
+fn version_deletes_cannot_be_replicated_from_a_transient_source() {
+    let config = VALID.replace(
+        r#"targets = ["site-a"]"#,
+        "targets = [\"site-a\"]\nreplicate_version_deletes = true",
+    );
+    assert_fails_naming(
+        &config,
+        &["rules[0].replicate_version_deletes", "transient"],
+    );
+}

@@ -469,3 +469,106 @@ async fn a_source_version_gone_before_its_copy_is_failed_and_recorded() {
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_replication_follows_the_rule() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "deletes").await;
+    let id = &buckets.id;
+    let (src, clients) = (&buckets.source, &buckets.clients);
+    let events_topic = format!("{id}.s3-events");
+    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    bus.ensure_topics(
+        &[TopicSpec {
+            name: events_topic.clone(),
+            partitions: 1,
+            compacted: false,
+        }],
+        1,
+    )
+    .await
+    .expect("events topic");
+    // Delete markers are not replicated; permanent version deletes are.
+    let cfg = buckets
+        .config(&env, false)
+        .replace("[populator]\nfeeds = [\"scan\"]\nscan_interval = \"1s\"\n", "")
+        .replace(
+            "targets = [\"site-a\", \"site-b\"]\n",
+            "targets = [\"site-a\", \"site-b\"]\nreplicate_deletes = false\nreplicate_version_deletes = true\n",
+        )
+        + &format!("\n[populator]\nfeeds = [\"events\"]\nevents_topic = \"{events_topic}\"\n");
+    let mut ferry = Ferry::start(&cfg);
+    let publisher = bus.publisher();
+    let announce = |name: &'static str, key: &'static str, version: Option<String>| {
+        let message = event(name, src, key, version.as_deref(), 10);
+        let publisher = publisher.clone();
+        let topic = events_topic.clone();
+        async move {
+            publisher
+                .publish(&topic, key, Some(message.as_bytes()))
+                .await
+                .expect("publish")
+        }
+    };
+
+    let kept = s3::put(
+        &clients[0],
+        src,
+        &Put {
+            key: "kept".into(),
+            seed: 1,
+            size: 10,
+            ..Put::default()
+        },
+    )
+    .await;
+    announce("ObjectCreated:Put", "kept", kept).await;
+    let gone = s3::put(
+        &clients[0],
+        src,
+        &Put {
+            key: "gone".into(),
+            seed: 2,
+            size: 10,
+            ..Put::default()
+        },
+    )
+    .await;
+    announce("ObjectCreated:Put", "gone", gone.clone()).await;
+    wait_until(TIMEOUT, "both objects on both targets", || async {
+        buckets.target_counts().await == (2, 2)
+    })
+    .await;
+
+    let marker = s3::delete(&clients[0], src, "kept").await;
+    announce("ObjectRemoved:DeleteMarkerCreated", "kept", marker).await;
+    let version = gone.clone().expect("versioned");
+    clients[0]
+        .delete_object()
+        .bucket(src)
+        .key("gone")
+        .version_id(&version)
+        .send()
+        .await
+        .expect("delete version");
+    announce("ObjectRemoved:Delete", "gone", gone).await;
+
+    wait_until(TIMEOUT, "the deleted version's copies removed", || async {
+        buckets.target_counts().await == (1, 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for n in [1, 2] {
+        assert_eq!(
+            buckets.count(n).await,
+            (1, 0),
+            "target {n}: 'kept' without a delete marker, 'gone' gone"
+        );
+        let versions = s3::versions(&clients[n], buckets.bucket(n))
+            .await
+            .expect("list");
+        assert_eq!(versions[0].key, "kept");
+    }
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}

@@ -134,6 +134,12 @@ pub struct RuleConfig {
     pub source: String,
     pub prefix: String,
     pub targets: Vec<String>,
+    /// Delete markers are replicated as delete markers.
+    pub replicate_deletes: bool,
+    /// Permanent deletions of a specific version delete ferry's copy of it on the targets.
+    /// Off by default: the copies are the safety net against a mistaken or malicious deletion
+    /// at the source, which this would carry to every target.
+    pub replicate_version_deletes: bool,
 }
 
 /// Where the queue populator learns about changes.

@@ -108,6 +108,8 @@ pub struct RawRule {
     #[serde(default)]
     pub prefix: String,
     pub targets: Vec<String>,
+    pub replicate_deletes: Option<bool>,
+    pub replicate_version_deletes: Option<bool>,
 }
 
 /// `[populator]`.

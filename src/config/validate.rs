@@ -318,11 +318,24 @@ fn rules(
                 ),
             ));
         }
+        let replicate_version_deletes = rule.replicate_version_deletes.unwrap_or(false);
+        if replicate_version_deletes && source.transient {
+            return Err(ConfigError::invalid(
+                key("replicate_version_deletes"),
+                format!(
+                    "the source {:?} is transient: ferry itself deletes its versions once replicated, \
+                     and those deletions must not reach the targets",
+                    rule.source
+                ),
+            ));
+        }
         rules.push(RuleConfig {
             name: rule.name.clone(),
             source: rule.source.clone(),
             prefix: rule.prefix.clone(),
             targets: rule.targets.clone(),
+            replicate_deletes: rule.replicate_deletes.unwrap_or(true),
+            replicate_version_deletes,
         });
     }
     Ok(rules)

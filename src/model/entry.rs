@@ -10,6 +10,9 @@ pub enum EntryKind {
     Object,
     /// A delete marker: replicated as a delete marker on each target.
     DeleteMarker,
+    /// A specific version was permanently deleted at the source: delete ferry's copy of it on
+    /// each target (only for rules with `replicate_version_deletes`).
+    VersionDelete,
 }
 
 /// One message on the replication topic, keyed by `bucket/key`.

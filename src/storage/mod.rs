@@ -14,8 +14,11 @@ use crate::model::EntryKind;
 /// What a storage failure means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Timeouts, refused or reset connections, 5xx, throttling, corrupted transfers: retry.
+    /// 5xx, throttling, corrupted transfers, a body cut short: retry this object.
     Transient,
+    /// The server cannot be reached (refused, reset, timed out): every request to it will
+    /// fail until it is back, so the location is paused rather than each object retried.
+    Unreachable,
     /// The object, version or upload does not exist.
     NotFound,
     /// Bucket missing, access denied, bad credentials: every object will fail the same way.
@@ -25,7 +28,7 @@ pub enum ErrorKind {
 }
 
 /// A failed storage operation: what was attempted, where, and why.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{op} on {location} (bucket {bucket}, key {key:?}): {message}")]
 pub struct StorageError {
     pub kind: ErrorKind,
@@ -104,6 +107,7 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ErrorKind::Transient => "transient",
+            ErrorKind::Unreachable => "unreachable",
             ErrorKind::NotFound => "not-found",
             ErrorKind::Config => "configuration",
             ErrorKind::Permanent => "permanent",

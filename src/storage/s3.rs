@@ -622,9 +622,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             };
             (kind, message)
         }
-        SdkError::TimeoutError(_) => (ErrorKind::Transient, "timed out".into()),
+        SdkError::TimeoutError(_) => (ErrorKind::Unreachable, "timed out".into()),
         SdkError::DispatchFailure(_) => (
-            ErrorKind::Transient,
+            ErrorKind::Unreachable,
             format!("cannot reach the server: {}", DisplayErrorContext(err)),
         ),
         SdkError::ResponseError(_) => (ErrorKind::Transient, "unreadable response".into()),

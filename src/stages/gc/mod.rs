@@ -144,7 +144,12 @@ impl GarbageCollector {
                     tracing::error!(reason = %why, "not deleting the transient source copy");
                     break;
                 }
-                Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::Config) => {
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::Transient | ErrorKind::Unreachable | ErrorKind::Config
+                    ) =>
+                {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "GC check or delete failed, will retry");
@@ -233,6 +238,9 @@ async fn check_copy(
                 copy.target, copy.version_id
             ))),
         },
+        EntryKind::VersionDelete => {
+            Ok(Some("a version deletion is never garbage-collected".into()))
+        }
         EntryKind::DeleteMarker => {
             // A delete marker carries no data: the target must show the key deleted, or hold
             // the marker ferry wrote.

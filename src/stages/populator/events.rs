@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{entry_for, rule_for, Observed, SharedStats};
+use super::{entry_for, rule_for, wanted, Observed, SharedStats};
 use crate::bus::{Publisher, Subscription, Topics};
 use crate::config::Config;
 use crate::model::{self, EntryKind, ReplicationEntry};
@@ -94,6 +94,8 @@ pub fn change_of(record: &EventRecord) -> Change {
         || (name == "ObjectRemoved:Delete" && !versioned)
     {
         Change::Write(EntryKind::DeleteMarker)
+    } else if name == "ObjectRemoved:Delete" {
+        Change::Write(EntryKind::VersionDelete)
     } else {
         Change::Ignore
     }
@@ -133,6 +135,10 @@ pub fn entries_of(
             ignored += 1;
             continue;
         };
+        if !wanted(rule, kind) {
+            ignored += 1;
+            continue;
+        }
         let etag = record.s3.object.e_tag.as_deref().map(unquote);
         let version = record
             .s3
@@ -270,8 +276,8 @@ mod tests {
         );
         assert_eq!(
             change_of(&record("ObjectRemoved:Delete", Some("v"))),
-            Change::Ignore,
-            "version deletes are not replicated"
+            Change::Write(EntryKind::VersionDelete),
+            "a version delete, replicated only where a rule asks for it"
         );
         assert_eq!(
             change_of(&record("s3:ObjectAccessed:Get", None)),

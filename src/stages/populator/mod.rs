@@ -32,6 +32,15 @@ pub fn rule_for<'a>(config: &'a Config, source: &str, key: &str) -> Option<&'a R
         .find(|r| r.source == source && key.starts_with(&r.prefix))
 }
 
+/// Whether `rule` replicates changes of this kind.
+pub fn wanted(rule: &RuleConfig, kind: EntryKind) -> bool {
+    match kind {
+        EntryKind::Object => true,
+        EntryKind::DeleteMarker => rule.replicate_deletes,
+        EntryKind::VersionDelete => rule.replicate_version_deletes,
+    }
+}
+
 /// What the populator knows about one source version.
 pub struct Observed<'a> {
     pub key: &'a str,

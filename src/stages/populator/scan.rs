@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{entry_for, rule_for, Observed, SharedStats};
+use super::{entry_for, rule_for, wanted, Observed, SharedStats};
 use crate::bus::{Publisher, StateReader, Topics};
 use crate::config::{Config, LocationConfig};
 use crate::model::{self, EntryKind};
@@ -127,6 +127,9 @@ impl Scanner {
             let Some(rule) = rule_for(&self.config, &source.name, &l.key) else {
                 continue;
             };
+            if !wanted(rule, l.kind) {
+                continue;
+            }
             let entry = entry_for(
                 rule,
                 source,

@@ -8,7 +8,9 @@
 //! entry of its partition is too.
 
 mod copier;
+mod fanout;
 mod gate;
+mod joint;
 mod lanes;
 
 pub use copier::{is_copy_of, part_size_for, Outcome, STAMP_ETAG, STAMP_MTIME, STAMP_VERSION};
@@ -26,10 +28,12 @@ use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
 use crate::config::{LocationConfig, ReplicationConfig, RetryPolicy};
 use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, TargetResult};
-use crate::storage::{ErrorKind, Stores};
+use crate::storage::{ErrorKind, S3Store, StorageError, Stores};
 
 use self::copier::Copier;
+use self::fanout::{Fanout, PendingAborts};
 use self::gate::Gates;
+use self::joint::{Joined, JointCopy};
 use self::lanes::{Lanes, Ticket};
 use super::{dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
 
@@ -68,6 +72,8 @@ pub struct ReplicationProcessor {
     lanes: Arc<Lanes>,
     targets: HashMap<String, TargetSettings>,
     gates: Gates,
+    /// Multipart uploads of failed copies not aborted yet (their target was away).
+    pending_aborts: PendingAborts,
     /// Entry tasks and location probes, waited for at shutdown.
     tasks: TaskTracker,
     pub stats: Arc<ReplicationStats>,
@@ -101,6 +107,7 @@ impl ReplicationProcessor {
             lanes: Arc::new(Lanes::default()),
             targets,
             gates: Gates::new(locations.keys().cloned()),
+            pending_aborts: PendingAborts::default(),
             tasks: TaskTracker::new(),
             stats: Arc::default(),
         }
@@ -204,16 +211,18 @@ impl ReplicationProcessor {
         shutdown: &CancellationToken,
     ) {
         let entry = Arc::new(entry);
+        let joint = Arc::new(JointCopy::new(tickets.len()));
         let mut per_target = tokio::task::JoinSet::new();
         for (target, ticket) in tickets {
             let worker = self.clone();
             let entry = entry.clone();
+            let joint = joint.clone();
             let shutdown = shutdown.clone();
             let span = tracing::info_span!("target", target = %target);
             per_target.spawn(
                 async move {
                     worker
-                        .replicate_to(&entry, &target, ticket, &shutdown)
+                        .replicate_to(&entry, &target, ticket, &joint, &shutdown)
                         .await
                 }
                 .instrument(span),
@@ -235,13 +244,14 @@ impl ReplicationProcessor {
         entry: &ReplicationEntry,
         target: &str,
         ticket: Ticket,
+        joint: &JointCopy,
         shutdown: &CancellationToken,
     ) -> bool {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             _ = ticket.turn() => {}
         }
-        let result = match self.copy_with_retries(entry, target, shutdown).await {
+        let result = match self.copy_with_retries(entry, target, joint, shutdown).await {
             Some(result) => result,
             None => return false,
         };
@@ -263,6 +273,7 @@ impl ReplicationProcessor {
         self: &Arc<Self>,
         entry: &ReplicationEntry,
         target: &str,
+        joint: &JointCopy,
         shutdown: &CancellationToken,
     ) -> Option<TargetResult> {
         let result = |status, target_version_id, error: Option<String>, attempts| TargetResult {
@@ -294,27 +305,38 @@ impl ReplicationProcessor {
             _ = shutdown.cancelled() => return None,
             permit = settings.limit.acquire() => permit.ok()?,
         };
-        let copier = Copier {
-            source,
-            target: store,
-            multipart_threshold: self.config.multipart_threshold,
-            part_size: self.config.part_size,
-            part_concurrency: self.config.part_concurrency,
-            stats: self.stats.clone(),
-            unaborted: Default::default(),
+        let copier = Copier { target: store };
+        // The first attempt joins the other targets of the entry (one read of the source);
+        // a target that joins no group this time must say so, or the others wait for it.
+        let mut first = true;
+        let leave_once = |first: &mut bool| {
+            if std::mem::take(first) {
+                joint.leave();
+            }
         };
         let policy = settings.retry;
         let mut backoff = Backoff::new(policy.initial_delay, policy.max_delay);
         let mut attempts = 0;
         loop {
             if !source_gate.open(shutdown).await || !target_gate.open(shutdown).await {
+                leave_once(&mut first);
                 return None;
             }
             attempts += 1;
-            copier.abort_failed_uploads(&entry.key).await;
             let outcome = match entry.kind {
-                EntryKind::Object => copier.copy_object(entry).await,
-                EntryKind::DeleteMarker => copier.copy_delete_marker(entry).await,
+                EntryKind::Object => {
+                    let joining = std::mem::take(&mut first);
+                    self.copy_object(entry, source, store, &copier, joining.then_some(joint))
+                        .await
+                }
+                EntryKind::DeleteMarker => {
+                    leave_once(&mut first);
+                    copier.copy_delete_marker(entry).await
+                }
+                EntryKind::VersionDelete => {
+                    leave_once(&mut first);
+                    copier.delete_copy(entry).await
+                }
             };
             match outcome {
                 Ok(Outcome::Copied { target_version_id }) => {
@@ -351,7 +373,7 @@ impl ReplicationProcessor {
                         attempts,
                     ));
                 }
-                Err(e) if e.kind == ErrorKind::Config => {
+                Err(e) if matches!(e.kind, ErrorKind::Config | ErrorKind::Unreachable) => {
                     // Not this entry's fault: pause the location, do not count the attempt.
                     attempts -= 1;
                     self.pause(&e.location, &e.to_string(), shutdown);
@@ -378,14 +400,75 @@ impl ReplicationProcessor {
         }
     }
 
+    /// Copies an object version to `store`: nothing if the pre-check finds it there, else as
+    /// part of the entry's joint copy (`joint`, first attempt) or on its own.
+    async fn copy_object(
+        &self,
+        entry: &ReplicationEntry,
+        source: &S3Store,
+        store: &S3Store,
+        copier: &Copier<'_>,
+        joint: Option<&JointCopy>,
+    ) -> Result<Outcome, StorageError> {
+        let checked = copier.precheck_object(entry).await;
+        if !matches!(checked, Ok(None)) {
+            if let Some(joint) = joint {
+                joint.leave();
+            }
+            return checked.map(|outcome| outcome.unwrap_or(Outcome::Superseded));
+        }
+        let fanout = Fanout {
+            source,
+            multipart_threshold: self.config.multipart_threshold,
+            part_size: self.config.part_size,
+            part_concurrency: self.config.part_concurrency,
+            stats: self.stats.clone(),
+            pending_aborts: self.pending_aborts.clone(),
+        };
+        let interrupted = || {
+            store.local_error(
+                "fan-out",
+                &entry.key,
+                ErrorKind::Transient,
+                "the joint copy was interrupted".into(),
+            )
+        };
+        if let Some(joint) = joint {
+            match joint.join(store.clone()).await {
+                Joined::Lead(members, mine) => {
+                    let stores: Vec<S3Store> = members.iter().map(|(s, _)| s.clone()).collect();
+                    if stores.len() > 1 {
+                        tracing::debug!(
+                            targets = stores.len(),
+                            "one source read for several targets"
+                        );
+                    }
+                    let results = fanout.copy(entry, &stores).await;
+                    for ((_, reply), result) in members.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                    return mine.await.unwrap_or_else(|_| Err(interrupted()));
+                }
+                Joined::Follow(mine) => return mine.await.unwrap_or_else(|_| Err(interrupted())),
+                Joined::Alone => {}
+            }
+        }
+        fanout
+            .copy(entry, std::slice::from_ref(store))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(interrupted()))
+    }
+
     /// Closes `location`'s gate and, if it was open, starts the probe that reopens it.
-    fn pause(self: &Arc<Self>, location: &str, reason: &str, shutdown: &CancellationToken) {
+    /// Returns false if `location` has no gate (then the caller must wait by itself).
+    fn pause(self: &Arc<Self>, location: &str, reason: &str, shutdown: &CancellationToken) -> bool {
         let (Some(gate), Some(store)) = (self.gates.get(location), self.stores.get(location))
         else {
-            return;
+            return false;
         };
         if !gate.pause(reason) {
-            return;
+            return true;
         }
         self.stats.pauses.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
@@ -416,5 +499,6 @@ impl ReplicationProcessor {
                 }
             }
         });
+        true
     }
 }
