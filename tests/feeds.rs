@@ -371,20 +371,43 @@ async fn a_thousand_malformed_messages_on_every_topic_are_dead_lettered_while_va
         },
     )
     .await;
+    // What the broker holds: every junk record of every topic (keys `junk-N`).
+    let reader = bus.state_reader().expect("reader");
+    let mut junk = Vec::new();
+    for topic in &topics {
+        let partitions = bus.partition_count(topic).await.expect("partitions");
+        let mut n = 0;
+        for p in 0..partitions {
+            let records = reader.read_partition(topic, p).await.expect("read topic");
+            n += records
+                .iter()
+                .filter(|(k, _)| k.starts_with(b"junk-"))
+                .count();
+        }
+        junk.push(n);
+    }
+    eprintln!("junk records the broker holds per topic: {junk:?}");
     let dead_letter = format!("{id}.dead-letter");
-    wait_until(Duration::from_secs(240), "4,000 dead letters", || async {
-        read_topic(&bus, &dead_letter).await.len() >= 4000
-    })
+    let expected: usize = junk.iter().sum();
+    wait_until(
+        Duration::from_secs(240),
+        "every junk record dead-lettered",
+        || async { read_topic(&bus, &dead_letter).await.len() >= expected },
+    )
     .await;
     let dead = read_topic(&bus, &dead_letter).await;
-    for topic in &topics {
+    for (topic, held) in topics.iter().zip(&junk) {
         let from_topic = dead
             .iter()
             .filter(|d| d.contains(&format!("\"origin\":\"{topic}/")))
             .count();
         assert_eq!(
-            from_topic, 1000,
+            from_topic, *held,
             "every malformed message of {topic} is dead-lettered once"
+        );
+        assert_eq!(
+            *held, 1000,
+            "the broker kept the 1,000 malformed messages sent to {topic}"
         );
     }
     assert!(ferry.running(), "nothing crashed");

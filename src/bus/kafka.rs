@@ -31,6 +31,9 @@ use crate::config::QueueConfig;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a publish may wait for the broker before it is reported as failed; callers retry.
 const DELIVERY_TIMEOUT_MS: &str = "60000";
+/// After the watermark is reached, how long the state replay keeps taking records that arrive
+/// without a pause (the rest of a batch the broker under-counted).
+const BATCH_TAIL: Duration = Duration::from_millis(300);
 
 /// The connection settings shared by every client ferry makes.
 #[derive(Clone)]
@@ -416,10 +419,10 @@ impl StateReader {
                 })?;
             let message = match received {
                 Ok(message) => message,
-                // An end-of-partition event: done if the fetch position reached the watermark
-                // read at the start (compaction may have removed the offsets just before it, so
-                // the last record's offset alone cannot tell). Some brokers (tansu) signal an
-                // end after every batch, hence the position check.
+                // An end-of-partition event: done if the position reached the watermark read at
+                // the start (compaction may have removed the offsets just before it, so the last
+                // record's offset alone cannot tell); some brokers (tansu) signal an end after
+                // every batch, hence the position check.
                 Err(KafkaError::PartitionEOF(p)) if p == partition => {
                     let position = consumer.position().ok().and_then(|tpl| {
                         tpl.find_partition(topic, partition)
@@ -439,6 +442,15 @@ impl StateReader {
                 }
                 if message.offset() + 1 >= high {
                     break;
+                }
+            }
+        }
+        // tansu reports a watermark inside the last batch when that batch holds several
+        // records: take what follows at once (the rest of the batch), until a short silence.
+        while let Ok(Ok(message)) = tokio::time::timeout(BATCH_TAIL, consumer.recv()).await {
+            if message.topic() == topic && message.partition() == partition {
+                if let Some(key) = message.key() {
+                    records.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
                 }
             }
         }
