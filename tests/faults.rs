@@ -270,3 +270,70 @@ async fn target_lost_mid_multipart_leaves_no_orphaned_upload() {
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrying_entry_does_not_hold_back_later_entries_of_its_partition() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "holb").await;
+    let proxy = FaultProxy::start(&env.rgw[2]).await;
+    proxy.only_paths_with("/stuck");
+    proxy.set(Fault::SlowDownSome);
+    // One partition: every entry is behind the stuck one in the same partition.
+    let cfg = buckets
+        .config(&env, false)
+        .replace(&env.rgw[2], &proxy.endpoint)
+        .replace("partitions = 4", "partitions = 1")
+        + "max_attempts = 1000\n";
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "stuck".into(),
+            seed: 1,
+            size: 100,
+            ..Put::default()
+        },
+    )
+    .await;
+    let mut ferry = Ferry::start(&cfg);
+    wait_until(TIMEOUT, "the stuck entry retrying on b", || async {
+        ferry.log().contains("will retry")
+    })
+    .await;
+    for i in 0..20u64 {
+        s3::put(
+            &buckets.clients[0],
+            &buckets.source,
+            &Put {
+                key: format!("later/{i}"),
+                seed: i,
+                size: 100,
+                ..Put::default()
+            },
+        )
+        .await;
+    }
+    wait_until(
+        TIMEOUT,
+        "the 20 later entries on target b while the first still retries",
+        || async { buckets.count(2).await.0 == 20 },
+    )
+    .await;
+    assert!(
+        s3::versions(&buckets.clients[2], &buckets.b)
+            .await
+            .expect("list")
+            .iter()
+            .all(|v| v.key != "stuck"),
+        "the stuck entry is still not on b"
+    );
+    proxy.set(Fault::None);
+    wait_until(
+        TIMEOUT,
+        "the stuck entry on b once the fault clears",
+        || async { buckets.count(2).await.0 == 21 },
+    )
+    .await;
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}

@@ -20,6 +20,9 @@ pub enum Fault {
     FlipUploads = 2,
     /// Flip the first byte of every object GET response body.
     FlipDownloads = 3,
+    /// Answer 503 SlowDown to requests whose path contains the text set with
+    /// [`FaultProxy::only_paths_with`]; pass the others.
+    SlowDownSome = 4,
 }
 
 /// A running proxy; dropped, it stops accepting.
@@ -27,6 +30,8 @@ pub struct FaultProxy {
     /// `http://127.0.0.1:PORT`, to use as an S3 endpoint.
     pub endpoint: String,
     fault: Arc<AtomicU8>,
+    /// The path text `SlowDownSome` refuses.
+    filter: Arc<std::sync::Mutex<String>>,
     /// Requests seen, and requests the fault touched.
     pub requests: Arc<AtomicU64>,
     pub faulted: Arc<AtomicU64>,
@@ -42,18 +47,21 @@ impl FaultProxy {
         let fault = Arc::new(AtomicU8::new(Fault::None as u8));
         let requests = Arc::new(AtomicU64::new(0));
         let faulted = Arc::new(AtomicU64::new(0));
+        let filter = Arc::new(std::sync::Mutex::new(String::new()));
         let task = tokio::spawn({
-            let (fault, requests, faulted) = (fault.clone(), requests.clone(), faulted.clone());
+            let state = (
+                fault.clone(),
+                filter.clone(),
+                requests.clone(),
+                faulted.clone(),
+            );
             async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    let (upstream, fault, requests, faulted) = (
-                        upstream.clone(),
-                        fault.clone(),
-                        requests.clone(),
-                        faulted.clone(),
-                    );
+                    let upstream = upstream.clone();
+                    let (fault, filter, requests, faulted) = state.clone();
                     tokio::spawn(async move {
-                        let _ = serve(client, &upstream, &fault, &requests, &faulted).await;
+                        let _ =
+                            serve(client, &upstream, &fault, &filter, &requests, &faulted).await;
                     });
                 }
             }
@@ -61,6 +69,7 @@ impl FaultProxy {
         Self {
             endpoint,
             fault,
+            filter,
             requests,
             faulted,
             task,
@@ -69,6 +78,11 @@ impl FaultProxy {
 
     pub fn set(&self, fault: Fault) {
         self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    /// Sets the path text that [`Fault::SlowDownSome`] refuses (URL-encoded, as sent).
+    pub fn only_paths_with(&self, text: &str) {
+        *self.filter.lock().unwrap_or_else(|p| p.into_inner()) = text.to_string();
     }
 }
 
@@ -174,6 +188,7 @@ async fn serve(
     client: TcpStream,
     upstream: &str,
     fault: &AtomicU8,
+    filter: &std::sync::Mutex<String>,
     requests: &AtomicU64,
     faulted: &AtomicU64,
 ) -> std::io::Result<()> {
@@ -187,7 +202,11 @@ async fn serve(
         requests.fetch_add(1, Ordering::Relaxed);
         let mode = fault.load(Ordering::SeqCst);
         let body = request.content_length.unwrap_or(0);
-        if mode == Fault::SlowDown as u8 {
+        let refused_path = mode == Fault::SlowDownSome as u8 && {
+            let text = filter.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            !text.is_empty() && request.first_line.contains(&text)
+        };
+        if mode == Fault::SlowDown as u8 || refused_path {
             faulted.fetch_add(1, Ordering::Relaxed);
             relay_body(&mut client_read, &mut tokio::io::sink(), body, false).await?;
             let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>injected by the test proxy</Message></Error>";
