@@ -99,3 +99,60 @@ impl JointCopy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ChecksumCalculation, LocationConfig, RetryPolicy, StaticCredentials};
+
+    async fn store(name: &str) -> S3Store {
+        S3Store::connect(&LocationConfig {
+            name: name.into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: "us-east-1".into(),
+            bucket: name.into(),
+            path_style: true,
+            credentials: Some(StaticCredentials {
+                access_key_id: "k".into(),
+                secret_access_key: "s".into(),
+            }),
+            checksum_calculation: ChecksumCalculation::WhenRequired,
+            transient: false,
+            concurrency: 1,
+            retry: RetryPolicy {
+                max_attempts: 1,
+                initial_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+            },
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_to_join_leads_and_late_comers_go_alone() {
+        let joint = std::sync::Arc::new(JointCopy::new(3));
+        let first = tokio::spawn({
+            let (joint, a) = (joint.clone(), store("a").await);
+            async move { matches!(joint.join(a).await, Joined::Follow(_)) }
+        });
+        tokio::task::yield_now().await;
+        joint.leave();
+        match joint.join(store("b").await).await {
+            Joined::Lead(members, _) => assert_eq!(members.len(), 2, "leads both that joined"),
+            _ => panic!("the last of three (one left) leads"),
+        }
+        assert!(first.await.expect("task"), "the first follows");
+        assert!(matches!(joint.join(store("c").await).await, Joined::Alone));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_target_does_not_hold_the_others_past_the_window() {
+        let joint = JointCopy::new(2);
+        let started = tokio::time::Instant::now();
+        match joint.join(store("a").await).await {
+            Joined::Lead(members, _) => assert_eq!(members.len(), 1),
+            _ => panic!("leads alone after the window"),
+        }
+        assert!(started.elapsed() >= JOIN_WINDOW);
+    }
+}

@@ -410,12 +410,21 @@ impl ReplicationProcessor {
         copier: &Copier<'_>,
         joint: Option<&JointCopy>,
     ) -> Result<Outcome, StorageError> {
-        let checked = copier.precheck_object(entry).await;
-        if !matches!(checked, Ok(None)) {
+        let leave = || {
             if let Some(joint) = joint {
                 joint.leave();
             }
-            return checked.map(|outcome| outcome.unwrap_or(Outcome::Superseded));
+        };
+        match copier.precheck_object(entry).await {
+            Ok(None) => {}
+            Ok(Some(outcome)) => {
+                leave();
+                return Ok(outcome);
+            }
+            Err(e) => {
+                leave();
+                return Err(e);
+            }
         }
         let fanout = Fanout {
             source,
