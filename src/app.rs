@@ -127,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             publisher.clone(),
             topics.clone(),
             bus.subscribe("replication", &[&topics.replication])?,
+            bus.subscribe("replication-retry", &[&topics.retry])?,
             &config.locations,
         );
         spawn("replication", Box::pin(processor.run(stages.clone())));

@@ -296,9 +296,11 @@ async fn a_retrying_entry_does_not_hold_back_later_entries_of_its_partition() {
     )
     .await;
     let mut ferry = Ferry::start(&cfg);
-    wait_until(TIMEOUT, "the stuck entry retrying on b", || async {
-        ferry.log().contains("will retry")
-    })
+    wait_until(
+        TIMEOUT,
+        "the stuck entry deferred to the retry topic",
+        || async { ferry.log().contains("deferred to the retry topic") },
+    )
     .await;
     for i in 0..20u64 {
         s3::put(
@@ -334,6 +336,100 @@ async fn a_retrying_entry_does_not_hold_back_later_entries_of_its_partition() {
         || async { buckets.count(2).await.0 == 21 },
     )
     .await;
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_behind_a_deferred_one_reach_the_target_in_order() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "deforder").await;
+    let proxy = FaultProxy::start(&env.rgw[2]).await;
+    proxy.only_paths_with("/ordered-key");
+    proxy.set(Fault::SlowDownSome);
+    let cfg = buckets
+        .config(&env, false)
+        .replace(&env.rgw[2], &proxy.endpoint)
+        .replace("partitions = 4", "partitions = 1")
+        + "max_attempts = 1000\n";
+    let mut ferry = Ferry::start(&cfg);
+    let put = |n: u64| Put {
+        key: "ordered-key".into(),
+        seed: n,
+        size: 100 + n as usize,
+        ..Put::default()
+    };
+    let mut versions = vec![s3::put(&buckets.clients[0], &buckets.source, &put(1))
+        .await
+        .expect("versioned")];
+    wait_until(TIMEOUT, "the first version deferred on b", || async {
+        ferry.log().contains("deferred to the retry topic")
+    })
+    .await;
+    for n in 2..=3 {
+        versions.push(
+            s3::put(&buckets.clients[0], &buckets.source, &put(n))
+                .await
+                .expect("versioned"),
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "other".into(),
+            seed: 9,
+            size: 10,
+            ..Put::default()
+        },
+    )
+    .await;
+    wait_until(
+        TIMEOUT,
+        "other keys flow to b meanwhile, the later versions queue",
+        || async {
+            buckets.count(2).await.0 == 1
+                && ferry
+                    .log()
+                    .contains("an earlier version of this key is waiting")
+        },
+    )
+    .await;
+    assert_eq!(
+        buckets.count(1).await.0,
+        4,
+        "target a has all three versions and the other key"
+    );
+
+    proxy.set(Fault::None);
+    wait_until(TIMEOUT, "the three versions on b", || async {
+        buckets.count(2).await.0 == 4
+    })
+    .await;
+    // Listing order is newest first: the copies must be stamped v3, v2, v1.
+    let listed = s3::versions(&buckets.clients[2], &buckets.b)
+        .await
+        .expect("list");
+    let mut stamps = Vec::new();
+    for v in listed.iter().filter(|v| v.key == "ordered-key") {
+        let head = buckets.clients[2]
+            .head_object()
+            .bucket(&buckets.b)
+            .key("ordered-key")
+            .set_version_id(v.version_id.clone())
+            .send()
+            .await
+            .expect("head");
+        stamps.push(
+            head.metadata()
+                .and_then(|m| m.get("ferry-source-version-id"))
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    versions.reverse();
+    assert_eq!(stamps, versions, "versions reached b in source order");
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
 }

@@ -16,6 +16,8 @@ use crate::config::QueueConfig;
 pub struct Topics {
     /// Populator → replication processor: one [`crate::model::ReplicationEntry`] per version.
     pub replication: String,
+    /// Copies deferred after transient failures, consumed again when due.
+    pub retry: String,
     /// Replication processor → status processor: one result per entry and target.
     pub status: String,
     /// Status processor → garbage collector: transient versions every target holds.
@@ -35,6 +37,7 @@ impl Topics {
         let name = |suffix: &str| format!("{prefix}{suffix}");
         Self {
             replication: name("replication"),
+            retry: name("retry"),
             status: name("status"),
             gc: name("gc"),
             failed: name("failed"),
@@ -64,6 +67,7 @@ pub fn topic_specs(queue: &QueueConfig, topics: &Topics) -> Vec<TopicSpec> {
     let p = queue.partitions;
     vec![
         spec(&topics.replication, p, false),
+        spec(&topics.retry, p, false),
         spec(&topics.status, p, false),
         // Must have exactly as many partitions as `status`: state for status partition N is
         // written to changelog partition N.

@@ -174,6 +174,9 @@ pub struct ReplicationConfig {
     pub part_concurrency: usize,
     /// Default retry policy of targets that set none.
     pub retry: RetryPolicy,
+    /// Attempts made in place before a failing copy is deferred to the retry topic, freeing
+    /// its slot so later entries and the partition's committed offset move on.
+    pub defer_after: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -127,6 +127,7 @@ pub struct RawPopulator {
 pub struct RawReplication {
     pub max_in_flight: Option<i64>,
     pub max_attempts: Option<i64>,
+    pub defer_after: Option<i64>,
     pub target_concurrency: Option<i64>,
     pub multipart_threshold: Option<RawSize>,
     pub part_size: Option<RawSize>,

@@ -433,6 +433,7 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
         part_size,
         part_concurrency: positive("replication.part_concurrency", r.part_concurrency, 4, 64)?,
         retry,
+        defer_after: positive("replication.defer_after", r.defer_after, 3, 1_000_000)? as u32,
     })
 }
 

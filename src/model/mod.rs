@@ -7,7 +7,9 @@ mod entry;
 mod status;
 
 pub use entry::{EntryKind, ReplicationEntry};
-pub use status::{EntryState, GcTask, ReplicationStatus, TargetCopy, TargetResult, TargetState};
+pub use status::{
+    EntryState, GcTask, ReplicationStatus, RetryTask, TargetCopy, TargetResult, TargetState,
+};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

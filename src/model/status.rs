@@ -138,6 +138,23 @@ fn overall(statuses: impl Iterator<Item = ReplicationStatus> + Clone) -> Replica
     }
 }
 
+/// One message on the retry topic: a copy of `entry` to `target` that failed transiently and
+/// waits for its next attempt, no earlier than `due_at_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryTask {
+    pub schema: u32,
+    /// Unique per publication; lets the retry consumer recognise a task it put back.
+    pub id: String,
+    pub entry: ReplicationEntry,
+    pub target: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub due_at_ms: i64,
+    /// The last error, for logs and the FAILED record.
+    pub last_error: Option<String>,
+}
+
 /// Where one target holds its copy of a version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetCopy {

@@ -12,6 +12,7 @@ mod fanout;
 mod gate;
 mod joint;
 mod lanes;
+mod retry;
 
 pub use copier::{is_copy_of, part_size_for, Outcome, STAMP_ETAG, STAMP_MTIME, STAMP_VERSION};
 
@@ -27,7 +28,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
 use crate::config::{LocationConfig, ReplicationConfig, RetryPolicy};
-use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, TargetResult};
+use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, RetryTask, TargetResult};
 use crate::storage::{ErrorKind, S3Store, StorageError, Stores};
 
 use self::copier::Copier;
@@ -47,12 +48,26 @@ pub struct ReplicationStats {
     pub superseded: AtomicU64,
     pub failed: AtomicU64,
     pub retries: AtomicU64,
+    /// Copies handed to the retry topic.
+    pub deferred: AtomicU64,
     pub pauses: AtomicU64,
     pub dead_letters: AtomicU64,
     /// Bytes read from sources (a version read for several targets counts each read).
     pub source_bytes: AtomicU64,
     /// Bytes written to targets, summed over targets.
     pub target_bytes: AtomicU64,
+}
+
+/// What one copy attempt sequence ended with.
+enum Step {
+    /// A final result for the status topic.
+    Done(TargetResult),
+    /// Try again later, from the retry topic.
+    Defer {
+        attempts: u32,
+        delay: std::time::Duration,
+        error: String,
+    },
 }
 
 /// What the processor keeps per target location.
@@ -72,6 +87,14 @@ pub struct ReplicationProcessor {
     lanes: Arc<Lanes>,
     targets: HashMap<String, TargetSettings>,
     gates: Gates,
+    /// Deferred copies not finished yet, per (target, bucket/key): later versions of the key
+    /// queue behind them in the retry topic.
+    deferred: std::sync::Mutex<HashMap<(String, String), usize>>,
+    /// The retry topic's consumer, its lanes, and the lanes whose task was put back (task id,
+    /// due time): later tasks of such a lane follow it.
+    retry_subscription: Subscription,
+    retry_lanes: Arc<Lanes>,
+    held: std::sync::Mutex<HashMap<(String, String), (String, i64)>>,
     /// Multipart uploads of failed copies not aborted yet (their target was away).
     pending_aborts: PendingAborts,
     /// Entry tasks and location probes, waited for at shutdown.
@@ -86,6 +109,7 @@ impl ReplicationProcessor {
         publisher: Publisher,
         topics: Topics,
         subscription: Subscription,
+        retry_subscription: Subscription,
         locations: &std::collections::BTreeMap<String, LocationConfig>,
     ) -> Self {
         let targets = locations
@@ -108,6 +132,10 @@ impl ReplicationProcessor {
             targets,
             gates: Gates::new(locations.keys().cloned()),
             pending_aborts: PendingAborts::default(),
+            deferred: Default::default(),
+            retry_subscription,
+            retry_lanes: Arc::new(Lanes::default()),
+            held: Default::default(),
             tasks: TaskTracker::new(),
             stats: Arc::default(),
         }
@@ -118,6 +146,7 @@ impl ReplicationProcessor {
         let this = Arc::new(self);
         let in_flight = Arc::new(Semaphore::new(this.config.max_in_flight));
         let tasks = this.tasks.clone();
+        tasks.spawn(this.clone().run_retries(shutdown.clone()));
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -193,6 +222,9 @@ impl ReplicationProcessor {
             target_bytes = stats.target_bytes.load(Ordering::Relaxed),
             "replication totals"
         );
+        if let Err(e) = this.retry_subscription.commit() {
+            tracing::warn!(error = %e, "retry topic offsets not committed");
+        }
         this.subscription
             .commit()
             .map_err(|source| StageError::Bus {
@@ -237,8 +269,8 @@ impl ReplicationProcessor {
         }
     }
 
-    /// Copies `entry` to `target` (retrying transient failures) and publishes the result.
-    /// Returns whether the result was published.
+    /// Copies `entry` to `target` and publishes the result, or defers the copy to the retry
+    /// topic. Returns whether what it produced is durable (then the entry may be acknowledged).
     async fn replicate_to(
         self: &Arc<Self>,
         entry: &ReplicationEntry,
@@ -248,43 +280,131 @@ impl ReplicationProcessor {
         shutdown: &CancellationToken,
     ) -> bool {
         tokio::select! {
-            _ = shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => {
+                joint.leave();
+                return false;
+            }
             _ = ticket.turn() => {}
         }
-        let result = match self.copy_with_retries(entry, target, joint, shutdown).await {
-            Some(result) => result,
-            None => return false,
+        let lane = (target.to_string(), entry.message_key());
+        // Earlier versions of this key wait in the retry topic for this target: this one
+        // queues behind them there, so versions still reach the target in order.
+        let step = if self.deferred_count(&lane) > 0 {
+            joint.leave();
+            tracing::info!("an earlier version of this key is waiting to be retried on this target; queued behind it");
+            Step::Defer {
+                attempts: 0,
+                delay: std::time::Duration::ZERO,
+                error: "an earlier version of this key is waiting to be retried".into(),
+            }
+        } else {
+            match self
+                .copy_with_retries(entry, target, Some(joint), 0, shutdown)
+                .await
+            {
+                Some(step) => step,
+                None => return false,
+            }
         };
-        let payload = model::encode(&result);
-        let published = publish_until_done(
-            &self.publisher,
-            &self.topics.status,
-            None,
-            &entry.message_key(),
-            Some(&payload),
-            shutdown,
-        )
-        .await;
+        let published = self
+            .publish_step(entry, target, step, &lane, shutdown)
+            .await;
         drop(ticket);
         published
     }
 
-    async fn copy_with_retries(
-        self: &Arc<Self>,
+    /// Publishes a result to the status topic, or a deferral to the retry topic (counted in
+    /// the key's lane until its final result). Returns whether it is durable.
+    async fn publish_step(
+        &self,
         entry: &ReplicationEntry,
         target: &str,
-        joint: &JointCopy,
+        step: Step,
+        lane: &(String, String),
         shutdown: &CancellationToken,
-    ) -> Option<TargetResult> {
-        let result = |status, target_version_id, error: Option<String>, attempts| TargetResult {
-            schema: model::SCHEMA,
-            entry: entry.clone(),
-            target: target.to_string(),
-            status,
-            target_version_id,
-            error,
-            attempts,
-            at_ms: model::now_ms(),
+    ) -> bool {
+        match step {
+            Step::Done(result) => {
+                publish_until_done(
+                    &self.publisher,
+                    &self.topics.status,
+                    None,
+                    &entry.message_key(),
+                    Some(&model::encode(&result)),
+                    shutdown,
+                )
+                .await
+            }
+            Step::Defer {
+                attempts,
+                delay,
+                error,
+            } => {
+                let task = RetryTask {
+                    schema: model::SCHEMA,
+                    id: format!("{}/{}/{}", model::now_ms(), fastrand::u64(..), attempts),
+                    entry: entry.clone(),
+                    target: target.to_string(),
+                    attempts,
+                    due_at_ms: model::now_ms() + delay.as_millis() as i64,
+                    last_error: Some(error),
+                };
+                let published = publish_until_done(
+                    &self.publisher,
+                    &self.topics.retry,
+                    None,
+                    &entry.message_key(),
+                    Some(&model::encode(&task)),
+                    shutdown,
+                )
+                .await;
+                if published {
+                    self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                    *self.lock_deferred().entry(lane.clone()).or_default() += 1;
+                }
+                published
+            }
+        }
+    }
+
+    fn lock_deferred(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), usize>> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deferred_count(&self, lane: &(String, String)) -> usize {
+        self.lock_deferred().get(lane).copied().unwrap_or(0)
+    }
+
+    /// Copies `entry` to `target`, retrying transient failures in place up to `defer_after`
+    /// attempts (counting `start_attempts` made before), then asks for deferral. `joint` is the
+    /// entry's group on its first attempt from the replication topic. `None` on shutdown.
+    async fn copy_with_retries(
+        &self,
+        entry: &ReplicationEntry,
+        target: &str,
+        joint: Option<&JointCopy>,
+        start_attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Option<Step> {
+        let result = |status, target_version_id, error: Option<String>, attempts| {
+            Step::Done(TargetResult {
+                schema: model::SCHEMA,
+                entry: entry.clone(),
+                target: target.to_string(),
+                status,
+                target_version_id,
+                error,
+                attempts,
+                at_ms: model::now_ms(),
+            })
+        };
+        // The first attempt joins the other targets of the entry (one read of the source);
+        // a target that joins no group this time must say so, or the others wait for it.
+        let mut joint = joint;
+        let leave = |joint: &mut Option<&JointCopy>| {
+            if let Some(j) = joint.take() {
+                j.leave();
+            }
         };
         let (Some(source), Some(store), Some(settings), Some(source_gate), Some(target_gate)) = (
             self.stores.get(&entry.source),
@@ -293,6 +413,7 @@ impl ReplicationProcessor {
             self.gates.get(&entry.source),
             self.gates.get(target),
         ) else {
+            leave(&mut joint);
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             let message = format!(
                 "this ferry's configuration has no location {:?} or {:?}",
@@ -301,40 +422,37 @@ impl ReplicationProcessor {
             tracing::error!(error = %message, "entry names an unknown location");
             return Some(result(ReplicationStatus::Failed, None, Some(message), 0));
         };
+        let policy = settings.retry;
+        let mut backoff = Backoff::new(policy.initial_delay, policy.max_delay);
+        for _ in 0..start_attempts {
+            backoff.next_delay();
+        }
         let _permit = tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => {
+                leave(&mut joint);
+                return None;
+            }
             permit = settings.limit.acquire() => permit.ok()?,
         };
         let copier = Copier { target: store };
-        // The first attempt joins the other targets of the entry (one read of the source);
-        // a target that joins no group this time must say so, or the others wait for it.
-        let mut first = true;
-        let leave_once = |first: &mut bool| {
-            if std::mem::take(first) {
-                joint.leave();
-            }
-        };
-        let policy = settings.retry;
-        let mut backoff = Backoff::new(policy.initial_delay, policy.max_delay);
-        let mut attempts = 0;
+        let mut attempts = start_attempts;
         loop {
             if !source_gate.open(shutdown).await || !target_gate.open(shutdown).await {
-                leave_once(&mut first);
+                leave(&mut joint);
                 return None;
             }
             attempts += 1;
             let outcome = match entry.kind {
                 EntryKind::Object => {
-                    let joining = std::mem::take(&mut first);
-                    self.copy_object(entry, source, store, &copier, joining.then_some(joint))
+                    self.copy_object(entry, source, store, &copier, joint.take())
                         .await
                 }
                 EntryKind::DeleteMarker => {
-                    leave_once(&mut first);
+                    leave(&mut joint);
                     copier.copy_delete_marker(entry).await
                 }
                 EntryKind::VersionDelete => {
-                    leave_once(&mut first);
+                    leave(&mut joint);
                     copier.delete_copy(entry).await
                 }
             };
@@ -376,11 +494,23 @@ impl ReplicationProcessor {
                 Err(e) if matches!(e.kind, ErrorKind::Config | ErrorKind::Unreachable) => {
                     // Not this entry's fault: pause the location, do not count the attempt.
                     attempts -= 1;
-                    self.pause(&e.location, &e.to_string(), shutdown);
+                    if !self.pause(&e.location, &e.to_string(), shutdown)
+                        && !sleep_or_shutdown(backoff.next_delay(), shutdown).await
+                    {
+                        return None;
+                    }
                 }
                 Err(e) if e.kind == ErrorKind::Transient && attempts < policy.max_attempts => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     let delay = backoff.next_delay();
+                    if attempts >= self.config.defer_after {
+                        tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, deferred to the retry topic");
+                        return Some(Step::Defer {
+                            attempts,
+                            delay,
+                            error: e.to_string(),
+                        });
+                    }
                     tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, will retry");
                     if !sleep_or_shutdown(delay, shutdown).await {
                         return None;
@@ -471,7 +601,7 @@ impl ReplicationProcessor {
 
     /// Closes `location`'s gate and, if it was open, starts the probe that reopens it.
     /// Returns false if `location` has no gate (then the caller must wait by itself).
-    fn pause(self: &Arc<Self>, location: &str, reason: &str, shutdown: &CancellationToken) -> bool {
+    fn pause(&self, location: &str, reason: &str, shutdown: &CancellationToken) -> bool {
         let (Some(gate), Some(store)) = (self.gates.get(location), self.stores.get(location))
         else {
             return false;
