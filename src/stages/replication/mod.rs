@@ -61,7 +61,7 @@ pub struct ReplicationStats {
 /// What one copy attempt sequence ended with.
 enum Step {
     /// A final result for the status topic.
-    Done(TargetResult),
+    Done(Box<TargetResult>),
     /// Try again later, from the retry topic.
     Defer {
         attempts: u32,
@@ -387,7 +387,7 @@ impl ReplicationProcessor {
         shutdown: &CancellationToken,
     ) -> Option<Step> {
         let result = |status, target_version_id, error: Option<String>, attempts| {
-            Step::Done(TargetResult {
+            Step::Done(Box::new(TargetResult {
                 schema: model::SCHEMA,
                 entry: entry.clone(),
                 target: target.to_string(),
@@ -396,7 +396,7 @@ impl ReplicationProcessor {
                 error,
                 attempts,
                 at_ms: model::now_ms(),
-            })
+            }))
         };
         // The first attempt joins the other targets of the entry (one read of the source);
         // a target that joins no group this time must say so, or the others wait for it.
