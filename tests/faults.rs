@@ -163,6 +163,32 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
         0,
         "failed multipart uploads were aborted"
     );
+
+    // The data path is clean again: an operator sends the failed entries back; they complete
+    // and the transient source is emptied.
+    proxy.set(Fault::None);
+    let topics = ferry::bus::Topics::new(&format!("{}.", buckets.id));
+    let filter = ferry::stages::status::failed::FailedFilter {
+        target: Some("site-b".into()),
+        prefix: None,
+    };
+    let requeued = ferry::stages::status::failed::retry(&bus, &topics, &filter)
+        .await
+        .expect("retry failed");
+    assert_eq!(requeued, 2, "both failed entries sent back");
+    wait_until(
+        TIMEOUT,
+        "b complete and the source emptied after the retry",
+        || async { buckets.count(2).await.0 == 2 && buckets.count(0).await.0 == 0 },
+    )
+    .await;
+    let still_failed = ferry::stages::status::failed::list(&bus, &topics)
+        .await
+        .expect("list failed");
+    assert!(
+        still_failed.is_empty(),
+        "no failed record left: {still_failed:?}"
+    );
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
 }

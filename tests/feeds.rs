@@ -325,6 +325,7 @@ async fn a_thousand_malformed_messages_on_every_topic_are_dead_lettered_while_va
         format!("{id}.replication"),
         format!("{id}.status"),
         format!("{id}.gc"),
+        format!("{id}.retry"),
         events_topic.clone(),
     ];
     let publisher = bus.publisher();

@@ -9,6 +9,8 @@
 //! publish a GC task; publish the new state; then acknowledge. A crash in between replays the
 //! result, which changes nothing but republishes the GC task — harmless, never lost.
 
+pub mod failed;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
