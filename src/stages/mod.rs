@@ -112,6 +112,40 @@ pub async fn dead_letter(
     }
 }
 
+/// Decodes a delivery's payload as a `T` message; an unreadable one (invalid JSON, unknown
+/// schema, missing fields, empty) goes to the dead-letter topic, counted in `counter`, and
+/// `None` is returned so the stage carries on with the next message.
+pub async fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    delivery: Delivery,
+    publisher: &Publisher,
+    dead_letter_topic: &str,
+    stage: &'static str,
+    counter: &std::sync::atomic::AtomicU64,
+    shutdown: &CancellationToken,
+) -> Option<(T, Delivery)> {
+    let reason = match delivery
+        .payload
+        .as_deref()
+        .map(|p| crate::model::decode(what, p))
+    {
+        Some(Ok(message)) => return Some((message, delivery)),
+        Some(Err(e)) => e.to_string(),
+        None => "empty message".to_string(),
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dead_letter(
+        publisher,
+        dead_letter_topic,
+        stage,
+        delivery,
+        &reason,
+        shutdown,
+    )
+    .await;
+    None
+}
+
 /// Receives the next delivery, riding out broker hiccups; `None` on shutdown.
 pub async fn receive(
     subscription: &crate::bus::Subscription,

@@ -16,11 +16,11 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
 use crate::config::{GcConfig, ReplicationConfig};
-use crate::model::{self, EntryKind, GcTask, TargetCopy};
+use crate::model::{EntryKind, GcTask, TargetCopy};
 use crate::storage::{etag_is_md5, ErrorKind, Head, S3Store, StorageError, Stores};
 
 use super::replication::is_copy_of;
-use super::{dead_letter, receive, sleep_or_shutdown, StageError};
+use super::{decode_or_dead_letter, receive, sleep_or_shutdown, StageError};
 
 const STAGE: &str = "gc";
 
@@ -83,29 +83,18 @@ impl GarbageCollector {
             let Some(delivery) = receive(&this.subscription, STAGE, &shutdown).await else {
                 break;
             };
-            let task: GcTask = match delivery
-                .payload
-                .as_deref()
-                .map(|p| model::decode("GC task", p))
-            {
-                Some(Ok(task)) => task,
-                other => {
-                    let reason = match other {
-                        Some(Err(e)) => e.to_string(),
-                        _ => "empty message".into(),
-                    };
-                    this.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(
-                        &this.publisher,
-                        &this.topics.dead_letter,
-                        STAGE,
-                        delivery,
-                        &reason,
-                        &shutdown,
-                    )
-                    .await;
-                    continue;
-                }
+            let Some((task, delivery)) = decode_or_dead_letter::<GcTask>(
+                "GC task",
+                delivery,
+                &this.publisher,
+                &this.topics.dead_letter,
+                STAGE,
+                &this.stats.dead_letters,
+                &shutdown,
+            )
+            .await
+            else {
+                continue;
             };
             let e = &task.entry;
             let span = tracing::info_span!("entry", stage = STAGE, rule = %e.rule, bucket = %e.bucket, key = %e.key, version = e.version_id.as_deref().unwrap_or("null"));

@@ -36,7 +36,7 @@ use self::fanout::{Fanout, PendingAborts};
 use self::gate::Gates;
 use self::joint::{Joined, JointCopy};
 use self::lanes::{Lanes, Ticket};
-use super::{dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
+use super::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
 
 const STAGE: &str = "replication";
 
@@ -158,38 +158,18 @@ impl ReplicationProcessor {
             let Some(delivery) = receive(&this.subscription, STAGE, &shutdown).await else {
                 break;
             };
-            let entry: ReplicationEntry = match delivery
-                .payload
-                .as_deref()
-                .map(|p| model::decode("replication entry", p))
-            {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => {
-                    this.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(
-                        &this.publisher,
-                        &this.topics.dead_letter,
-                        STAGE,
-                        delivery,
-                        &e.to_string(),
-                        &shutdown,
-                    )
-                    .await;
-                    continue;
-                }
-                None => {
-                    this.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(
-                        &this.publisher,
-                        &this.topics.dead_letter,
-                        STAGE,
-                        delivery,
-                        "empty message",
-                        &shutdown,
-                    )
-                    .await;
-                    continue;
-                }
+            let Some((entry, delivery)) = decode_or_dead_letter::<ReplicationEntry>(
+                "replication entry",
+                delivery,
+                &this.publisher,
+                &this.topics.dead_letter,
+                STAGE,
+                &this.stats.dead_letters,
+                &shutdown,
+            )
+            .await
+            else {
+                continue;
             };
             // Tickets are taken here, in partition order, so lanes follow the source's order.
             let tickets: Vec<(String, Ticket)> = entry

@@ -8,7 +8,6 @@
 //! the task back at the end of the topic with a later due time, and every later task of the
 //! same lane follows it there, so versions of a key still reach the target in order.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use super::lanes::Ticket;
 use super::{ReplicationProcessor, Step, STAGE};
 use crate::bus::Delivery;
 use crate::model::{self, RetryTask};
-use crate::stages::{dead_letter, publish_until_done, receive, sleep_or_shutdown};
+use crate::stages::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown};
 
 impl ReplicationProcessor {
     /// Consumes the retry topic until `shutdown`.
@@ -37,29 +36,18 @@ impl ReplicationProcessor {
             let Some(delivery) = receive(&self.retry_subscription, STAGE, &shutdown).await else {
                 return;
             };
-            let task: RetryTask = match delivery
-                .payload
-                .as_deref()
-                .map(|p| model::decode("retry task", p))
-            {
-                Some(Ok(task)) => task,
-                other => {
-                    let reason = match other {
-                        Some(Err(e)) => e.to_string(),
-                        _ => "empty message".into(),
-                    };
-                    self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(
-                        &self.publisher,
-                        &self.topics.dead_letter,
-                        STAGE,
-                        delivery,
-                        &reason,
-                        &shutdown,
-                    )
-                    .await;
-                    continue;
-                }
+            let Some((task, delivery)) = decode_or_dead_letter::<RetryTask>(
+                "retry task",
+                delivery,
+                &self.publisher,
+                &self.topics.dead_letter,
+                STAGE,
+                &self.stats.dead_letters,
+                &shutdown,
+            )
+            .await
+            else {
+                continue;
             };
             // Taken here, in partition order, like the main path's lanes.
             let ticket = self

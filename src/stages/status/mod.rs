@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{Publisher, StateReader, Subscription, Topics};
 use crate::model::{self, EntryState, GcTask, ReplicationStatus, TargetResult};
 
-use super::{dead_letter, publish_until_done, receive, StageError};
+use super::{decode_or_dead_letter, publish_until_done, receive, StageError};
 
 const STAGE: &str = "status";
 
@@ -80,29 +80,18 @@ impl StatusProcessor {
             if loaded.insert(partition) {
                 self.replay(partition).await?;
             }
-            let result: TargetResult = match delivery
-                .payload
-                .as_deref()
-                .map(|p| model::decode("target result", p))
-            {
-                Some(Ok(r)) => r,
-                other => {
-                    let reason = match other {
-                        Some(Err(e)) => e.to_string(),
-                        _ => "empty message".into(),
-                    };
-                    self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(
-                        &self.publisher,
-                        &self.topics.dead_letter,
-                        STAGE,
-                        delivery,
-                        &reason,
-                        &shutdown,
-                    )
-                    .await;
-                    continue;
-                }
+            let Some((result, delivery)) = decode_or_dead_letter::<TargetResult>(
+                "target result",
+                delivery,
+                &self.publisher,
+                &self.topics.dead_letter,
+                STAGE,
+                &self.stats.dead_letters,
+                &shutdown,
+            )
+            .await
+            else {
+                continue;
             };
             self.stats.results.fetch_add(1, Ordering::Relaxed);
             let id = result.entry.id();
