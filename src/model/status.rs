@@ -153,6 +153,11 @@ pub struct RetryTask {
     pub due_at_ms: i64,
     /// The last error, for logs and the FAILED record.
     pub last_error: Option<String>,
+    /// The entry's offset in its replication partition, where every version of a key is
+    /// in source order: orders the deferred versions of one key (absent for re-enqueued
+    /// FAILED entries, which wait for nothing).
+    #[serde(default)]
+    pub origin: Option<i64>,
 }
 
 /// Where one target holds its copy of a version.

@@ -36,6 +36,7 @@ use self::fanout::{Fanout, PendingAborts};
 use self::gate::Gates;
 use self::joint::{Joined, JointCopy};
 use self::lanes::{Lanes, Ticket};
+use self::retry::Waiting;
 use super::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
 
 const STAGE: &str = "replication";
@@ -90,11 +91,10 @@ pub struct ReplicationProcessor {
     /// Deferred copies not finished yet, per (target, bucket/key): later versions of the key
     /// queue behind them in the retry topic.
     deferred: std::sync::Mutex<HashMap<(String, String), usize>>,
-    /// The retry topic's consumer, its lanes, and the lanes whose task was put back (task id,
-    /// due time): later tasks of such a lane follow it.
+    /// The retry topic's consumer, its lanes, and the deferred versions waiting in each lane.
     retry_subscription: Subscription,
     retry_lanes: Arc<Lanes>,
-    held: std::sync::Mutex<HashMap<(String, String), (String, i64)>>,
+    waiting: Waiting,
     /// Multipart uploads of failed copies not aborted yet (their target was away).
     pending_aborts: PendingAborts,
     /// Entry tasks and location probes, waited for at shutdown.
@@ -135,7 +135,7 @@ impl ReplicationProcessor {
             deferred: Default::default(),
             retry_subscription,
             retry_lanes: Arc::new(Lanes::default()),
-            held: Default::default(),
+            waiting: Waiting::default(),
             tasks: TaskTracker::new(),
             stats: Arc::default(),
         }
@@ -223,6 +223,7 @@ impl ReplicationProcessor {
         shutdown: &CancellationToken,
     ) {
         let entry = Arc::new(entry);
+        let origin = delivery.offset;
         let joint = Arc::new(JointCopy::new(tickets.len()));
         let mut per_target = tokio::task::JoinSet::new();
         for (target, ticket) in tickets {
@@ -234,7 +235,7 @@ impl ReplicationProcessor {
             per_target.spawn(
                 async move {
                     worker
-                        .replicate_to(&entry, &target, ticket, &joint, &shutdown)
+                        .replicate_to(&entry, origin, &target, ticket, &joint, &shutdown)
                         .await
                 }
                 .instrument(span),
@@ -254,6 +255,7 @@ impl ReplicationProcessor {
     async fn replicate_to(
         self: &Arc<Self>,
         entry: &ReplicationEntry,
+        origin: i64,
         target: &str,
         ticket: Ticket,
         joint: &JointCopy,
@@ -287,7 +289,7 @@ impl ReplicationProcessor {
             }
         };
         let published = self
-            .publish_step(entry, target, step, &lane, shutdown)
+            .publish_step(entry, origin, target, step, &lane, shutdown)
             .await;
         drop(ticket);
         published
@@ -298,6 +300,7 @@ impl ReplicationProcessor {
     async fn publish_step(
         &self,
         entry: &ReplicationEntry,
+        origin: i64,
         target: &str,
         step: Step,
         lane: &(String, String),
@@ -328,6 +331,7 @@ impl ReplicationProcessor {
                     attempts,
                     due_at_ms: model::now_ms() + delay.as_millis() as i64,
                     last_error: Some(error),
+                    origin: Some(origin),
                 };
                 let published = publish_until_done(
                     &self.publisher,

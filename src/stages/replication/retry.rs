@@ -5,10 +5,16 @@
 //! acknowledged, so later entries and the partition's committed offset move on. Here each
 //! task waits for its due time in its own (target, key) lane — other keys are not held up —
 //! and makes one attempt: a result goes to the status topic; another transient failure puts
-//! the task back at the end of the topic with a later due time, and every later task of the
-//! same lane follows it there, so versions of a key still reach the target in order.
+//! the task back at the end of the topic with a later due time.
+//!
+//! Put-backs reorder the topic, so the topic's order is not the key's order. Each task
+//! carries its entry's offset in the replication partition (its *origin*; all versions of a
+//! key share a partition, in source order), and a task whose lane holds a waiting task of
+//! an earlier origin goes back behind it instead of running: versions of a key still reach
+//! the target in order, whatever order the put-backs left in the topic.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -53,6 +59,7 @@ impl ReplicationProcessor {
             let ticket = self
                 .retry_lanes
                 .enter(&task.target, &task.entry.message_key());
+            self.waiting.note(&task);
             let span = tracing::info_span!("retry", stage = STAGE, rule = %task.entry.rule, bucket = %task.entry.bucket, key = %task.entry.key, version = task.entry.version_id.as_deref().unwrap_or("null"), target = %task.target, attempt = task.attempts + 1);
             let worker = self.clone();
             let shutdown = shutdown.clone();
@@ -66,7 +73,7 @@ impl ReplicationProcessor {
         }
     }
 
-    /// One deferred copy: follow a put-back predecessor, or wait until due and try once.
+    /// One deferred copy: follow an earlier version of its key, or wait until due and try once.
     async fn retry(
         &self,
         task: RetryTask,
@@ -79,23 +86,17 @@ impl ReplicationProcessor {
             _ = ticket.turn() => {}
         }
         let lane = (task.target.clone(), task.entry.message_key());
-        let held = self.lock_held().get(&lane).cloned();
-        match held {
-            Some((id, due)) if id != task.id => {
-                // An earlier task of this lane was put back: go behind it.
-                let follower = RetryTask {
-                    due_at_ms: task.due_at_ms.max(due),
-                    ..task
-                };
-                if self.put_back(&follower, &lane, false, shutdown).await {
-                    delivery.ack();
-                }
-                return;
+        if let Some(due) = self.waiting.earlier_than(&task) {
+            // An earlier version of this key waits in the topic: go behind it.
+            tracing::debug!("an earlier version of this key is still waiting; following it");
+            let follower = RetryTask {
+                due_at_ms: task.due_at_ms.max(due),
+                ..task
+            };
+            if self.put_back(&follower, shutdown).await {
+                delivery.ack();
             }
-            Some(_) => {
-                self.lock_held().remove(&lane);
-            }
-            None => {}
+            return;
         }
         let wait = Duration::from_millis((task.due_at_ms - model::now_ms()).max(0) as u64);
         if !sleep_or_shutdown(wait, shutdown).await {
@@ -119,6 +120,7 @@ impl ReplicationProcessor {
                 )
                 .await;
                 if published {
+                    self.waiting.done(&task);
                     let mut deferred = self.lock_deferred();
                     if let Some(count) = deferred.get_mut(&lane) {
                         *count = count.saturating_sub(1);
@@ -141,7 +143,7 @@ impl ReplicationProcessor {
                     last_error: Some(error),
                     ..task
                 };
-                self.put_back(&again, &lane, true, shutdown).await
+                self.put_back(&again, shutdown).await
             }
         };
         drop(ticket);
@@ -150,15 +152,8 @@ impl ReplicationProcessor {
         }
     }
 
-    /// Publishes `task` at the end of the retry topic; `hold` makes later tasks of its lane
-    /// follow it. Returns whether it is durable.
-    async fn put_back(
-        &self,
-        task: &RetryTask,
-        lane: &(String, String),
-        hold: bool,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    /// Publishes `task` at the end of the retry topic. Returns whether it is durable.
+    async fn put_back(&self, task: &RetryTask, shutdown: &CancellationToken) -> bool {
         let published = publish_until_done(
             &self.publisher,
             &self.topics.retry,
@@ -168,16 +163,114 @@ impl ReplicationProcessor {
             shutdown,
         )
         .await;
-        if published && hold {
-            self.lock_held()
-                .insert(lane.clone(), (task.id.clone(), task.due_at_ms));
+        if published {
+            self.waiting.note(task);
         }
         published
     }
+}
 
-    fn lock_held(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), (String, i64)>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+/// The deferred versions each (target, key) lane is waiting on: origin → due time.
+#[derive(Default)]
+pub(super) struct Waiting(Mutex<HashMap<(String, String), BTreeMap<i64, i64>>>);
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), BTreeMap<i64, i64>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `task` waits in the topic (again, with its latest due time).
+    fn note(&self, task: &RetryTask) {
+        if let Some(origin) = task.origin {
+            self.lock()
+                .entry(lane(task))
+                .or_default()
+                .insert(origin, task.due_at_ms);
+        }
+    }
+
+    /// The due time of an earlier version of `task`'s key still waiting, if there is one.
+    fn earlier_than(&self, task: &RetryTask) -> Option<i64> {
+        let origin = task.origin?;
+        let waiting = self.lock();
+        let (&first, &due) = waiting.get(&lane(task))?.first_key_value()?;
+        (first < origin).then_some(due)
+    }
+
+    /// `task` reached its final result: versions after it may go.
+    fn done(&self, task: &RetryTask) {
+        let Some(origin) = task.origin else { return };
+        let mut waiting = self.lock();
+        let lane = lane(task);
+        if let Some(origins) = waiting.get_mut(&lane) {
+            origins.remove(&origin);
+            if origins.is_empty() {
+                waiting.remove(&lane);
+            }
+        }
+    }
+}
+
+fn lane(task: &RetryTask) -> (String, String) {
+    (task.target.clone(), task.entry.message_key())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EntryKind, ReplicationEntry};
+
+    fn entry() -> ReplicationEntry {
+        ReplicationEntry {
+            schema: model::SCHEMA,
+            rule: "r".into(),
+            source: "src".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: Some("v".into()),
+            kind: EntryKind::Object,
+            size: 1,
+            etag: None,
+            last_modified_ms: 1,
+            targets: vec!["t".into()],
+            transient: false,
+            enqueued_at_ms: 1,
+        }
+    }
+
+    fn task(origin: Option<i64>, due: i64) -> RetryTask {
+        RetryTask {
+            schema: model::SCHEMA,
+            id: format!("{origin:?}"),
+            entry: entry(),
+            target: "t".into(),
+            attempts: 1,
+            due_at_ms: due,
+            last_error: None,
+            origin,
+        }
+    }
+
+    #[test]
+    fn later_versions_follow_the_earliest_waiting_one() {
+        let waiting = Waiting::default();
+        let (v1, v2, v3) = (task(Some(10), 500), task(Some(11), 0), task(Some(12), 0));
+        // The topic's order after put-backs: v3 before v2 before v1.
+        waiting.note(&v3);
+        waiting.note(&v2);
+        waiting.note(&v1);
+        assert_eq!(waiting.earlier_than(&v3), Some(500), "v3 waits for v1");
+        assert_eq!(waiting.earlier_than(&v2), Some(500), "v2 waits for v1");
+        assert_eq!(waiting.earlier_than(&v1), None, "v1 goes");
+        waiting.done(&v1);
+        assert_eq!(waiting.earlier_than(&v3), Some(0), "v3 still waits for v2");
+        assert_eq!(waiting.earlier_than(&v2), None);
+        waiting.done(&v2);
+        assert_eq!(waiting.earlier_than(&v3), None);
+        waiting.done(&v3);
+        assert!(waiting.lock().is_empty(), "finished lanes are forgotten");
+        // A re-enqueued FAILED entry has no origin and waits for nothing.
+        waiting.note(&v1);
+        assert_eq!(waiting.earlier_than(&task(None, 0)), None);
     }
 }

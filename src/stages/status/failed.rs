@@ -77,6 +77,7 @@ pub async fn retry(
             attempts: 0,
             due_at_ms: model::now_ms(),
             last_error: failed.error.clone(),
+            origin: None,
         };
         publisher
             .publish(
