@@ -2,18 +2,23 @@
 
 use std::fmt::Write;
 
-use super::{Config, Feed};
+use super::{Config, Feed, LocationKind, QueueKind};
 use crate::bus::{topic_specs, Topics};
 
 /// A human-readable summary of `config`. Secret keys are never printed.
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "configuration OK\n");
-    let _ = writeln!(
-        out,
-        "queue: kafka at {} (group prefix {:?})",
-        config.queue.brokers, config.queue.group_prefix
-    );
+    let _ = match &config.queue.kind {
+        QueueKind::Kafka => writeln!(
+            out,
+            "queue: kafka at {} (group prefix {:?})",
+            config.queue.brokers, config.queue.group_prefix
+        ),
+        QueueKind::Embedded { path } => {
+            writeln!(out, "queue: embedded, stored in {}", path.display())
+        }
+    };
     let topics = Topics::new(&config.queue.topic_prefix);
     for spec in topic_specs(&config.queue, &topics) {
         let _ = writeln!(
@@ -40,21 +45,29 @@ pub fn describe(config: &Config) -> String {
             Some(c) => format!("static key {}", c.access_key_id),
             None => "AWS credential chain".into(),
         };
-        let _ = writeln!(
-            out,
-            "  {}: s3 bucket {:?} at {} ({}, {}, checksums {:?}){}",
-            l.name,
-            l.bucket,
-            l.endpoint.as_deref().unwrap_or("AWS"),
-            l.region,
-            credentials,
-            l.checksum_calculation,
-            if l.transient {
-                ", TRANSIENT: replicated versions are deleted here"
-            } else {
-                ""
-            }
-        );
+        let transient = if l.transient {
+            ", TRANSIENT: replicated versions are deleted here"
+        } else {
+            ""
+        };
+        let _ = match &l.kind {
+            LocationKind::S3 => writeln!(
+                out,
+                "  {}: s3 bucket {:?} at {} ({}, {}, checksums {:?}){transient}",
+                l.name,
+                l.bucket,
+                l.endpoint.as_deref().unwrap_or("AWS"),
+                l.region,
+                credentials,
+                l.checksum_calculation,
+            ),
+            LocationKind::Fs { path } => writeln!(
+                out,
+                "  {}: directory {}{transient}",
+                l.name,
+                path.display()
+            ),
+        };
     }
     let _ = writeln!(out, "\nrules:");
     for r in &config.rules {
@@ -90,6 +103,19 @@ pub fn describe(config: &Config) -> String {
         r.max_in_flight, r.target_concurrency, r.multipart_threshold, r.part_size, r.retry.initial_delay, r.retry.max_delay
     );
     let _ = writeln!(out, "gc: {} tasks at once", config.gc.concurrency);
+    if let Some(ingest) = &config.ingest {
+        let _ = writeln!(
+            out,
+            "ingest: S3 endpoint on http://{} writing to {} (bucket {:?}), clients sign with key {}",
+            ingest.listen,
+            ingest.location,
+            config
+                .locations
+                .get(&ingest.location)
+                .map_or("", |l| l.bucket.as_str()),
+            ingest.credentials.access_key_id
+        );
+    }
     let _ = writeln!(out, "shutdown timeout: {:?}", config.shutdown_timeout);
     out
 }

@@ -11,7 +11,8 @@ pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use describe::describe;
@@ -28,6 +29,8 @@ pub struct Config {
     pub populator: PopulatorConfig,
     pub replication: ReplicationConfig,
     pub gc: GcConfig,
+    /// The S3 endpoint writing into a transient location, if configured.
+    pub ingest: Option<IngestConfig>,
     /// Bound on the orderly shutdown: in-flight work gets this long to finish.
     pub shutdown_timeout: Duration,
 }
@@ -35,7 +38,8 @@ pub struct Config {
 /// Where the topics live and how they are named.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
-    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub kind: QueueKind,
+    /// Kafka bootstrap servers, `host:port[,host:port]` (empty for the embedded queue).
     pub brokers: String,
     /// Prepended to every topic name (`ferry.` gives `ferry.replication`, …).
     pub topic_prefix: String,
@@ -47,6 +51,15 @@ pub struct QueueConfig {
     pub group_prefix: String,
 }
 
+/// Which queue implementation carries the topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueKind {
+    /// A Kafka cluster (or any Kafka-protocol broker): several instances can share the work.
+    Kafka,
+    /// A durable log on local disk inside this process: one host, nothing else to run.
+    Embedded { path: PathBuf },
+}
+
 /// Which stages this process runs (operators may split them across hosts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StagesConfig {
@@ -56,13 +69,16 @@ pub struct StagesConfig {
     pub gc: bool,
 }
 
-/// One named S3 bucket.
+/// One named bucket: an S3 bucket, or a local directory used as one.
 #[derive(Clone)]
 pub struct LocationConfig {
     pub name: String,
+    pub kind: LocationKind,
     /// Custom S3 endpoint; `None` means AWS.
     pub endpoint: Option<String>,
     pub region: String,
+    /// The S3 bucket; for an `fs` location, the location's name (it names the bucket in
+    /// entries, logs and the ingest endpoint).
     pub bucket: String,
     /// Path-style addressing (`http://host/bucket/key`), needed by most non-AWS servers.
     pub path_style: bool,
@@ -75,6 +91,14 @@ pub struct LocationConfig {
     pub concurrency: usize,
     /// As a target: how failed copies to it are retried.
     pub retry: RetryPolicy,
+}
+
+/// What kind of store a location is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocationKind {
+    S3,
+    /// A directory on local disk.
+    Fs { path: PathBuf },
 }
 
 /// How transient failures are retried.
@@ -92,6 +116,7 @@ impl fmt::Debug for LocationConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocationConfig")
             .field("name", &self.name)
+            .field("kind", &self.kind)
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("bucket", &self.bucket)
@@ -177,6 +202,19 @@ pub struct ReplicationConfig {
     /// Attempts made in place before a failing copy is deferred to the retry topic, freeing
     /// its slot so later entries and the partition's committed offset move on.
     pub defer_after: u32,
+}
+
+/// `[ingest]`: an S3 endpoint whose writes land in a transient location and are enqueued
+/// for replication at once.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub listen: SocketAddr,
+    /// The (transient) location objects are written to; its `bucket` is the bucket name
+    /// clients use.
+    pub location: String,
+    /// The key pair clients sign with (SigV4).
+    pub credentials: StaticCredentials,
+    pub region: String,
 }
 
 #[derive(Debug, Clone)]

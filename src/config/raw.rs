@@ -31,6 +31,8 @@ pub struct RawConfig {
     /// Garbage collector settings.
     #[serde(default)]
     pub gc: RawGc,
+    /// The S3 endpoint that writes into a transient location.
+    pub ingest: Option<RawIngest>,
     /// How long in-flight work may take to finish after SIGTERM.
     pub shutdown_timeout: Option<String>,
 }
@@ -40,6 +42,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawQueue {
     pub kind: String,
+    /// Directory of the embedded queue (`kind = "embedded"`).
+    pub path: Option<String>,
     pub brokers: Option<String>,
     pub topic_prefix: Option<String>,
     pub partitions: Option<i64>,
@@ -82,6 +86,8 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct RawLocation {
     pub kind: String,
+    /// Directory used as the bucket (`kind = "fs"`).
+    pub path: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub bucket: Option<String>,
@@ -97,6 +103,17 @@ pub struct RawLocation {
     pub max_attempts: Option<i64>,
     pub retry_initial_delay: Option<String>,
     pub retry_max_delay: Option<String>,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    pub listen: String,
+    pub location: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub region: Option<String>,
 }
 
 /// `[[rules]]`.

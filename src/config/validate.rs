@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawLocation, RawSize};
+use super::raw::{RawConfig, RawIngest, RawLocation, RawSize};
 use super::*;
 
 /// Default part size: large enough that a 5 GiB object is ~640 parts, small enough that
@@ -29,6 +29,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         concurrency: positive("gc.concurrency", raw.gc.concurrency, 16, 4096)?,
     };
     let shutdown_timeout = duration("shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s")?;
+    let ingest = match &raw.ingest {
+        Some(ingest) => Some(self::ingest(ingest, &locations)?),
+        None => None,
+    };
     Ok(Config {
         queue,
         stages: StagesConfig {
@@ -42,22 +46,37 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         populator,
         replication,
         gc,
+        ingest,
         shutdown_timeout,
     })
 }
 
 fn queue(raw: &RawConfig) -> Result<QueueConfig, ConfigError> {
-    match raw.queue.kind.as_str() {
-        "kafka" => {}
+    let kind = match raw.queue.kind.as_str() {
+        "kafka" => {
+            only_for("queue.path", raw.queue.path.is_some(), "embedded")?;
+            QueueKind::Kafka
+        }
+        "embedded" => {
+            only_for("queue.brokers", raw.queue.brokers.is_some(), "kafka")?;
+            only_for(
+                "queue.replication_factor",
+                raw.queue.replication_factor.is_some(),
+                "kafka",
+            )?;
+            QueueKind::Embedded {
+                path: directory("queue.path", raw.queue.path.as_deref())?,
+            }
+        }
         other => {
             return Err(ConfigError::invalid(
                 "queue.kind",
-                format!("unknown queue kind {other:?} (supported: \"kafka\")"),
+                format!("unknown queue kind {other:?} (supported: \"kafka\", \"embedded\")"),
             ))
         }
-    }
+    };
     let brokers = raw.queue.brokers.clone().unwrap_or_default();
-    if brokers.trim().is_empty() {
+    if kind == QueueKind::Kafka && brokers.trim().is_empty() {
         return Err(ConfigError::invalid(
             "queue.brokers",
             "required for kind = \"kafka\" (e.g. \"127.0.0.1:9092\")",
@@ -86,6 +105,7 @@ fn queue(raw: &RawConfig) -> Result<QueueConfig, ConfigError> {
         }
     };
     Ok(QueueConfig {
+        kind,
         replication_factor,
         brokers,
         topic_prefix,
@@ -126,11 +146,15 @@ fn location(
             "location names use ASCII letters, digits, '-' and '_'",
         ));
     }
-    if raw.kind != "s3" {
-        return Err(ConfigError::invalid(
-            key("kind"),
-            format!("unknown location kind {:?} (supported: \"s3\")", raw.kind),
-        ));
+    match raw.kind.as_str() {
+        "s3" => only_for(&key("path"), raw.path.is_some(), "fs")?,
+        "fs" => return fs_location(name, raw, defaults),
+        other => {
+            return Err(ConfigError::invalid(
+                key("kind"),
+                format!("unknown location kind {other:?} (supported: \"s3\", \"fs\")"),
+            ))
+        }
     }
     let bucket = raw.bucket.clone().unwrap_or_default();
     if bucket.is_empty() {
@@ -179,6 +203,7 @@ fn location(
     };
     Ok(LocationConfig {
         name: name.to_string(),
+        kind: LocationKind::S3,
         endpoint: raw.endpoint.clone(),
         region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
         bucket,
@@ -202,6 +227,117 @@ fn location(
 
 /// A retry policy from optional overrides of `defaults`; `prefix` is the keys' section
 /// (`"replication."` or `"locations.NAME."`).
+/// A directory used as a bucket: only the keys that mean something for it are allowed.
+fn fs_location(
+    name: &str,
+    raw: &RawLocation,
+    defaults: &ReplicationConfig,
+) -> Result<LocationConfig, ConfigError> {
+    let key = |field: &str| format!("locations.{name}.{field}");
+    for (field, set) in [
+        ("endpoint", raw.endpoint.is_some()),
+        ("region", raw.region.is_some()),
+        ("bucket", raw.bucket.is_some()),
+        ("path_style", raw.path_style.is_some()),
+        ("access_key_id", raw.access_key_id.is_some()),
+        ("secret_access_key", raw.secret_access_key.is_some()),
+        ("checksum_calculation", raw.checksum_calculation.is_some()),
+    ] {
+        only_for(&key(field), set, "s3")?;
+    }
+    Ok(LocationConfig {
+        name: name.to_string(),
+        kind: LocationKind::Fs {
+            path: directory(&key("path"), raw.path.as_deref())?,
+        },
+        endpoint: None,
+        region: "us-east-1".into(),
+        bucket: name.to_string(),
+        path_style: true,
+        credentials: None,
+        checksum_calculation: ChecksumCalculation::WhenRequired,
+        transient: raw.transient,
+        concurrency: match raw.concurrency {
+            None => defaults.target_concurrency,
+            v => positive(&key("concurrency"), v, 0, 10_000)?,
+        },
+        retry: retry_policy(
+            &format!("locations.{name}."),
+            raw.max_attempts,
+            raw.retry_initial_delay.as_deref(),
+            raw.retry_max_delay.as_deref(),
+            defaults.retry,
+        )?,
+    })
+}
+
+/// A key that only means something for another `kind`.
+fn only_for(key: &str, set: bool, kind: &str) -> Result<(), ConfigError> {
+    if set {
+        Err(ConfigError::invalid(
+            key,
+            format!("only applies to kind = {kind:?}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A required directory path (relative paths are relative to ferry's working directory).
+fn directory(key: &str, value: Option<&str>) -> Result<PathBuf, ConfigError> {
+    match value {
+        Some(path) if !path.trim().is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(ConfigError::invalid(key, "required (a directory path)")),
+    }
+}
+
+/// `[ingest]`: where it listens, which location it writes to, and the key clients sign with.
+fn ingest(
+    raw: &RawIngest,
+    locations: &BTreeMap<String, LocationConfig>,
+) -> Result<IngestConfig, ConfigError> {
+    let listen = raw.listen.parse().map_err(|_| {
+        ConfigError::invalid(
+            "ingest.listen",
+            format!("{:?} is not an address:port (e.g. \"127.0.0.1:9000\")", raw.listen),
+        )
+    })?;
+    let Some(location) = locations.get(&raw.location) else {
+        return Err(ConfigError::invalid(
+            "ingest.location",
+            format!("no location named {:?}", raw.location),
+        ));
+    };
+    if !location.transient {
+        return Err(ConfigError::invalid(
+            "ingest.location",
+            format!(
+                "{:?} is not transient: the ingest endpoint writes into a transient buffer that \
+                 ferry empties once every target holds the data",
+                raw.location
+            ),
+        ));
+    }
+    let credentials = match (&raw.access_key_id, &raw.secret_access_key) {
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => StaticCredentials {
+            access_key_id: id.clone(),
+            secret_access_key: secret.clone(),
+        },
+        _ => {
+            return Err(ConfigError::invalid(
+                "ingest.access_key_id",
+                "access_key_id and secret_access_key are required: clients sign their requests with them",
+            ))
+        }
+    };
+    Ok(IngestConfig {
+        listen,
+        location: raw.location.clone(),
+        credentials,
+        region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
+    })
+}
+
 fn retry_policy(
     prefix: &str,
     max_attempts: Option<i64>,
@@ -342,7 +478,13 @@ fn rules(
 }
 
 fn same_bucket(a: &LocationConfig, b: &LocationConfig) -> bool {
-    a.endpoint == b.endpoint && a.bucket == b.bucket && a.region == b.region
+    match (&a.kind, &b.kind) {
+        (LocationKind::Fs { path: p }, LocationKind::Fs { path: q }) => p == q,
+        (LocationKind::S3, LocationKind::S3) => {
+            a.endpoint == b.endpoint && a.bucket == b.bucket && a.region == b.region
+        }
+        _ => false,
+    }
 }
 
 fn populator(raw: &RawConfig) -> Result<PopulatorConfig, ConfigError> {
