@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::{self, BusError, KafkaBus, Topics};
+use crate::bus::{self, Bus, BusError, Topics};
 use crate::config::{Config, Feed};
 use crate::stages::gc::GarbageCollector;
 use crate::stages::populator::events::EventFeed;
@@ -33,7 +33,7 @@ pub enum AppError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let config = Arc::new(config);
     let topics = Topics::new(&config.queue.topic_prefix);
-    let bus = KafkaBus::connect(&config.queue)?;
+    let bus = Bus::connect(&config.queue)?;
     let mut specs = bus::topic_specs(&config.queue, &topics);
     if config.stages.populator && config.populator.feeds.contains(&Feed::Events) {
         specs.push(bus::TopicSpec {
@@ -53,7 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     }
     bus.ensure_topics(&specs, config.queue.replication_factor)
         .await?;
-    tracing::info!(brokers = %config.queue.brokers, topics = specs.len(), "topics ready");
+    tracing::info!(queue = %Bus::describe(&config.queue), topics = specs.len(), "topics ready");
 
     let stores = Stores::connect(&config).await;
     for store in stores.iter() {

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use ferry::bus::KafkaBus;
+use ferry::bus::Bus;
 use support::proxy::{Fault, FaultProxy};
 use support::s3::{self, Put};
 use support::{rgw, wait_until, Buckets, Ferry, TestEnv};
@@ -15,7 +15,7 @@ use support::{rgw, wait_until, Buckets, Ferry, TestEnv};
 const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Records on `<id>.failed` (all partitions).
-async fn failed_records(bus: &KafkaBus, buckets: &Buckets) -> Vec<String> {
+async fn failed_records(bus: &Bus, buckets: &Buckets) -> Vec<String> {
     let reader = bus.state_reader().expect("reader");
     let mut out = Vec::new();
     for p in 0..4 {
@@ -113,7 +113,7 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
             &format!("bucket = \"{}\"\nmax_attempts = 3\n", buckets.b),
         );
     let mut ferry = Ferry::start(&cfg);
-    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
     s3::put(
         &buckets.clients[0],
         &buckets.source,
@@ -229,7 +229,7 @@ async fn corrupted_downloads_are_caught_by_ferry_itself() {
         .replace(&env.rgw[0], &proxy.endpoint)
         + "max_attempts = 2\n";
     let mut ferry = Ferry::start(&cfg);
-    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
 
     wait_until(TIMEOUT, "both entries FAILED on both targets", || async {
         failed_records(&bus, &buckets).await.len() >= 4

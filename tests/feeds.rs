@@ -5,14 +5,14 @@ mod support;
 
 use std::time::Duration;
 
-use ferry::bus::{KafkaBus, TopicSpec};
+use ferry::bus::{Bus, TopicSpec};
 use support::s3::{self, Put};
 use support::{wait_until, Buckets, Ferry, TestEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Every record of a single-partition topic, as text.
-async fn read_topic(bus: &KafkaBus, topic: &str) -> Vec<String> {
+async fn read_topic(bus: &Bus, topic: &str) -> Vec<String> {
     let reader = bus.state_reader().expect("reader");
     reader
         .read_partition(topic, 0)
@@ -53,7 +53,7 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
     let (id, clients, src, a) = (&buckets.id, &buckets.clients, &buckets.source, &buckets.a);
 
     let events_topic = format!("{id}.s3-events");
-    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
     bus.ensure_topics(
         &[TopicSpec {
             name: events_topic.clone(),
@@ -170,7 +170,7 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
     let buckets = Buckets::create(&env, "dead").await;
     let (id, clients, src) = (&buckets.id, &buckets.clients, &buckets.source);
     let mut ferry = Ferry::start(&buckets.config(&env, false));
-    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
 
     // Wait until ferry created its topics, then poison the replication and status topics.
     wait_until(TIMEOUT, "ferry's topics", || async {
@@ -314,7 +314,7 @@ async fn a_thousand_malformed_messages_on_every_topic_are_dead_lettered_while_va
         "",
     ) + &extra;
     let mut ferry = Ferry::start(&cfg);
-    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
     wait_until(TIMEOUT, "ferry's topics", || async {
         bus.partition_count(&events_topic).await.unwrap_or(0) > 0
             && bus.partition_count(&format!("{id}.gc")).await.unwrap_or(0) == 4
@@ -427,7 +427,7 @@ async fn a_source_version_gone_before_its_copy_is_failed_and_recorded() {
         "[populator]\nfeeds = [\"scan\"]\nscan_interval = \"1s\"\n",
         "",
     ) + &extra;
-    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
     bus.ensure_topics(
         &[TopicSpec {
             name: events_topic.clone(),
@@ -501,7 +501,7 @@ async fn delete_replication_follows_the_rule() {
     let id = &buckets.id;
     let (src, clients) = (&buckets.source, &buckets.clients);
     let events_topic = format!("{id}.s3-events");
-    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
     bus.ensure_topics(
         &[TopicSpec {
             name: events_topic.clone(),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use ferry::bus::KafkaBus;
+use ferry::bus::Bus;
 use ferry::model::{EntryKind, GcTask, ReplicationEntry, TargetCopy, SCHEMA};
 use support::s3::{self, Put};
 use support::{wait_until, Buckets, Ferry, TestEnv};
@@ -171,7 +171,7 @@ async fn gc_deletes_only_versions_every_target_verifiably_holds() {
     // Only the garbage collector runs; the tasks are published as the status processor would.
     let only_gc = "\n[stages]\npopulator = false\nreplication = false\nstatus = false\ngc = true\n";
     let mut ferry = Ferry::start(&buckets.config_with(&env, true, only_gc));
-    let bus = KafkaBus::connect(&buckets.queue(&env)).expect("bus");
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
     let gc_topic = format!("{id}.gc");
     wait_until(Duration::from_secs(60), "ferry's gc topic", || async {
         bus.partition_count(&gc_topic).await.unwrap_or(0) == 4

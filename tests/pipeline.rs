@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::monitor::Monitor;
 use support::s3::{self, Put, TargetIndex};
-use support::{rgw, wait_until, Buckets, Ferry, TestEnv};
+use support::{rgw, wait_until, Buckets, Ferry, Queue, TestEnv};
 
 /// Long enough for 300 versions (80 MiB) on a 2-core machine running everything.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(300);
@@ -124,8 +124,7 @@ impl TargetIndexStamps<'_> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicates_every_version_with_metadata_tags_and_delete_markers_in_order() {
+async fn replicates_every_version_with_metadata_tags_and_delete_markers_in_order(queue: Queue) {
     let env = TestEnv::get();
     let buckets = Buckets::create(&env, "order").await;
     let src = &buckets.clients[0];
@@ -145,7 +144,7 @@ async fn replicates_every_version_with_metadata_tags_and_delete_markers_in_order
         started.elapsed()
     );
 
-    let mut ferry = Ferry::start(&buckets.config(&env, false));
+    let mut ferry = Ferry::start(&buckets.config_on(&env, false, queue));
     let started = Instant::now();
     wait_until(
         REPLICATION_TIMEOUT,
@@ -318,12 +317,11 @@ async fn source_is_empty(buckets: &Buckets) -> bool {
         .is_ok_and(|v| v.is_empty())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_source_is_emptied_only_after_both_targets_hold_each_version() {
+async fn transient_source_is_emptied_only_after_both_targets_hold_each_version(queue: Queue) {
     let env = TestEnv::get();
     let buckets = Buckets::create(&env, "transient").await;
     let monitor = start_monitor(&buckets);
-    let mut ferry = Ferry::start(&buckets.config(&env, true));
+    let mut ferry = Ferry::start(&buckets.config_on(&env, true, queue));
 
     // Writes arrive while ferry runs; a few are big enough for multipart.
     let mut expected = 0;
@@ -384,14 +382,13 @@ async fn transient_source_is_emptied_only_after_both_targets_hold_each_version()
     buckets.remove().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_run_and_restart_loses_nothing() {
+async fn sigkill_mid_run_and_restart_loses_nothing(queue: Queue) {
     let env = TestEnv::get();
     let buckets = Buckets::create(&env, "sigkill").await;
     let monitor = start_monitor(&buckets);
     write_small(&buckets, &monitor, "k/", 0..500).await;
 
-    let mut ferry = Ferry::start(&buckets.config(&env, true));
+    let mut ferry = Ferry::start(&buckets.config_on(&env, true, queue));
     wait_until(
         REPLICATION_TIMEOUT,
         "a third of the objects on target a",
@@ -409,7 +406,9 @@ async fn sigkill_mid_run_and_restart_loses_nothing() {
     // reassigns its partitions once its session (10 s) expires; tansu 0.6 does not when the
     // new member joins before that (it hands the newcomer no partitions and never rebalances
     // again), so restart the way a supervisor with a restart delay would: after the session.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    if queue == Queue::Kafka {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+    }
     ferry.restart();
 
     wait_until(
@@ -462,12 +461,11 @@ async fn sigkill_mid_run_and_restart_loses_nothing() {
     buckets.remove().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_outage_does_not_stop_the_other_target_and_catches_up() {
+async fn target_outage_does_not_stop_the_other_target_and_catches_up(queue: Queue) {
     let env = TestEnv::get();
     let buckets = Buckets::create(&env, "outage").await;
     let monitor = start_monitor(&buckets);
-    let mut ferry = Ferry::start(&buckets.config(&env, true));
+    let mut ferry = Ferry::start(&buckets.config_on(&env, true, queue));
 
     write_small(&buckets, &monitor, "o/", 0..60).await;
     wait_until(REPLICATION_TIMEOUT, "first objects on target b", || async {
@@ -524,4 +522,62 @@ async fn target_outage_does_not_stop_the_other_target_and_catches_up() {
     );
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
+}
+
+/// The four scenarios on the Kafka-protocol broker.
+mod on_kafka {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicates_every_version_with_metadata_tags_and_delete_markers_in_order() {
+        super::replicates_every_version_with_metadata_tags_and_delete_markers_in_order(Queue::Kafka)
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transient_source_is_emptied_only_after_both_targets_hold_each_version() {
+        super::transient_source_is_emptied_only_after_both_targets_hold_each_version(Queue::Kafka)
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigkill_mid_run_and_restart_loses_nothing() {
+        super::sigkill_mid_run_and_restart_loses_nothing(Queue::Kafka).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn target_outage_does_not_stop_the_other_target_and_catches_up() {
+        super::target_outage_does_not_stop_the_other_target_and_catches_up(Queue::Kafka).await
+    }
+}
+
+/// The same scenarios on the embedded queue (no broker).
+mod on_embedded {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicates_every_version_with_metadata_tags_and_delete_markers_in_order() {
+        super::replicates_every_version_with_metadata_tags_and_delete_markers_in_order(
+            Queue::Embedded,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transient_source_is_emptied_only_after_both_targets_hold_each_version() {
+        super::transient_source_is_emptied_only_after_both_targets_hold_each_version(
+            Queue::Embedded,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigkill_mid_run_and_restart_loses_nothing() {
+        super::sigkill_mid_run_and_restart_loses_nothing(Queue::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn target_outage_does_not_stop_the_other_target_and_catches_up() {
+        super::target_outage_does_not_stop_the_other_target_and_catches_up(Queue::Embedded).await
+    }
 }

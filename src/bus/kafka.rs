@@ -22,7 +22,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::ledger::OffsetLedger;
-use super::{BusError, TopicSpec};
+use super::{Acker, BusError, Delivery, TopicSpec};
 use crate::config::QueueConfig;
 
 /// How long metadata and admin calls may take before start-up reports the broker unreachable:
@@ -279,43 +279,22 @@ struct SubscriptionInner {
     topics: String,
 }
 
-/// One consumed message. Call [`Delivery::ack`] once its work is durably done; a delivery
-/// dropped without it is never committed, so it is consumed again after a restart.
-pub struct Delivery {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    generation: u64,
-    subscription: Arc<SubscriptionInner>,
-}
-
-impl Delivery {
-    /// Marks the work for this message done; its offset is committed once all earlier ones are.
-    pub fn ack(self) {
-        let inner = &self.subscription;
-        let mut ledger = inner.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(position) =
-            ledger.done(&self.topic, self.partition, self.offset, self.generation)
-        {
+impl Acker for SubscriptionInner {
+    fn ack(&self, topic: &str, partition: i32, offset: i64, generation: u64) {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(position) = ledger.done(topic, partition, offset, generation) {
             let mut tpl = TopicPartitionList::new();
             if tpl
-                .add_partition_offset(&self.topic, self.partition, Offset::Offset(position))
+                .add_partition_offset(topic, partition, Offset::Offset(position))
                 .is_ok()
             {
                 // Fails only if the partition was revoked meanwhile: then the new owner redoes
                 // the work, which is the at-least-once contract.
-                if let Err(e) = inner.consumer.store_offsets(&tpl) {
-                    tracing::debug!(topic = %self.topic, partition = self.partition, error = %e, "offset not stored");
+                if let Err(e) = self.consumer.store_offsets(&tpl) {
+                    tracing::debug!(topic, partition, error = %e, "offset not stored");
                 }
             }
         }
-    }
-
-    /// Where the message came from, for logs and dead letters.
-    pub fn origin(&self) -> String {
-        format!("{}/{}@{}", self.topic, self.partition, self.offset)
     }
 }
 
@@ -338,15 +317,15 @@ impl Subscription {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .received(&topic, message.partition(), message.offset());
-        Ok(Delivery {
+        Ok(Delivery::new(
             topic,
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
+            message.partition(),
+            message.offset(),
+            message.key().map(<[u8]>::to_vec),
+            message.payload().map(<[u8]>::to_vec),
             generation,
-            subscription: self.inner.clone(),
-        })
+            self.inner.clone(),
+        ))
     }
 
     /// Commits every stored offset now (used at shutdown, after in-flight work finished).

@@ -1,15 +1,258 @@
 //! The queue between the stages, behind ferry's own types.
 //!
-//! Stages see [`Publisher`] (publish and wait until the broker has it), [`Subscription`]
+//! Stages see [`Publisher`] (publish and wait until the queue has it durably), [`Subscription`]
 //! (consume as a member of a group; acknowledge each message when its work is durably done),
-//! and [`StateReader`] (replay a compacted state topic). Kafka types stay inside `kafka.rs`.
+//! and [`StateReader`] (replay a compacted state topic). Each is Kafka or the embedded queue;
+//! the stages cannot tell which. Kafka types stay inside `kafka.rs`, redb's inside `embedded/`.
 
+mod embedded;
 mod kafka;
 pub mod ledger;
 
-pub use kafka::{Delivery, KafkaBus, Publisher, StateReader, Subscription};
+use std::sync::Arc;
 
-use crate::config::QueueConfig;
+pub use embedded::EmbeddedBus;
+pub use kafka::KafkaBus;
+
+use crate::config::{QueueConfig, QueueKind};
+
+/// The queue ferry was configured with.
+#[derive(Clone)]
+pub enum Bus {
+    Kafka(KafkaBus),
+    Embedded(EmbeddedBus),
+}
+
+impl Bus {
+    /// Connects to the broker (no traffic yet) or opens the embedded queue's file.
+    pub fn connect(queue: &QueueConfig) -> Result<Self, BusError> {
+        match &queue.kind {
+            QueueKind::Kafka => Ok(Self::Kafka(KafkaBus::connect(queue)?)),
+            QueueKind::Embedded { path } => Ok(Self::Embedded(EmbeddedBus::open(
+                path,
+                &queue.group_prefix,
+            )?)),
+        }
+    }
+
+    /// Where the queue is, for logs.
+    pub fn describe(queue: &QueueConfig) -> String {
+        match &queue.kind {
+            QueueKind::Kafka => format!("kafka at {}", queue.brokers),
+            QueueKind::Embedded { path } => format!("embedded in {}", path.display()),
+        }
+    }
+
+    /// Creates the topics that do not exist and checks the partition counts of those that do.
+    pub async fn ensure_topics(
+        &self,
+        specs: &[TopicSpec],
+        replication_factor: i32,
+    ) -> Result<(), BusError> {
+        match self {
+            Self::Kafka(bus) => bus.ensure_topics(specs, replication_factor).await,
+            Self::Embedded(bus) => bus.ensure_topics(specs).await,
+        }
+    }
+
+    /// Number of partitions of `topic` (0 if it does not exist).
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, BusError> {
+        match self {
+            Self::Kafka(bus) => bus.partition_count(topic).await,
+            Self::Embedded(bus) => Ok(bus.partition_count(topic)),
+        }
+    }
+
+    /// A handle for publishing; cheap to clone.
+    pub fn publisher(&self) -> Publisher {
+        match self {
+            Self::Kafka(bus) => Publisher::Kafka(bus.publisher()),
+            Self::Embedded(bus) => Publisher::Embedded(bus.publisher()),
+        }
+    }
+
+    /// Joins consumer group `{group_prefix}{group}` on `topics`.
+    pub fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Subscription, BusError> {
+        match self {
+            Self::Kafka(bus) => Ok(Subscription::Kafka(bus.subscribe(group, topics)?)),
+            Self::Embedded(bus) => Ok(Subscription::Embedded(bus.subscribe(group, topics)?)),
+        }
+    }
+
+    /// A reader that replays compacted state topics, outside any consumer group.
+    pub fn state_reader(&self) -> Result<StateReader, BusError> {
+        match self {
+            Self::Kafka(bus) => Ok(StateReader::Kafka(bus.state_reader()?)),
+            Self::Embedded(bus) => Ok(StateReader::Embedded(bus.state_reader())),
+        }
+    }
+}
+
+/// Publishes messages and waits until the queue holds them durably.
+#[derive(Clone)]
+pub enum Publisher {
+    Kafka(kafka::Publisher),
+    Embedded(embedded::Publisher),
+}
+
+impl Publisher {
+    /// Publishes `payload` under `key` (its hash picks the partition) and waits until the queue
+    /// has it. `payload = None` is a tombstone (deletes `key` from a compacted topic).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<(i32, i64), BusError> {
+        match self {
+            Self::Kafka(p) => p.publish(topic, key, payload).await,
+            Self::Embedded(p) => p.send(topic, None, key, payload).await,
+        }
+    }
+
+    /// Like [`Publisher::publish`], to an explicit partition.
+    pub async fn publish_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<(i32, i64), BusError> {
+        match self {
+            Self::Kafka(p) => p.publish_to(topic, partition, key, payload).await,
+            Self::Embedded(p) => p.send(topic, Some(partition), key, payload).await,
+        }
+    }
+}
+
+/// Membership of a consumer group, with acknowledgement-driven offset commits.
+#[derive(Clone)]
+pub enum Subscription {
+    Kafka(kafka::Subscription),
+    Embedded(embedded::Subscription),
+}
+
+impl Subscription {
+    /// Waits for the next message.
+    pub async fn recv(&self) -> Result<Delivery, BusError> {
+        match self {
+            Self::Kafka(s) => s.recv().await,
+            Self::Embedded(s) => s.recv().await,
+        }
+    }
+
+    /// Commits every acknowledged position now (at shutdown, after in-flight work finished).
+    pub fn commit(&self) -> Result<(), BusError> {
+        match self {
+            Self::Kafka(s) => s.commit(),
+            Self::Embedded(s) => {
+                let s = s.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(handle)
+                        if handle.runtime_flavor()
+                            == tokio::runtime::RuntimeFlavor::MultiThread =>
+                    {
+                        tokio::task::block_in_place(|| handle.block_on(s.commit()))
+                    }
+                    // No thread may block here: commit in the background (positions are also
+                    // committed every second, so at worst some work is redone).
+                    Ok(handle) => {
+                        handle.spawn(async move { s.commit().await });
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// How many times partitions were taken from this member so far.
+    pub fn revocations(&self) -> u64 {
+        match self {
+            Self::Kafka(s) => s.revocations(),
+            Self::Embedded(_) => 0,
+        }
+    }
+
+    /// Messages received and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            Self::Kafka(s) => s.in_flight(),
+            Self::Embedded(s) => s.in_flight(),
+        }
+    }
+}
+
+/// Replays compacted state topics partition by partition.
+pub enum StateReader {
+    Kafka(kafka::StateReader),
+    Embedded(embedded::StateReader),
+}
+
+impl StateReader {
+    /// Every record of `topic`/`partition` from the start to the current end, in order, as
+    /// `(key, payload)`; a `None` payload is a tombstone.
+    pub async fn read_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, BusError> {
+        match self {
+            Self::Kafka(r) => r.read_partition(topic, partition).await,
+            Self::Embedded(r) => r.read_partition(topic, partition),
+        }
+    }
+}
+
+/// Records that a delivery's work is done (the queue's side of [`Delivery::ack`]).
+trait Acker: Send + Sync {
+    fn ack(&self, topic: &str, partition: i32, offset: i64, generation: u64);
+}
+
+/// One consumed message. Call [`Delivery::ack`] once its work is durably done; a delivery
+/// dropped without it is never committed, so it is consumed again after a restart.
+pub struct Delivery {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    generation: u64,
+    acker: Arc<dyn Acker>,
+}
+
+impl Delivery {
+    fn new(
+        topic: String,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+        generation: u64,
+        acker: Arc<dyn Acker>,
+    ) -> Self {
+        Self {
+            topic,
+            partition,
+            offset,
+            key,
+            payload,
+            generation,
+            acker,
+        }
+    }
+
+    /// Marks the work for this message done; its offset is committed once all earlier ones are.
+    pub fn ack(self) {
+        self.acker
+            .ack(&self.topic, self.partition, self.offset, self.generation);
+    }
+
+    /// Where the message came from, for logs and dead letters.
+    pub fn origin(&self) -> String {
+        format!("{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
 
 /// The topics ferry uses, named from `queue.topic_prefix`.
 #[derive(Debug, Clone)]
@@ -83,7 +326,7 @@ pub fn topic_specs(queue: &QueueConfig, topics: &Topics) -> Vec<TopicSpec> {
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("cannot configure the Kafka client: {0}")]
+    #[error("cannot open the queue: {0}")]
     Client(String),
     #[error("cannot create or check topic {topic}: {message}")]
     Topic { topic: String, message: String },

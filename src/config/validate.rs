@@ -29,6 +29,29 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         concurrency: positive("gc.concurrency", raw.gc.concurrency, 16, 4096)?,
     };
     let shutdown_timeout = duration("shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s")?;
+    if let QueueKind::Embedded { .. } = queue.kind {
+        for (stage, on) in [
+            ("populator", raw.stages.populator),
+            ("replication", raw.stages.replication),
+            ("status", raw.stages.status),
+            ("gc", raw.stages.gc),
+        ] {
+            if !on {
+                return Err(ConfigError::invalid(
+                    format!("stages.{stage}"),
+                    "the embedded queue belongs to one process, so that process runs every stage; \
+                     split stages across hosts with queue.kind = \"kafka\"",
+                ));
+            }
+        }
+        if populator.feeds.contains(&Feed::Events) {
+            return Err(ConfigError::invalid(
+                "populator.feeds",
+                "the \"events\" feed reads S3 notifications from a Kafka topic; with the embedded \
+                 queue use \"scan\" or the [ingest] endpoint",
+            ));
+        }
+    }
     let ingest = match &raw.ingest {
         Some(ingest) => Some(self::ingest(ingest, &locations)?),
         None => None,
@@ -299,7 +322,10 @@ fn ingest(
     let listen = raw.listen.parse().map_err(|_| {
         ConfigError::invalid(
             "ingest.listen",
-            format!("{:?} is not an address:port (e.g. \"127.0.0.1:9000\")", raw.listen),
+            format!(
+                "{:?} is not an address:port (e.g. \"127.0.0.1:9000\")",
+                raw.listen
+            ),
         )
     })?;
     let Some(location) = locations.get(&raw.location) else {

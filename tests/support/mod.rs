@@ -296,6 +296,15 @@ where
     }
 }
 
+/// Which queue a test runs ferry on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// The test broker.
+    Kafka,
+    /// The embedded queue, in a directory the test owns.
+    Embedded,
+}
+
 /// A source bucket on gateway 0 and two target buckets on gateways 1 and 2, named for one test.
 pub struct Buckets {
     pub id: String,
@@ -303,6 +312,8 @@ pub struct Buckets {
     pub a: String,
     pub b: String,
     pub clients: [aws_sdk_s3::Client; 3],
+    /// Where an embedded queue of this test lives (removed with the value).
+    pub queue_dir: tempfile::TempDir,
 }
 
 impl Buckets {
@@ -316,6 +327,10 @@ impl Buckets {
             b: format!("{id}-b"),
             id,
             clients,
+            queue_dir: tempfile::Builder::new()
+                .prefix("ferry-test-queue-")
+                .tempdir()
+                .expect("a temporary directory for the embedded queue"),
         }
     }
 
@@ -369,6 +384,23 @@ impl Buckets {
         )
     }
 
+    /// The ferry configuration for these buckets, on `queue`.
+    pub fn config_on(&self, env: &TestEnv, transient: bool, queue: Queue) -> String {
+        let config = self.config(env, transient);
+        match queue {
+            Queue::Kafka => config,
+            Queue::Embedded => config
+                .replace(
+                    &format!("kind = \"kafka\"\nbrokers = \"{}\"", env.kafka),
+                    &format!(
+                        "kind = \"embedded\"\npath = \"{}\"",
+                        self.queue_dir.path().display()
+                    ),
+                )
+                .replace("replication_factor = 1\n", ""),
+        }
+    }
+
     /// (object versions, delete markers) in bucket `n`.
     pub async fn count(&self, n: usize) -> (usize, usize) {
         let v = s3::versions(&self.clients[n], self.bucket(n))
@@ -383,6 +415,7 @@ impl Buckets {
     /// The queue settings ferry uses for these buckets' test (to publish or read its topics).
     pub fn queue(&self, env: &TestEnv) -> ferry::config::QueueConfig {
         ferry::config::QueueConfig {
+            kind: ferry::config::QueueKind::Kafka,
             brokers: env.kafka.clone(),
             topic_prefix: format!("{}.", self.id),
             partitions: 4,

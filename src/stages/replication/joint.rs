@@ -108,6 +108,7 @@ mod tests {
     async fn store(name: &str) -> S3Store {
         S3Store::connect(&LocationConfig {
             name: name.into(),
+            kind: crate::config::LocationKind::S3,
             endpoint: Some("http://127.0.0.1:1".into()),
             region: "us-east-1".into(),
             bucket: name.into(),

@@ -6,7 +6,7 @@
 //! older than what the target shows by then, the pre-check reports it superseded rather than
 //! writing an old version over a newer one.
 
-use crate::bus::{BusError, KafkaBus, Topics};
+use crate::bus::{Bus, BusError, Topics};
 use crate::model::{self, RetryTask, TargetResult};
 
 /// Which failed entries to act on; every set field must match.
@@ -30,7 +30,7 @@ impl FailedFilter {
 
 /// Every failed entry currently recorded, with its record key.
 pub async fn list(
-    bus: &KafkaBus,
+    bus: &Bus,
     topics: &Topics,
 ) -> Result<Vec<(String, TargetResult)>, BusError> {
     let reader = bus.state_reader()?;
@@ -59,7 +59,7 @@ pub async fn list(
 
 /// Sends the failed entries matching `filter` back to the retry topic; returns how many.
 pub async fn retry(
-    bus: &KafkaBus,
+    bus: &Bus,
     topics: &Topics,
     filter: &FailedFilter,
 ) -> Result<usize, BusError> {
