@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh — ferry's main job on this machine, end to end, in one command:
 #   1. installs and starts the local broker (tansu) and S3 servers (Ceph radosgw ×3),
-#   2. creates the buckets of config/ferry.toml: a versioned transient "inbox" and two targets,
-#   3. starts `ferry run --config config/ferry.toml`,
+#   2. creates the buckets of config/radosgw.toml: a versioned transient "inbox" and two targets,
+#   3. starts `ferry run --config config/radosgw.toml`,
 #   4. writes a few objects into the inbox with curl (SigV4),
 #   5. shows them arrive in site-a and site-b and leave the inbox,
 #   6. stops ferry (SIGTERM) and the servers.
@@ -43,8 +43,8 @@ for pair in "$FERRY_TEST_RGW_0 inbox" "$FERRY_TEST_RGW_1 site-a" "$FERRY_TEST_RG
 done
 
 echo "== starting ferry (log: target/demo-ferry.log)"
-"$FERRY" check-config --config config/ferry.toml
-"$FERRY" --log-format json run --config config/ferry.toml >target/demo-ferry.log 2>&1 &
+"$FERRY" check-config --config config/radosgw.toml
+"$FERRY" --log-format json run --config config/radosgw.toml >target/demo-ferry.log 2>&1 &
 ferry_pid=$!
 cleanup() {
     if [[ -z ${FERRY_DEMO_KEEP:-} ]]; then

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::{self, Bus, BusError, Topics};
 use crate::config::{Config, Feed};
+use crate::ingest::{self, Ingest};
 use crate::stages::gc::GarbageCollector;
 use crate::stages::populator::events::EventFeed;
 use crate::stages::populator::scan::Scanner;
@@ -23,6 +24,8 @@ use crate::storage::Stores;
 pub enum AppError {
     #[error("cannot start: {0}")]
     Start(#[from] BusError),
+    #[error("cannot start: {0}")]
+    Ingest(String),
     #[error("stage failed: {0}")]
     Stage(#[from] StageError),
     #[error("stage {0} stopped unexpectedly")]
@@ -55,15 +58,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         .await?;
     tracing::info!(queue = %Bus::describe(&config.queue), topics = specs.len(), "topics ready");
 
+    // Bound before anything runs, so a taken port stops ferry at once with a clear error.
+    let ingest_listener = match &config.ingest {
+        Some(ingest) => Some(ingest::bind(ingest).await.map_err(AppError::Ingest)?),
+        None => None,
+    };
+
     let stores = Stores::connect(&config).await;
     for store in stores.iter() {
         // Not fatal: a target may be down for a while; its copies wait and retry.
         match store.check().await {
             Ok(()) => {
-                tracing::info!(location = %store.name, bucket = %store.bucket, "location reachable")
+                tracing::info!(location = %store.name(), bucket = %store.bucket(), "location reachable")
             }
             Err(e) => {
-                tracing::error!(location = %store.name, error = %e, "location check failed; copies involving it will retry")
+                tracing::error!(location = %store.name(), error = %e, "location check failed; copies involving it will retry")
             }
         }
     }
@@ -151,6 +160,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             bus.subscribe("gc", &[&topics.gc])?,
         );
         spawn("gc", Box::pin(collector.run(stages.clone())));
+    }
+    if let (Some(settings), Some(listener)) = (config.ingest.clone(), ingest_listener) {
+        let store = stores.get(&settings.location).cloned();
+        let location = config.locations.get(&settings.location).cloned();
+        let (Some(store), Some(location)) = (store, location) else {
+            return Err(AppError::Ingest(format!(
+                "ingest.location {:?} is not a configured location",
+                settings.location
+            )));
+        };
+        let ingest = Ingest {
+            store,
+            rules: config
+                .rules
+                .iter()
+                .filter(|r| r.source == location.name)
+                .cloned()
+                .collect(),
+            location,
+            publisher: publisher.clone(),
+            topic: topics.replication.clone(),
+            stats: Arc::default(),
+        };
+        let token = stages.clone();
+        spawn(
+            "ingest",
+            Box::pin(async move {
+                ingest::serve(listener, &settings, ingest, token).await;
+                Ok(())
+            }),
+        );
     }
     drop(failed_tx);
     tracker.close();

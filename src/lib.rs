@@ -21,6 +21,7 @@ pub mod app;
 pub mod backoff;
 pub mod bus;
 pub mod config;
+pub mod ingest;
 pub mod model;
 pub mod stages;
 pub mod storage;

@@ -22,7 +22,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::ledger::OffsetLedger;
-use super::{Acker, BusError, Delivery, TopicSpec};
+use super::{Acker, BusError, Delivery, StateRecords, TopicSpec};
 use crate::config::QueueConfig;
 
 /// How long metadata and admin calls may take before start-up reports the broker unreachable:
@@ -366,7 +366,7 @@ impl StateReader {
         &self,
         topic: &str,
         partition: i32,
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, BusError> {
+    ) -> Result<StateRecords, BusError> {
         let error = |message: String| BusError::ReadState {
             topic: topic.to_string(),
             partition,

@@ -183,6 +183,9 @@ impl Subscription {
     }
 }
 
+/// A replayed state partition: `(key, payload)` in order; a `None` payload is a tombstone.
+pub type StateRecords = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// Replays compacted state topics partition by partition.
 pub enum StateReader {
     Kafka(kafka::StateReader),
@@ -196,7 +199,7 @@ impl StateReader {
         &self,
         topic: &str,
         partition: i32,
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, BusError> {
+    ) -> Result<StateRecords, BusError> {
         match self {
             Self::Kafka(r) => r.read_partition(topic, partition).await,
             Self::Embedded(r) => r.read_partition(topic, partition),

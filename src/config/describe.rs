@@ -61,12 +61,9 @@ pub fn describe(config: &Config) -> String {
                 credentials,
                 l.checksum_calculation,
             ),
-            LocationKind::Fs { path } => writeln!(
-                out,
-                "  {}: directory {}{transient}",
-                l.name,
-                path.display()
-            ),
+            LocationKind::Fs { path } => {
+                writeln!(out, "  {}: directory {}{transient}", l.name, path.display())
+            }
         };
     }
     let _ = writeln!(out, "\nrules:");

@@ -98,7 +98,9 @@ pub struct LocationConfig {
 pub enum LocationKind {
     S3,
     /// A directory on local disk.
-    Fs { path: PathBuf },
+    Fs {
+        path: PathBuf,
+    },
 }
 
 /// How transient failures are retried.

@@ -1,14 +1,21 @@
-//! Object stores behind ferry's own types: the S3 client, its errors classified by kind.
+//! Object stores behind ferry's own types: S3 buckets and local directories as one [`Store`],
+//! their errors classified by kind.
 //!
-//! Callers branch on [`ErrorKind`], never on SDK error types (those stay in `s3.rs`).
+//! Callers branch on [`ErrorKind`], never on SDK or I/O error types (those stay in `s3.rs` and
+//! `fs.rs`).
 
+mod fs;
 mod s3;
+mod store;
 
-pub use s3::{encode_tagging, ObjectBody, S3Store};
+pub use fs::FsStore;
+pub use s3::{encode_tagging, S3Store};
+pub use store::{ObjectBody, Store};
 
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::config::LocationKind;
 use crate::model::EntryKind;
 
 /// What a storage failure means for the caller.
@@ -118,24 +125,30 @@ impl fmt::Display for ErrorKind {
 /// Every configured location's store, by location name.
 #[derive(Clone, Default)]
 pub struct Stores {
-    stores: std::collections::BTreeMap<String, S3Store>,
+    stores: std::collections::BTreeMap<String, Store>,
 }
 
 impl Stores {
-    /// Builds a client for every location (no requests yet).
+    /// Builds the store of every location, of its kind (no requests, no file-system access).
     pub async fn connect(config: &crate::config::Config) -> Self {
         let mut stores = std::collections::BTreeMap::new();
         for (name, location) in &config.locations {
-            stores.insert(name.clone(), S3Store::connect(location).await);
+            let store = match &location.kind {
+                LocationKind::S3 => Store::S3(S3Store::connect(location).await),
+                LocationKind::Fs { path } => {
+                    Store::Fs(FsStore::new(&location.name, &location.bucket, path.clone()))
+                }
+            };
+            stores.insert(name.clone(), store);
         }
         Self { stores }
     }
 
-    pub fn get(&self, name: &str) -> Option<&S3Store> {
+    pub fn get(&self, name: &str) -> Option<&Store> {
         self.stores.get(name)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &S3Store> {
+    pub fn iter(&self) -> impl Iterator<Item = &Store> {
         self.stores.values()
     }
 }

@@ -11,7 +11,9 @@ use aws_sdk_s3::types::{BucketVersioningStatus, CompletedMultipartUpload, Comple
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{unquote, ErrorKind, Head, Listed, ObjectHead, ObjectMeta, StorageError, Written};
+use super::{
+    unquote, ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta, StorageError, Written,
+};
 use crate::config::{ChecksumCalculation, LocationConfig};
 use crate::model::EntryKind;
 
@@ -329,14 +331,12 @@ impl S3Store {
             },
             tag_count: out.tag_count().unwrap_or(0).max(0) as u32,
         };
-        Ok((
-            head,
-            ObjectBody {
-                stream: out.body,
-                store: self.clone(),
-                key: key.to_string(),
-            },
-        ))
+        let body = S3Body {
+            stream: out.body,
+            store: self.clone(),
+            key: key.to_string(),
+        };
+        Ok((head, ObjectBody::from(body)))
     }
 
     /// The tags of one version.
@@ -556,14 +556,14 @@ impl S3Store {
     }
 }
 
-/// The body of a GET, read chunk by chunk (never whole in memory unless the caller keeps it).
-pub struct ObjectBody {
+/// The body of a GET from S3, as the SDK streams it.
+pub struct S3Body {
     stream: ByteStream,
     store: S3Store,
     key: String,
 }
 
-impl ObjectBody {
+impl S3Body {
     /// The next chunk, or `None` at the end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
         match self.stream.next().await {

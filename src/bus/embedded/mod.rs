@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::log::{Log, Op, Record};
 use super::ledger::OffsetLedger;
-use super::{Acker, BusError, Delivery, TopicSpec};
+use super::{Acker, BusError, Delivery, StateRecords, TopicSpec};
 
 /// How often acknowledged positions are committed (Kafka's auto-commit interval).
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
@@ -363,11 +363,7 @@ pub struct StateReader {
 
 impl StateReader {
     /// Every live record of `topic`/`partition`, in order, as `(key, payload)`.
-    pub fn read_partition(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, BusError> {
+    pub fn read_partition(&self, topic: &str, partition: i32) -> Result<StateRecords, BusError> {
         let mut records = Vec::new();
         let mut at = 0;
         loop {

@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
 use crate::config::{GcConfig, ReplicationConfig};
 use crate::model::{EntryKind, GcTask, TargetCopy};
-use crate::storage::{etag_is_md5, ErrorKind, Head, S3Store, StorageError, Stores};
+use crate::storage::{etag_is_md5, ErrorKind, Head, StorageError, Store, Stores};
 
 use super::replication::is_copy_of;
 use super::{decode_or_dead_letter, receive, sleep_or_shutdown, StageError};
@@ -48,6 +48,8 @@ pub struct GarbageCollector {
 #[derive(Debug)]
 enum Verdict {
     Delete,
+    /// The source version was already deleted (a redelivered task, or a client removed it).
+    Gone,
     Refuse(String),
 }
 
@@ -128,6 +130,10 @@ impl GarbageCollector {
                     tracing::info!("transient source copy deleted; every target holds it");
                     break;
                 }
+                Ok(Verdict::Gone) => {
+                    tracing::info!("transient source copy already gone; nothing to delete");
+                    break;
+                }
                 Ok(Verdict::Refuse(why)) => {
                     self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(reason = %why, "not deleting the transient source copy");
@@ -188,16 +194,20 @@ impl GarbageCollector {
                 _ => return Ok(Verdict::Refuse("the source object was overwritten since; its new content is not replicated yet".into())),
             }
         }
-        source
+        match source
             .delete_version(&entry.key, entry.version_id.as_deref())
-            .await?;
-        Ok(Verdict::Delete)
+            .await
+        {
+            Ok(()) => Ok(Verdict::Delete),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(Verdict::Gone),
+            Err(e) => Err(e),
+        }
     }
 }
 
 /// Checks that `copy` on `target` is a verified copy of the task's version; `Some(reason)` if not.
 async fn check_copy(
-    target: &S3Store,
+    target: &Store,
     task: &GcTask,
     copy: &TargetCopy,
 ) -> Result<Option<String>, StorageError> {

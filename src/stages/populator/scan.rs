@@ -16,7 +16,7 @@ use crate::bus::{Publisher, StateReader, Topics};
 use crate::config::{Config, LocationConfig};
 use crate::model::{self, EntryKind};
 use crate::stages::{publish_until_done, sleep_or_shutdown, StageError};
-use crate::storage::{Listed, S3Store, Stores};
+use crate::storage::{Listed, Store, Stores};
 
 const STAGE: &str = "populator";
 
@@ -208,7 +208,7 @@ fn progress_key(source: &LocationConfig, l: &Listed) -> String {
 }
 
 /// Lists `store` (all versions when versioned) with each key's versions oldest first.
-async fn list_in_order(store: &S3Store) -> Result<Vec<Listed>, crate::storage::StorageError> {
+async fn list_in_order(store: &Store) -> Result<Vec<Listed>, crate::storage::StorageError> {
     let mut listed = if store.is_versioned().await? {
         store.list_versions("").await?
     } else {

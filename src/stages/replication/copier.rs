@@ -8,7 +8,7 @@
 use base64::Engine;
 
 use crate::model::{EntryKind, ReplicationEntry};
-use crate::storage::{Head, ObjectHead, ObjectMeta, S3Store, StorageError};
+use crate::storage::{Head, ObjectHead, ObjectMeta, StorageError, Store};
 
 /// User-metadata names of the stamps (S3 lower-cases metadata names).
 pub const STAMP_VERSION: &str = "ferry-source-version-id";
@@ -36,7 +36,7 @@ pub enum Outcome {
 
 /// One target's view of the entries copied to it.
 pub struct Copier<'a> {
-    pub target: &'a S3Store,
+    pub target: &'a Store,
 }
 
 impl Copier<'_> {

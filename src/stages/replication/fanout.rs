@@ -25,7 +25,7 @@ use super::copier::{
 use super::ReplicationStats;
 use crate::model::ReplicationEntry;
 use crate::storage::{
-    encode_tagging, etag_is_md5, ErrorKind, Head, ObjectHead, ObjectMeta, S3Store, StorageError,
+    encode_tagging, etag_is_md5, ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store,
 };
 
 /// How long a writer may take to accept the next part before it is cut off: generous for a
@@ -46,11 +46,11 @@ type UploadedPart = (i32, String, [u8; 16], u64);
 type JoinedPart = Option<Result<Result<UploadedPart, StorageError>, tokio::task::JoinError>>;
 
 /// Multipart uploads whose abort failed (the target was away), to abort later.
-pub type PendingAborts = Arc<Mutex<Vec<(S3Store, String, String)>>>;
+pub type PendingAborts = Arc<Mutex<Vec<(Store, String, String)>>>;
 
 /// Settings and counters for fan-out copies.
 pub struct Fanout<'a> {
-    pub source: &'a S3Store,
+    pub source: &'a Store,
     pub multipart_threshold: u64,
     pub part_size: u64,
     pub part_concurrency: usize,
@@ -64,7 +64,7 @@ impl Fanout<'_> {
     pub async fn copy(
         &self,
         entry: &ReplicationEntry,
-        targets: &[S3Store],
+        targets: &[Store],
     ) -> Vec<Result<Outcome, StorageError>> {
         self.abort_pending(targets).await;
         match self.copy_all(entry, targets).await {
@@ -76,7 +76,7 @@ impl Fanout<'_> {
     async fn copy_all(
         &self,
         entry: &ReplicationEntry,
-        targets: &[S3Store],
+        targets: &[Store],
     ) -> Result<Vec<Result<Outcome, StorageError>>, StorageError> {
         let key = entry.key.as_str();
         let version = entry.version_id.as_deref();
@@ -262,16 +262,16 @@ impl Fanout<'_> {
     }
 
     /// Retries aborting earlier failed uploads on these targets.
-    async fn abort_pending(&self, targets: &[S3Store]) {
-        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-        let mine: Vec<(S3Store, String, String)> = {
+    async fn abort_pending(&self, targets: &[Store]) {
+        let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+        let mine: Vec<(Store, String, String)> = {
             let mut pending = self
                 .pending_aborts
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let (mine, rest) = pending
                 .drain(..)
-                .partition(|(t, _, _)| names.contains(&t.name.as_str()));
+                .partition(|(t, _, _)| names.contains(&t.name()));
             *pending = rest;
             mine
         };
@@ -282,7 +282,7 @@ impl Fanout<'_> {
 }
 
 /// Aborts `upload_id`; if the target cannot be reached, remembers it for later.
-async fn abort(target: &S3Store, key: &str, upload_id: &str, pending: &PendingAborts) {
+async fn abort(target: &Store, key: &str, upload_id: &str, pending: &PendingAborts) {
     match target.abort_multipart(key, upload_id).await {
         Ok(()) => {}
         Err(e) if e.kind == ErrorKind::NotFound => {}
@@ -299,7 +299,7 @@ async fn abort(target: &S3Store, key: &str, upload_id: &str, pending: &PendingAb
 
 /// Writes the parts it receives to one target.
 struct Writer {
-    target: S3Store,
+    target: Store,
     key: String,
     meta: ObjectMeta,
     tagging: Option<String>,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
 use super::copier::Outcome;
-use crate::storage::{S3Store, StorageError};
+use crate::storage::{StorageError, Store};
 
 /// How long the first ready target waits for the others before the copy starts without them.
 /// Targets of one entry normally become ready within milliseconds of each other.
@@ -31,7 +31,7 @@ pub struct JointCopy {
 
 #[derive(Default)]
 struct State {
-    members: Vec<(S3Store, Reply)>,
+    members: Vec<(Store, Reply)>,
     /// Targets that finished without joining (already there, or failed before).
     left: usize,
     started: bool,
@@ -42,7 +42,7 @@ pub enum Joined {
     /// This task leads: copy to these stores and send each its result (this task's own is
     /// among them; it then reads it from the receiver).
     Lead(
-        Vec<(S3Store, Reply)>,
+        Vec<(Store, Reply)>,
         oneshot::Receiver<Result<Outcome, StorageError>>,
     ),
     /// Another task leads; wait here for this target's result.
@@ -71,7 +71,7 @@ impl JointCopy {
     }
 
     /// Joins with `store`; see [`Joined`].
-    pub async fn join(&self, store: S3Store) -> Joined {
+    pub async fn join(&self, store: Store) -> Joined {
         let (tx, rx) = oneshot::channel();
         {
             let mut state = self.lock();
@@ -105,8 +105,8 @@ mod tests {
     use super::*;
     use crate::config::{ChecksumCalculation, LocationConfig, RetryPolicy, StaticCredentials};
 
-    async fn store(name: &str) -> S3Store {
-        S3Store::connect(&LocationConfig {
+    async fn store(name: &str) -> Store {
+        let s3 = crate::storage::S3Store::connect(&LocationConfig {
             name: name.into(),
             kind: crate::config::LocationKind::S3,
             endpoint: Some("http://127.0.0.1:1".into()),
@@ -126,7 +126,8 @@ mod tests {
                 max_delay: Duration::from_millis(1),
             },
         })
-        .await
+        .await;
+        Store::S3(s3)
     }
 
     #[tokio::test(start_paused = true)]

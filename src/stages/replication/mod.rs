@@ -29,7 +29,7 @@ use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
 use crate::config::{LocationConfig, ReplicationConfig, RetryPolicy};
 use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, RetryTask, TargetResult};
-use crate::storage::{ErrorKind, S3Store, StorageError, Stores};
+use crate::storage::{ErrorKind, StorageError, Store, Stores};
 
 use self::copier::Copier;
 use self::fanout::{Fanout, PendingAborts};
@@ -519,8 +519,8 @@ impl ReplicationProcessor {
     async fn copy_object(
         &self,
         entry: &ReplicationEntry,
-        source: &S3Store,
-        store: &S3Store,
+        source: &Store,
+        store: &Store,
         copier: &Copier<'_>,
         joint: Option<&JointCopy>,
     ) -> Result<Outcome, StorageError> {
@@ -559,7 +559,7 @@ impl ReplicationProcessor {
         if let Some(joint) = joint {
             match joint.join(store.clone()).await {
                 Joined::Lead(members, mine) => {
-                    let stores: Vec<S3Store> = members.iter().map(|(s, _)| s.clone()).collect();
+                    let stores: Vec<Store> = members.iter().map(|(s, _)| s.clone()).collect();
                     if stores.len() > 1 {
                         tracing::debug!(
                             targets = stores.len(),
@@ -612,12 +612,12 @@ impl ReplicationProcessor {
                 }
                 match store.check().await {
                     Ok(()) => {
-                        tracing::warn!(location = %store.name, "location reachable again: RESUMED");
+                        tracing::warn!(location = %store.name(), "location reachable again: RESUMED");
                         gate.resume();
                         return;
                     }
                     Err(e) => {
-                        tracing::error!(location = %store.name, error = %e, "location still PAUSED")
+                        tracing::error!(location = %store.name(), error = %e, "location still PAUSED")
                     }
                 }
             }

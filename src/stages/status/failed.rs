@@ -29,10 +29,7 @@ impl FailedFilter {
 }
 
 /// Every failed entry currently recorded, with its record key.
-pub async fn list(
-    bus: &Bus,
-    topics: &Topics,
-) -> Result<Vec<(String, TargetResult)>, BusError> {
+pub async fn list(bus: &Bus, topics: &Topics) -> Result<Vec<(String, TargetResult)>, BusError> {
     let reader = bus.state_reader()?;
     let partitions = bus.partition_count(&topics.failed).await?;
     let mut latest: std::collections::BTreeMap<String, Option<TargetResult>> = Default::default();
@@ -58,11 +55,7 @@ pub async fn list(
 }
 
 /// Sends the failed entries matching `filter` back to the retry topic; returns how many.
-pub async fn retry(
-    bus: &Bus,
-    topics: &Topics,
-    filter: &FailedFilter,
-) -> Result<usize, BusError> {
+pub async fn retry(bus: &Bus, topics: &Topics, filter: &FailedFilter) -> Result<usize, BusError> {
     let publisher = bus.publisher();
     let mut count = 0;
     for (key, failed) in list(bus, topics).await? {

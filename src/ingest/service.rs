@@ -1,0 +1,549 @@
+//! The S3 operations the ingest endpoint serves. A write is stored durably in the transient
+//! location, then its replication entry is published; only then does the client get 200. If
+//! the entry cannot be published the object is removed again and the client gets 503, so
+//! nothing sits in the buffer that replication does not know about.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use md5::{Digest, Md5};
+use s3s::dto::{self, StreamingBlob, Timestamp};
+use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
+
+use super::listing::{self, Query};
+use crate::bus::Publisher;
+use crate::config::{LocationConfig, RuleConfig};
+use crate::model::{self, EntryKind};
+use crate::stages::populator::{entry_for, wanted, Observed};
+use crate::storage::{ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store, Written};
+
+/// Largest body of one PutObject or UploadPart: it is held in memory while it is verified
+/// and written. Larger objects are uploaded in parts (every S3 client does so by default).
+pub const MAX_BODY: usize = 64 << 20;
+
+/// Counters for logs and tests.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub objects: AtomicU64,
+    pub bytes: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// The endpoint's state: where objects go and how they are enqueued.
+pub struct Ingest {
+    pub store: Store,
+    pub location: LocationConfig,
+    /// The rules whose source is `location`.
+    pub rules: Vec<RuleConfig>,
+    pub publisher: Publisher,
+    /// The replication topic.
+    pub topic: String,
+    pub stats: Arc<IngestStats>,
+}
+
+impl Ingest {
+    fn bucket(&self, bucket: &str) -> S3Result<()> {
+        if bucket == self.location.bucket {
+            Ok(())
+        } else {
+            Err(s3_error!(
+                NoSuchBucket,
+                "this endpoint serves bucket {:?} only",
+                self.location.bucket
+            ))
+        }
+    }
+
+    /// The rule that will copy `key` out of the buffer; writes nothing would copy are refused.
+    fn rule(&self, key: &str) -> S3Result<&RuleConfig> {
+        self.rules
+            .iter()
+            .find(|r| key.starts_with(&r.prefix))
+            .ok_or_else(|| {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                s3_error!(
+                    AccessDenied,
+                    "no replication rule covers key {key:?}: nothing would copy it out of the buffer"
+                )
+            })
+    }
+
+    /// Publishes the entry for a version just written; on failure removes the version again.
+    async fn enqueue(
+        &self,
+        rule: &RuleConfig,
+        key: &str,
+        written: &Written,
+        size: u64,
+    ) -> S3Result<()> {
+        if !wanted(rule, EntryKind::Object) {
+            return Ok(());
+        }
+        let entry = entry_for(
+            rule,
+            &self.location,
+            Observed {
+                key,
+                version_id: written.version_id.as_deref(),
+                kind: EntryKind::Object,
+                size,
+                etag: written.etag.as_deref(),
+                last_modified_ms: model::now_ms(),
+            },
+        );
+        let published = self
+            .publisher
+            .publish(
+                &self.topic,
+                &entry.message_key(),
+                Some(&model::encode(&entry)),
+            )
+            .await;
+        match published {
+            Ok(_) => {
+                self.stats.objects.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(size, Ordering::Relaxed);
+                tracing::info!(
+                    key,
+                    version = written.version_id.as_deref().unwrap_or("null"),
+                    size,
+                    "ingested and enqueued"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(key, error = %e, "ingested object not enqueued; removing it so the client retries");
+                if let Err(undo) = self
+                    .store
+                    .delete_version(key, written.version_id.as_deref())
+                    .await
+                {
+                    tracing::error!(key, error = %undo, "could not remove the object that was not enqueued; a scan will find it");
+                }
+                Err(s3_error!(
+                    ServiceUnavailable,
+                    "stored, but the replication queue did not take the entry; retry"
+                ))
+            }
+        }
+    }
+}
+
+/// A storage failure as the S3 error a client understands.
+fn s3(e: StorageError, not_found: impl FnOnce(String) -> S3Error) -> S3Error {
+    tracing::warn!(error = %e, "ingest request failed");
+    let message = e.message.clone();
+    match e.kind {
+        ErrorKind::NotFound => not_found(message),
+        ErrorKind::Permanent => s3_error!(InvalidArgument, "{message}"),
+        ErrorKind::Transient if message.contains("BadDigest") || message.contains("MD5") => {
+            s3_error!(BadDigest, "{message}")
+        }
+        ErrorKind::Transient | ErrorKind::Unreachable => s3_error!(ServiceUnavailable, "{message}"),
+        ErrorKind::Config => s3_error!(InternalError, "{message}"),
+    }
+}
+
+fn no_key(message: String) -> S3Error {
+    s3_error!(NoSuchKey, "{message}")
+}
+
+fn no_upload(message: String) -> S3Error {
+    s3_error!(NoSuchUpload, "{message}")
+}
+
+/// Reads a request body whole, refusing more than [`MAX_BODY`].
+async fn read_body(body: Option<StreamingBlob>) -> S3Result<Bytes> {
+    let mut buf = BytesMut::new();
+    if let Some(mut body) = body {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "reading the body: {e}"))?;
+            if buf.len() + chunk.len() > MAX_BODY {
+                return Err(s3_error!(
+                    EntityTooLarge,
+                    "bodies above {} MiB go in parts (multipart upload)",
+                    MAX_BODY >> 20
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The client's Content-MD5, or one computed here so the store still verifies what it wrote.
+fn content_md5(given: Option<String>, body: &[u8]) -> String {
+    given.unwrap_or_else(|| base64::engine::general_purpose::STANDARD.encode(Md5::digest(body)))
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+fn etag(value: Option<String>) -> Option<dto::ETag> {
+    value.map(dto::ETag::Strong)
+}
+
+fn meta(
+    content_type: Option<String>,
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    user: Option<dto::Metadata>,
+) -> ObjectMeta {
+    ObjectMeta {
+        content_type,
+        cache_control,
+        content_disposition,
+        content_encoding,
+        user: user.unwrap_or_default().into_iter().collect(),
+    }
+}
+
+fn head_fields(h: &ObjectHead) -> (Option<dto::Metadata>, Option<String>) {
+    (
+        Some(h.meta.user.clone().into_iter().collect()),
+        h.meta.content_type.clone(),
+    )
+}
+
+#[async_trait::async_trait]
+impl S3 for Ingest {
+    async fn put_object(
+        &self,
+        req: S3Request<dto::PutObjectInput>,
+    ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        let rule = self.rule(&input.key)?;
+        let body = read_body(input.body).await?;
+        let md5 = content_md5(input.content_md5, &body);
+        let size = body.len() as u64;
+        let meta = meta(
+            input.content_type.map(|t| t.to_string()),
+            input.cache_control,
+            input.content_disposition,
+            input.content_encoding,
+            input.metadata,
+        );
+        let written = self
+            .store
+            .put(&input.key, body, &md5, &meta, input.tagging)
+            .await
+            .map_err(|e| s3(e, no_key))?;
+        self.enqueue(rule, &input.key, &written, size).await?;
+        Ok(S3Response::new(dto::PutObjectOutput {
+            e_tag: etag(written.etag),
+            version_id: written.version_id,
+            size: Some(size as i64),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<dto::CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::CreateMultipartUploadOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        self.rule(&input.key)?;
+        let meta = meta(
+            input.content_type.map(|t| t.to_string()),
+            input.cache_control,
+            input.content_disposition,
+            input.content_encoding,
+            input.metadata,
+        );
+        let upload_id = self
+            .store
+            .create_multipart(&input.key, &meta, input.tagging)
+            .await
+            .map_err(|e| s3(e, no_key))?;
+        Ok(S3Response::new(dto::CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<dto::UploadPartInput>,
+    ) -> S3Result<S3Response<dto::UploadPartOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        let body = read_body(input.body).await?;
+        let md5 = content_md5(input.content_md5, &body);
+        let part_etag = self
+            .store
+            .upload_part(&input.key, &input.upload_id, input.part_number, body, &md5)
+            .await
+            .map_err(|e| s3(e, no_upload))?;
+        Ok(S3Response::new(dto::UploadPartOutput {
+            e_tag: etag(Some(part_etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<dto::CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        let rule = self.rule(&input.key)?;
+        let mut parts = Vec::new();
+        for part in input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+        {
+            match (part.part_number, part.e_tag) {
+                (Some(n), Some(tag)) => parts.push((n, tag.value().trim_matches('"').to_string())),
+                _ => {
+                    return Err(s3_error!(
+                        InvalidPart,
+                        "every part needs a PartNumber and an ETag"
+                    ))
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(s3_error!(MalformedXML, "the upload lists no parts"));
+        }
+        let written = self
+            .store
+            .complete_multipart(&input.key, &input.upload_id, &parts)
+            .await
+            .map_err(|e| s3(e, no_upload))?;
+        let size = match self
+            .store
+            .head(&input.key, written.version_id.as_deref())
+            .await
+        {
+            Ok(Head::Object(h)) => h.size,
+            Ok(_) => {
+                return Err(s3_error!(
+                    InternalError,
+                    "the completed object is not there"
+                ))
+            }
+            Err(e) => return Err(s3(e, no_key)),
+        };
+        self.enqueue(rule, &input.key, &written, size).await?;
+        Ok(S3Response::new(dto::CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: etag(written.etag),
+            version_id: written.version_id,
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<dto::AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        self.store
+            .abort_multipart(&input.key, &input.upload_id)
+            .await
+            .map_err(|e| s3(e, no_upload))?;
+        Ok(S3Response::new(dto::AbortMultipartUploadOutput::default()))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<dto::HeadObjectInput>,
+    ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        if input.range.is_some() || input.part_number.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "ranges and part numbers are not served here"
+            ));
+        }
+        let h = match self
+            .store
+            .head(&input.key, input.version_id.as_deref())
+            .await
+            .map_err(|e| s3(e, no_key))?
+        {
+            Head::Object(h) => h,
+            _ => return Err(not_in_buffer(&input.key)),
+        };
+        let (metadata, content_type) = head_fields(&h);
+        Ok(S3Response::new(dto::HeadObjectOutput {
+            content_length: Some(h.size as i64),
+            e_tag: etag(h.etag),
+            last_modified: Some(timestamp(h.last_modified_ms)),
+            version_id: h.version_id,
+            metadata,
+            content_type: content_type.and_then(|t| t.parse().ok()),
+            cache_control: h.meta.cache_control,
+            content_disposition: h.meta.content_disposition,
+            content_encoding: h.meta.content_encoding,
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<dto::GetObjectInput>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        if input.range.is_some() || input.part_number.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "ranges and part numbers are not served here"
+            ));
+        }
+        let (h, mut body) = self
+            .store
+            .get(&input.key, input.version_id.as_deref())
+            .await
+            .map_err(|e| s3(e, |_| not_in_buffer(&input.key)))?;
+        // The body is read by a task feeding a small channel, so the response streams.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(4);
+        tokio::spawn(async move {
+            loop {
+                let chunk = body.chunk().await.transpose();
+                let Some(chunk) = chunk else { return };
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let (metadata, content_type) = head_fields(&h);
+        Ok(S3Response::new(dto::GetObjectOutput {
+            body: Some(StreamingBlob::wrap(stream)),
+            content_length: Some(h.size as i64),
+            e_tag: etag(h.etag),
+            last_modified: Some(timestamp(h.last_modified_ms)),
+            version_id: h.version_id,
+            metadata,
+            content_type: content_type.and_then(|t| t.parse().ok()),
+            cache_control: h.meta.cache_control,
+            content_disposition: h.meta.content_disposition,
+            content_encoding: h.meta.content_encoding,
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<dto::DeleteObjectInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        match self
+            .store
+            .delete_version(&input.key, input.version_id.as_deref())
+            .await
+        {
+            Ok(()) => tracing::info!(key = %input.key, "removed from the buffer by a client"),
+            Err(e) if e.kind == ErrorKind::NotFound => {}
+            Err(e) => return Err(s3(e, no_key)),
+        }
+        Ok(S3Response::new(dto::DeleteObjectOutput::default()))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<dto::ListObjectsV2Input>,
+    ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
+        let input = req.input;
+        self.bucket(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let listed = self
+            .store
+            .list_current(&prefix)
+            .await
+            .map_err(|e| s3(e, no_key))?;
+        let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+        let after = input
+            .continuation_token
+            .as_deref()
+            .or(input.start_after.as_deref());
+        let page = listing::page(
+            listed,
+            &Query {
+                prefix: &prefix,
+                delimiter: input.delimiter.as_deref(),
+                after,
+                max_keys,
+            },
+        );
+        let contents: Vec<dto::Object> = page
+            .objects
+            .into_iter()
+            .map(|o| dto::Object {
+                key: Some(o.key),
+                size: Some(o.size as i64),
+                e_tag: etag(o.etag),
+                last_modified: Some(timestamp(o.last_modified_ms)),
+                ..Default::default()
+            })
+            .collect();
+        let common: Vec<dto::CommonPrefix> = page
+            .common_prefixes
+            .into_iter()
+            .map(|p| dto::CommonPrefix { prefix: Some(p) })
+            .collect();
+        Ok(S3Response::new(dto::ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_keys: Some(max_keys as i32),
+            key_count: Some((contents.len() + common.len()) as i32),
+            is_truncated: Some(page.next.is_some()),
+            next_continuation_token: page.next,
+            continuation_token: input.continuation_token,
+            start_after: input.start_after,
+            contents: Some(contents),
+            common_prefixes: Some(common),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<dto::HeadBucketInput>,
+    ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
+        self.bucket(&req.input.bucket)?;
+        Ok(S3Response::new(dto::HeadBucketOutput::default()))
+    }
+
+    async fn list_buckets(
+        &self,
+        _req: S3Request<dto::ListBucketsInput>,
+    ) -> S3Result<S3Response<dto::ListBucketsOutput>> {
+        Ok(S3Response::new(dto::ListBucketsOutput {
+            buckets: Some(vec![dto::Bucket {
+                name: Some(self.location.bucket.clone()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }))
+    }
+}
+
+/// What a read of an object that is not (or no longer) in the buffer answers.
+fn not_in_buffer(key: &str) -> S3Error {
+    s3_error!(
+        NoSuchKey,
+        "{key:?} is not in the buffer: never written, or already replicated and removed (read it from a target)"
+    )
+}

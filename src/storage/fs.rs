@@ -1,0 +1,519 @@
+//! `FsStore`: a local directory used as an unversioned bucket (`kind = "fs"` locations).
+//!
+//! Object data lives at `<root>/<key>` (keys with '/' make subdirectories, so the directory
+//! is browsable); its sidecar, the commit record of the write, at
+//! `<root>/.ferry/meta/<key>.json`; temporary files under `<root>/.ferry/tmp/` and multipart
+//! uploads under `<root>/.ferry/uploads/<upload id>/`. Keys map strictly inside the root
+//! ([`keys`]); `.ferry` as a first key component is reserved.
+//!
+//! The store keeps one version per key, but every write gets a fresh version id, so a reader
+//! (or the garbage collector) can ask for exactly the object it saw and is told NotFound once
+//! it was overwritten. Writes are atomic and durable: temporary file, MD5 check, fsync,
+//! rename, fsync of the directory — data first, then the sidecar. A data file that no longer
+//! matches its sidecar (size, mtime, inode) reads as missing, so it is copied again.
+
+mod disk;
+mod keys;
+mod locks;
+mod meta;
+mod multipart;
+mod objects;
+#[cfg(test)]
+mod tests;
+mod walk;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta, StorageError, Written};
+use crate::model::EntryKind;
+use disk::{Done, Fault, Layout, Temp, Tree};
+use locks::KeyLocks;
+use meta::{decode_tagging, Description, Sidecar};
+use objects::Pending;
+
+/// A GET body is read from the data file in pieces of this size: large enough that the
+/// blocking-pool hop per piece costs little, small enough to keep memory flat.
+const READ_CHUNK: usize = 1 << 20;
+/// A temporary file untouched this long was left by a crashed process: no write of a running
+/// one pauses that long between two of its own steps.
+const STALE_TMP: Duration = Duration::from_secs(24 * 3600);
+/// Like S3 lifecycle rules for incomplete uploads: an upload idle for a week is abandoned.
+const STALE_UPLOAD: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// One directory of one location. Cheap to clone; clones share the key locks.
+#[derive(Clone)]
+pub struct FsStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The location's name in the configuration, for errors and logs.
+    name: String,
+    /// The bucket name entries carry (for an `fs` location, the location's name).
+    bucket: String,
+    layout: Layout,
+    /// Serialises the writes and deletes of one key within this process.
+    locks: KeyLocks,
+}
+
+impl FsStore {
+    /// The store for the directory `root`; touches nothing on disk ([`Self::check`] does).
+    pub fn new(name: &str, bucket: &str, root: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                bucket: bucket.to_string(),
+                layout: Layout { root },
+                locks: KeyLocks::default(),
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.inner.bucket
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.layout.root
+    }
+
+    /// An error found by ferry itself about this store.
+    pub fn local_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        kind: ErrorKind,
+        message: String,
+    ) -> StorageError {
+        StorageError {
+            kind,
+            op,
+            location: self.inner.name.clone(),
+            bucket: self.inner.bucket.clone(),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// Creates the directory and ferry's own subdirectories if missing, and checks a file can
+    /// be written there; removes what a crashed process left behind long ago.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        self.blocking("check directory", "", |layout| {
+            let dirs = [
+                layout.root.clone(),
+                layout.tmp_dir(),
+                layout.base(Tree::Meta),
+                layout.uploads_dir(),
+            ];
+            for dir in dirs {
+                fs::create_dir_all(&dir).map_err(|e| Fault::io("create the directory", &dir, e))?;
+            }
+            let mut probe = Temp::create(&layout.tmp_dir())?;
+            probe.write(b"ferry")?;
+            probe.sync()?;
+            drop(probe);
+            walk::remove_stale(&layout.tmp_dir(), STALE_TMP);
+            walk::remove_stale(&layout.uploads_dir(), STALE_UPLOAD);
+            Ok(())
+        })
+        .await
+        .map_err(|mut e| {
+            e.kind = ErrorKind::Config;
+            e
+        })
+    }
+
+    /// A directory keeps one version per key.
+    pub async fn is_versioned(&self) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+
+    /// The same as [`Self::list_current`]: there are no older versions or delete markers.
+    pub async fn list_versions(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        self.list_current(prefix).await
+    }
+
+    /// Every committed object under `prefix`, sorted by key.
+    pub async fn list_current(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        let owned = prefix.to_string();
+        self.blocking("ListObjects", prefix, move |layout| {
+            walk::list(layout, &owned)
+        })
+        .await
+    }
+
+    /// The current object of `key`; `Missing` if there is none or it is not `version_id`.
+    pub async fn head(&self, key: &str, version_id: Option<&str>) -> Result<Head, StorageError> {
+        match self.current("HeadObject", key, version_id, false).await {
+            Ok((sidecar, _)) => Ok(Head::Object(sidecar.head())),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(Head::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The size of the first part of an object completed from more than one part.
+    pub async fn first_part_size(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<u64>, StorageError> {
+        let (sidecar, _) = self
+            .current("HeadObject (part 1)", key, version_id, false)
+            .await?;
+        Ok((sidecar.parts.len() > 1).then(|| sidecar.parts[0]))
+    }
+
+    /// Starts reading the current object (which must be `version_id`, if given).
+    pub async fn get(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(ObjectHead, ObjectBody), StorageError> {
+        let (sidecar, file) = self.current("GetObject", key, version_id, true).await?;
+        let body = FsBody {
+            file,
+            store: self.clone(),
+            key: key.to_string(),
+        };
+        Ok((sidecar.head(), ObjectBody::from(body)))
+    }
+
+    /// The tags of the current object (which must be `version_id`, if given).
+    pub async fn tags(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let (sidecar, _) = self
+            .current("GetObjectTagging", key, version_id, false)
+            .await?;
+        Ok(sidecar.description.tags)
+    }
+
+    /// Writes a whole object after checking it against `content_md5` (base64).
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_md5: &str,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+    ) -> Result<Written, StorageError> {
+        const OP: &str = "PutObject";
+        let comps = self.comps(OP, key)?;
+        let description = self.describe(OP, key, meta, tagging)?;
+        let content_md5 = content_md5.to_string();
+        let pending = self
+            .blocking(OP, key, move |layout| {
+                let md5 = disk::verify_md5(&body, &content_md5)?;
+                let mut temp = Temp::create(&layout.tmp_dir())?;
+                temp.write(&body)?;
+                let data = temp.sync()?;
+                Ok(Pending {
+                    temp,
+                    data,
+                    etag: disk::hex(&md5),
+                    parts: Vec::new(),
+                    description,
+                })
+            })
+            .await?;
+        self.commit(OP, key, comps, pending).await
+    }
+
+    /// Starts a multipart upload carrying the object's headers, metadata and tags.
+    pub async fn create_multipart(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+    ) -> Result<String, StorageError> {
+        const OP: &str = "CreateMultipartUpload";
+        self.comps(OP, key)?;
+        let description = self.describe(OP, key, meta, tagging)?;
+        let owned = key.to_string();
+        self.blocking(OP, key, move |layout| {
+            multipart::create(layout, &owned, description)
+        })
+        .await
+    }
+
+    /// Stages one part after checking it against `content_md5`; returns its hex MD5 (ETag).
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+        content_md5: &str,
+    ) -> Result<String, StorageError> {
+        let (owned, id, md5) = (
+            key.to_string(),
+            upload_id.to_string(),
+            content_md5.to_string(),
+        );
+        self.blocking("UploadPart", key, move |layout| {
+            multipart::upload_part(layout, &owned, &id, part_number, &body, &md5)
+        })
+        .await
+    }
+
+    /// Joins the `(part number, ETag)` parts in order into the object and drops the upload.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<Written, StorageError> {
+        const OP: &str = "CompleteMultipartUpload";
+        let comps = self.comps(OP, key)?;
+        let (owned, id, parts) = (key.to_string(), upload_id.to_string(), parts.to_vec());
+        let pending = self
+            .blocking(OP, key, move |layout| {
+                multipart::assemble(layout, &owned, &id, &parts)
+            })
+            .await?;
+        let written = self.commit(OP, key, comps, pending).await?;
+        let id = upload_id.to_string();
+        self.blocking(OP, key, move |layout| {
+            multipart::discard(layout, &id);
+            Ok(())
+        })
+        .await?;
+        Ok(written)
+    }
+
+    /// Abandons a multipart upload and its parts.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        let (owned, id) = (key.to_string(), upload_id.to_string());
+        self.blocking("AbortMultipartUpload", key, move |layout| {
+            multipart::abort(layout, &owned, &id)
+        })
+        .await
+    }
+
+    /// Deletes the current object; with `version_id`, only if it is that version (else
+    /// NotFound). Deleting a key without an object succeeds.
+    pub async fn delete_version(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(), StorageError> {
+        const OP: &str = "DeleteObject";
+        let comps = self.comps(OP, key)?;
+        let wanted = version_id.map(str::to_string);
+        let _guard = self.inner.locks.lock(key).await;
+        self.blocking(OP, key, move |layout| {
+            if let Some(wanted) = wanted.as_deref() {
+                let current = objects::lookup(layout, &comps, false)?.map(|(s, _)| s);
+                if current.as_ref().is_none_or(|s| s.version_id != wanted) {
+                    return Err(missing(current.as_ref(), Some(wanted)));
+                }
+            }
+            objects::remove(layout, &comps)
+        })
+        .await
+    }
+
+    /// Deletes the current object; a directory keeps no delete markers, so there is no
+    /// version id to return.
+    pub async fn put_delete_marker(&self, key: &str) -> Result<Written, StorageError> {
+        self.delete_version(key, None).await?;
+        Ok(Written {
+            version_id: None,
+            etag: None,
+        })
+    }
+
+    /// The current object of exactly `key`, if there is one.
+    pub async fn key_versions(&self, key: &str) -> Result<Vec<Listed>, StorageError> {
+        Ok(match self.head(key, None).await? {
+            Head::Object(h) => vec![Listed {
+                key: key.to_string(),
+                version_id: h.version_id,
+                kind: EntryKind::Object,
+                size: h.size,
+                etag: h.etag,
+                last_modified_ms: h.last_modified_ms,
+                is_latest: true,
+            }],
+            _ => Vec::new(),
+        })
+    }
+
+    /// The committed object of `key` (with `open`, its data file opened), which must be
+    /// `version_id` if given; NotFound otherwise.
+    async fn current(
+        &self,
+        op: &'static str,
+        key: &str,
+        version_id: Option<&str>,
+        open: bool,
+    ) -> Result<(Sidecar, Option<File>), StorageError> {
+        let comps = self.comps(op, key)?;
+        let wanted = version_id.map(str::to_string);
+        // Under the key's lock: never between a write's data rename and its sidecar.
+        let _guard = self.inner.locks.lock(key).await;
+        self.blocking(op, key, move |layout| {
+            match objects::lookup(layout, &comps, open)? {
+                Some(found) if wanted.as_deref().is_none_or(|w| w == found.0.version_id) => {
+                    Ok(found)
+                }
+                other => Err(missing(other.as_ref().map(|(s, _)| s), wanted.as_deref())),
+            }
+        })
+        .await
+    }
+
+    /// Writes `pending` as the object `key` under the key's lock.
+    async fn commit(
+        &self,
+        op: &'static str,
+        key: &str,
+        comps: Vec<String>,
+        pending: Pending,
+    ) -> Result<Written, StorageError> {
+        let _guard = self.inner.locks.lock(key).await;
+        let sidecar = self
+            .blocking(op, key, move |layout| {
+                objects::commit(layout, &comps, pending)
+            })
+            .await?;
+        Ok(Written {
+            version_id: Some(sidecar.version_id),
+            etag: Some(sidecar.etag),
+        })
+    }
+
+    fn comps(&self, op: &'static str, key: &str) -> Result<Vec<String>, StorageError> {
+        keys::components(key).map_err(|why| {
+            self.local_error(
+                op,
+                key,
+                ErrorKind::Permanent,
+                format!("the key cannot be stored in a directory: {why}"),
+            )
+        })
+    }
+
+    fn describe(
+        &self,
+        op: &'static str,
+        key: &str,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+    ) -> Result<Description, StorageError> {
+        let tags = decode_tagging(tagging.as_deref())
+            .map_err(|m| self.local_error(op, key, ErrorKind::Permanent, m))?;
+        Ok(Description::new(meta, tags))
+    }
+
+    /// Runs `work` on the blocking pool. A NotFound while ferry's own directories are missing
+    /// means the store is not set up (removed under us): a configuration problem.
+    async fn blocking<T, F>(&self, op: &'static str, key: &str, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Layout) -> Done<T> + Send + 'static,
+    {
+        let store = self.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let layout = &store.inner.layout;
+            work(layout).map_err(|mut fault| {
+                if fault.kind == ErrorKind::NotFound && !layout.tmp_dir().is_dir() {
+                    fault.kind = ErrorKind::Config;
+                    fault.message = format!(
+                        "{}; the store's directory {} is not set up (the location check creates it)",
+                        fault.message,
+                        layout.root.display()
+                    );
+                }
+                fault
+            })
+        })
+        .await;
+        match joined {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(fault)) => Err(self.local_error(op, key, fault.kind, fault.message)),
+            Err(e) => Err(self.local_error(
+                op,
+                key,
+                ErrorKind::Transient,
+                format!("the file-system task failed: {e}"),
+            )),
+        }
+    }
+}
+
+/// NotFound: there is no committed object, or `current` is not the version `wanted`.
+fn missing(current: Option<&Sidecar>, wanted: Option<&str>) -> Fault {
+    let message = match (current, wanted) {
+        (Some(s), Some(w)) => format!(
+            "NoSuchVersion: the key's current version is {}, not {w}",
+            s.version_id
+        ),
+        _ => "NoSuchKey: the key has no committed object".to_string(),
+    };
+    Fault::new(ErrorKind::NotFound, message)
+}
+
+/// The body of a GET from a directory: the data file opened when the object was looked up
+/// (a later write renames a new file into place and leaves this one as it was).
+pub struct FsBody {
+    file: Option<File>,
+    store: FsStore,
+    key: String,
+}
+
+impl FsBody {
+    /// The next chunk, or `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
+        let Some(mut file) = self.file.take() else {
+            return Ok(None);
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buffer = vec![0u8; READ_CHUNK];
+            let mut filled = 0;
+            while filled < READ_CHUNK {
+                match file.read(&mut buffer[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return (file, Err(e)),
+                }
+            }
+            buffer.truncate(filled);
+            if filled < READ_CHUNK {
+                buffer.shrink_to_fit();
+            }
+            (file, Ok(buffer))
+        })
+        .await;
+        let fail = |message| {
+            Err(self.store.local_error(
+                "GetObject (body)",
+                &self.key,
+                ErrorKind::Transient,
+                message,
+            ))
+        };
+        match read {
+            Ok((_, Ok(buffer))) if buffer.is_empty() => Ok(None),
+            Ok((file, Ok(buffer))) => {
+                self.file = Some(file);
+                Ok(Some(Bytes::from(buffer)))
+            }
+            Ok((_, Err(e))) => fail(format!("reading the data file failed: {e}")),
+            Err(e) => fail(format!("the read task failed: {e}")),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The file-system groundwork of an `fs` store: where things are under the root, how failures
+//! are classified, ids, Content-MD5 checks, and temporary files.
+//!
+//! Every function here (and in the sibling modules that use it) blocks: callers run them on
+//! tokio's blocking pool.
+
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use md5::{Digest, Md5};
+
+use super::keys::{RESERVED, SIDECAR_SUFFIX};
+use crate::storage::ErrorKind;
+
+/// A failed step: its kind and a message naming the path and what the system said.
+#[derive(Debug)]
+pub struct Fault {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+pub type Done<T> = Result<T, Fault>;
+
+impl Fault {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// `what` failed on `path`: not found, permission (a configuration problem: every object
+    /// would fail the same way), or anything else, e.g. a full disk (worth retrying).
+    pub fn io(what: &str, path: &Path, err: io::Error) -> Self {
+        let kind = match err.kind() {
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+                ErrorKind::Config
+            }
+            _ => ErrorKind::Transient,
+        };
+        Self::new(kind, format!("cannot {what} {}: {err}", path.display()))
+    }
+}
+
+/// Where things are under a location's root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+/// Which tree a path is in, to name what a collision is with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// `<root>/<key>`: object data.
+    Data,
+    /// `<root>/.ferry/meta/<key>.json`: sidecars.
+    Meta,
+}
+
+impl Layout {
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join(RESERVED).join("tmp")
+    }
+
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.root.join(RESERVED).join("uploads")
+    }
+
+    pub fn base(&self, tree: Tree) -> PathBuf {
+        match tree {
+            Tree::Data => self.root.clone(),
+            Tree::Meta => self.root.join(RESERVED).join("meta"),
+        }
+    }
+
+    /// The path of key `comps` in `tree`.
+    pub fn path(&self, tree: Tree, comps: &[String]) -> PathBuf {
+        let mut path = self.base(tree);
+        path.extend(comps);
+        if tree == Tree::Meta {
+            path.as_mut_os_string().push(SIDECAR_SUFFIX);
+        }
+        path
+    }
+}
+
+/// A fresh identifier: nanoseconds since the epoch and 64 random bits, in hex (sorts by time).
+pub fn new_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{nanos:016x}{:016x}", fastrand::u64(..))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks `body` against `content_md5` (base64, as S3's Content-MD5); returns its MD5.
+pub fn verify_md5(body: &[u8], content_md5: &str) -> Done<[u8; 16]> {
+    let expected = base64::engine::general_purpose::STANDARD
+        .decode(content_md5)
+        .ok()
+        .filter(|d| d.len() == 16)
+        .ok_or_else(|| {
+            Fault::new(
+                ErrorKind::Permanent,
+                format!("InvalidDigest: the Content-MD5 {content_md5:?} is not a base64 MD5"),
+            )
+        })?;
+    let md5: [u8; 16] = Md5::digest(body).into();
+    if md5[..] != expected[..] {
+        return Err(Fault::new(
+            ErrorKind::Transient,
+            format!(
+                "BadDigest: the Content-MD5 you specified did not match what was received \
+                 (expected {}, received data has {})",
+                hex(&expected),
+                hex(&md5)
+            ),
+        ));
+    }
+    Ok(md5)
+}
+
+/// A temporary file, removed when dropped unless it was moved into place.
+pub struct Temp {
+    path: PathBuf,
+    pub file: File,
+    placed: bool,
+}
+
+impl Temp {
+    pub fn create(dir: &Path) -> Done<Self> {
+        let path = dir.join(format!("{}.tmp", new_id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Fault::io("create the temporary file", &path, e))?;
+        Ok(Self {
+            path,
+            file,
+            placed: false,
+        })
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> Done<()> {
+        self.file
+            .write_all(data)
+            .map_err(|e| Fault::io("write", &self.path, e))
+    }
+
+    /// Flushes the data to disk and says what the file is now.
+    pub fn sync(&mut self) -> Done<Metadata> {
+        self.file
+            .sync_all()
+            .map_err(|e| Fault::io("fsync", &self.path, e))?;
+        self.file
+            .metadata()
+            .map_err(|e| Fault::io("stat", &self.path, e))
+    }
+}
+
+impl Temp {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the file to `path`; from then on it is no longer removed when dropped.
+    pub fn rename(&mut self, path: &Path) -> io::Result<()> {
+        fs::rename(&self.path, path)?;
+        self.placed = true;
+        Ok(())
+    }
+
+    /// Renames the file to `path` in the same directory, without the directory fsync (for
+    /// staged parts, whose content is checked again when the upload completes).
+    pub fn rename_to(mut self, path: &Path) -> Done<()> {
+        self.rename(path)
+            .map_err(|e| Fault::io(&format!("rename {} to", self.path.display()), path, e))
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Not there, or a file stands where a directory of the path should be.
+pub fn absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// Makes the entries of `dir` (a rename, a new file or directory) durable.
+pub fn sync_dir(dir: &Path) -> Done<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Fault::io("fsync the directory", dir, e))
+}

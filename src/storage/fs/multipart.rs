@@ -1,0 +1,193 @@
+//! Multipart uploads to an `fs` store: parts staged under `.ferry/uploads/<upload id>/`,
+//! joined in order into one data file (streamed, never whole in memory) on completion.
+//!
+//! Blocking, like [`super::disk`]. Answers follow S3's: an unknown upload is NotFound, a part
+//! list that does not match what was uploaded is refused for good.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+use super::disk::{hex, new_id, verify_md5, Done, Fault, Layout, Temp};
+use super::meta::Description;
+use super::objects::Pending;
+use crate::storage::{unquote, ErrorKind};
+
+/// S3's part numbers.
+const PART_NUMBERS: RangeInclusive<i32> = 1..=10_000;
+/// Parts are copied into the object in pieces of this size.
+const COPY_CHUNK: usize = 1 << 20;
+/// The record of an upload, beside its parts.
+const UPLOAD_FILE: &str = "upload.json";
+
+/// What an upload will make, recorded when it starts.
+#[derive(Serialize, Deserialize)]
+struct Upload {
+    key: String,
+    #[serde(flatten)]
+    description: Description,
+}
+
+fn no_such_upload(id: &str, why: &str) -> Fault {
+    Fault::new(
+        ErrorKind::NotFound,
+        format!("NoSuchUpload: upload {id:?} {why}"),
+    )
+}
+
+/// The staging directory of upload `id` (ids are ferry's own hex strings: anything else,
+/// which could name a path elsewhere, is no upload of ours).
+fn staging(layout: &Layout, id: &str) -> Done<PathBuf> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(no_such_upload(id, "is not an upload id of this store"));
+    }
+    Ok(layout.uploads_dir().join(id))
+}
+
+/// The staging directory and record of upload `id`, which must be for `key`.
+fn load(layout: &Layout, key: &str, id: &str) -> Done<(PathBuf, Upload)> {
+    let dir = staging(layout, id)?;
+    let path = dir.join(UPLOAD_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(no_such_upload(id, "does not exist (completed or aborted)"))
+        }
+        Err(e) => return Err(Fault::io("read", &path, e)),
+    };
+    let upload: Upload = serde_json::from_slice(&bytes).map_err(|e| {
+        Fault::new(
+            ErrorKind::Permanent,
+            format!("the upload record {} is unreadable: {e}", path.display()),
+        )
+    })?;
+    if upload.key != key {
+        return Err(no_such_upload(id, &format!("is for key {:?}", upload.key)));
+    }
+    Ok((dir, upload))
+}
+
+pub fn create(layout: &Layout, key: &str, description: Description) -> Done<String> {
+    let id = new_id();
+    let dir = layout.uploads_dir().join(&id);
+    fs::create_dir(&dir).map_err(|e| Fault::io("create the directory", &dir, e))?;
+    let upload = Upload {
+        key: key.to_string(),
+        description,
+    };
+    let json = serde_json::to_vec(&upload).map_err(|e| {
+        Fault::new(
+            ErrorKind::Permanent,
+            format!("cannot encode the upload: {e}"),
+        )
+    })?;
+    let path = dir.join(UPLOAD_FILE);
+    fs::write(&path, json).map_err(|e| Fault::io("write", &path, e))?;
+    Ok(id)
+}
+
+/// Stages part `number` after checking it against `content_md5`; returns its hex MD5.
+pub fn upload_part(
+    layout: &Layout,
+    key: &str,
+    id: &str,
+    number: i32,
+    body: &[u8],
+    content_md5: &str,
+) -> Done<String> {
+    if !PART_NUMBERS.contains(&number) {
+        return Err(Fault::new(
+            ErrorKind::Permanent,
+            format!("InvalidArgument: part number {number} is not between 1 and 10000"),
+        ));
+    }
+    let (dir, _) = load(layout, key, id)?;
+    let md5 = verify_md5(body, content_md5)?;
+    let mut temp = Temp::create(&dir)?;
+    temp.write(body)?;
+    temp.rename_to(&dir.join(format!("{number}.part")))?;
+    Ok(hex(&md5))
+}
+
+/// Joins the `(part number, ETag)` parts, in order, into a temporary file, checking each
+/// part's MD5 against the ETag named for it. The ETag is S3's multipart one: hex MD5 of the
+/// parts' binary MD5s, dash, part count.
+pub fn assemble(layout: &Layout, key: &str, id: &str, parts: &[(i32, String)]) -> Done<Pending> {
+    let refuse = |message: String| Fault::new(ErrorKind::Permanent, message);
+    if parts.is_empty() {
+        return Err(refuse(
+            "MalformedXML: completing an upload needs at least one part".into(),
+        ));
+    }
+    if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(refuse(
+            "InvalidPartOrder: the parts must be listed in ascending order, each once".into(),
+        ));
+    }
+    let (dir, upload) = load(layout, key, id)?;
+    let mut temp = Temp::create(&layout.tmp_dir())?;
+    let mut buffer = vec![0u8; COPY_CHUNK];
+    let mut digests = Vec::with_capacity(parts.len() * 16);
+    let mut part_sizes = Vec::with_capacity(parts.len());
+    for (number, etag) in parts {
+        let path = dir.join(format!("{number}.part"));
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(refuse(format!(
+                    "InvalidPart: part {number} was not uploaded"
+                )))
+            }
+            Err(e) => return Err(Fault::io("open", &path, e)),
+        };
+        let mut md5 = Md5::new();
+        let mut size = 0u64;
+        loop {
+            let n = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Fault::io("read", &path, e)),
+            };
+            md5.update(&buffer[..n]);
+            temp.write(&buffer[..n])?;
+            size += n as u64;
+        }
+        let md5 = md5.finalize();
+        if hex(&md5) != unquote(etag) {
+            return Err(refuse(format!(
+                "InvalidPart: part {number} has ETag {}, the request names {etag}",
+                hex(&md5)
+            )));
+        }
+        digests.extend_from_slice(&md5);
+        part_sizes.push(size);
+    }
+    let data = temp.sync()?;
+    Ok(Pending {
+        temp,
+        data,
+        etag: format!("{}-{}", hex(&Md5::digest(&digests)), parts.len()),
+        parts: part_sizes,
+        description: upload.description,
+    })
+}
+
+/// Removes upload `id` and its parts.
+pub fn abort(layout: &Layout, key: &str, id: &str) -> Done<()> {
+    let (dir, _) = load(layout, key, id)?;
+    fs::remove_dir_all(&dir).map_err(|e| Fault::io("remove", &dir, e))
+}
+
+/// Removes the staging directory of a completed upload (a leftover is swept later).
+pub fn discard(layout: &Layout, id: &str) {
+    if let Ok(dir) = staging(layout, id) {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot remove a completed upload's parts");
+        }
+    }
+}

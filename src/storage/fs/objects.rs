@@ -1,0 +1,319 @@
+//! One object on disk: committing a write (data file, then sidecar, each renamed into place
+//! and made durable), looking an object up, removing one. Keys that collide with other keys,
+//! and links on the way, are refused here.
+//!
+//! Blocking, like [`super::disk`].
+
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::disk::{absent, new_id, sync_dir, Done, Fault, Layout, Temp, Tree};
+use super::keys::SIDECAR_SUFFIX;
+use super::meta::{Description, Sidecar};
+use crate::storage::ErrorKind;
+
+/// A written object not yet in place: its data in a temporary file, and what its sidecar
+/// will say.
+pub struct Pending {
+    pub temp: Temp,
+    /// The temporary file after fsync.
+    pub data: Metadata,
+    /// Unquoted.
+    pub etag: String,
+    /// Part sizes, for an object made from a multipart upload.
+    pub parts: Vec<u64>,
+    pub description: Description,
+}
+
+/// Puts `pending` in place as the object `comps`: the data file, then its sidecar (the commit
+/// record), each renamed into place and made durable. A key that collides with another in
+/// either tree is refused before anything changes. Returns the sidecar written.
+pub fn commit(layout: &Layout, comps: &[String], pending: Pending) -> Done<Sidecar> {
+    plan(layout, Tree::Meta, comps)?;
+    plan(layout, Tree::Data, comps)?;
+    place(layout, Tree::Data, comps, pending.temp)?;
+    let sidecar = Sidecar::new(
+        new_id(),
+        pending.etag,
+        &pending.data,
+        pending.parts,
+        pending.description,
+    );
+    write_sidecar(layout, comps, &sidecar)?;
+    Ok(sidecar)
+}
+
+/// The key whose `tree` path is `comps` (a sidecar path names its key plus the suffix).
+fn key_of(tree: Tree, comps: &[String]) -> String {
+    let key = comps.join("/");
+    match tree {
+        Tree::Meta => key
+            .strip_suffix(SIDECAR_SUFFIX)
+            .map_or(key.clone(), str::to_string),
+        Tree::Data => key,
+    }
+}
+
+fn refused(message: String) -> Fault {
+    Fault::new(ErrorKind::Permanent, message)
+}
+
+/// Makes sure every directory of `comps` (all but the last component) exists in `tree` as a
+/// real directory, not a link or a file; returns the last one.
+fn prepare_dirs(layout: &Layout, tree: Tree, comps: &[String]) -> Done<PathBuf> {
+    let mut dir = layout.base(tree);
+    for depth in 1..comps.len() {
+        let parent = dir.clone();
+        dir.push(&comps[depth - 1]);
+        let mut created = false;
+        loop {
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => break,
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(refused(format!(
+                        "{} is a symbolic link; ferry does not follow links out of the store",
+                        dir.display()
+                    )))
+                }
+                Ok(_) if tree == Tree::Meta => {
+                    return Err(refused(format!(
+                        "the key collides with the metadata of object {:?}",
+                        key_of(tree, &comps[..depth])
+                    )))
+                }
+                Ok(_) => {
+                    return Err(refused(format!(
+                        "the key collides with object {:?}, a file where a directory is needed",
+                        key_of(tree, &comps[..depth])
+                    )))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !created => {
+                    created = true;
+                    match fs::create_dir(&dir) {
+                        Ok(()) => sync_dir(&parent)?,
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(Fault::io("create the directory", &dir, e)),
+                    }
+                }
+                Err(e) => return Err(Fault::io("inspect", &dir, e)),
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// Makes the path of `comps` in `tree` ready to receive a file: its directories exist and
+/// the path is not a directory of other keys. Returns the path.
+fn plan(layout: &Layout, tree: Tree, comps: &[String]) -> Done<PathBuf> {
+    let dir = prepare_dirs(layout, tree, comps)?;
+    let mut named = comps.to_vec();
+    if tree == Tree::Meta {
+        if let Some(last) = named.last_mut() {
+            last.push_str(SIDECAR_SUFFIX);
+        }
+    }
+    let path = dir.join(&named[named.len() - 1]);
+    match fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => match first_file_under(&path) {
+            Ok(Some(inner)) => {
+                named.extend(inner);
+                Err(refused(format!(
+                    "the key collides with object {:?}: it would need {} to be a file",
+                    key_of(tree, &named),
+                    path.display()
+                )))
+            }
+            // Only empty directories left behind: they hold nothing, take them away.
+            Ok(None) => remove_empty_dirs(&path)
+                .map(|()| path.clone())
+                .map_err(|e| Fault::io("remove the empty directories", &path, e)),
+            Err(e) => Err(Fault::io("inspect", &path, e)),
+        },
+        // A file or a link is replaced by the rename itself (links are not followed).
+        Ok(_) => Ok(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(path),
+        Err(e) => Err(Fault::io("inspect", &path, e)),
+    }
+}
+
+/// The relative path of some non-directory under `dir`, if there is one.
+fn first_file_under(dir: &Path) -> io::Result<Option<Vec<String>>> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_dir() {
+            if let Some(mut inner) = first_file_under(&entry.path())? {
+                inner.insert(0, name);
+                return Ok(Some(inner));
+            }
+        } else {
+            return Ok(Some(vec![name]));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes `dir` and the directories under it, which hold nothing else; fails (and leaves
+/// anything that appeared meanwhile alone) if one is not empty.
+fn remove_empty_dirs(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_empty_dirs(&entry.path())?;
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+/// Renames `temp` to the path of `comps` in `tree` and makes the rename durable.
+fn place(layout: &Layout, tree: Tree, comps: &[String], mut temp: Temp) -> Done<()> {
+    // A concurrent delete of a neighbouring key may prune a directory just made: plan again.
+    for attempt in 0..3 {
+        let retry = attempt < 2;
+        let path = match plan(layout, tree, comps) {
+            Err(fault) if fault.kind == ErrorKind::NotFound && retry => continue,
+            planned => planned?,
+        };
+        match temp.rename(&path) {
+            Ok(()) => return sync_dir(path.parent().unwrap_or(&layout.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && retry => continue,
+            Err(e) => {
+                return Err(Fault::io(
+                    &format!("rename {} to", temp.path().display()),
+                    &path,
+                    e,
+                ))
+            }
+        }
+    }
+    Err(Fault::new(
+        ErrorKind::Transient,
+        "the directory for the key kept disappearing",
+    ))
+}
+
+/// Writes `sidecar` as the commit record of `comps`.
+fn write_sidecar(layout: &Layout, comps: &[String], sidecar: &Sidecar) -> Done<()> {
+    let json = serde_json::to_vec(sidecar).map_err(|e| {
+        Fault::new(
+            ErrorKind::Permanent,
+            format!("cannot encode the metadata: {e}"),
+        )
+    })?;
+    let mut temp = Temp::create(&layout.tmp_dir())?;
+    temp.write(&json)?;
+    temp.sync()?;
+    place(layout, Tree::Meta, comps, temp)
+}
+
+/// The sidecar of `comps`, if there is a readable one.
+pub fn read_sidecar(layout: &Layout, comps: &[String]) -> Done<Option<Sidecar>> {
+    let path = layout.path(Tree::Meta, comps);
+    match fs::read(&path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes)
+            .inspect_err(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable metadata file; the object counts as missing");
+            })
+            .ok()),
+        Err(e) if absent(&e) => Ok(None),
+        Err(e) => Err(Fault::io("read", &path, e)),
+    }
+}
+
+/// Whether every directory on the way to `comps` in `tree` is a real directory (not a link,
+/// which could lead out of the store).
+fn no_links_on_the_way(layout: &Layout, tree: Tree, comps: &[String]) -> Done<bool> {
+    let mut dir = layout.base(tree);
+    for comp in &comps[..comps.len() - 1] {
+        dir.push(comp);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if absent(&e) => return Ok(false),
+            Err(e) => return Err(Fault::io("inspect", &dir, e)),
+        }
+    }
+    Ok(true)
+}
+
+/// The committed object at `comps`: its sidecar, and (with `open`) its data file opened for
+/// reading. `None` when there is none, or the data file is not the one the sidecar describes.
+pub fn lookup(
+    layout: &Layout,
+    comps: &[String],
+    open: bool,
+) -> Done<Option<(Sidecar, Option<File>)>> {
+    if !no_links_on_the_way(layout, Tree::Meta, comps)?
+        || !no_links_on_the_way(layout, Tree::Data, comps)?
+    {
+        return Ok(None);
+    }
+    let Some(sidecar) = read_sidecar(layout, comps)? else {
+        return Ok(None);
+    };
+    let path = layout.path(Tree::Data, comps);
+    let (data, file) = if open {
+        // The inode check below also refuses a link swapped in for the last component.
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => return Err(Fault::io("open", &path, e)),
+        };
+        let data = file.metadata().map_err(|e| Fault::io("stat", &path, e))?;
+        (data, Some(file))
+    } else {
+        match fs::symlink_metadata(&path) {
+            Ok(data) => (data, None),
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => return Err(Fault::io("stat", &path, e)),
+        }
+    };
+    if !sidecar.describes(&data) {
+        tracing::debug!(path = %path.display(), "data file differs from its metadata; the object counts as missing");
+        return Ok(None);
+    }
+    Ok(Some((sidecar, file)))
+}
+
+/// Removes the object at `comps` (sidecar first: without its commit record the data file is
+/// no object), then the directories its removal left empty. Nothing there is success.
+pub fn remove(layout: &Layout, comps: &[String]) -> Done<()> {
+    for tree in [Tree::Meta, Tree::Data] {
+        if no_links_on_the_way(layout, tree, comps)? {
+            remove_file(layout, tree, comps)?;
+        }
+    }
+    prune(layout, Tree::Meta, comps);
+    prune(layout, Tree::Data, comps);
+    Ok(())
+}
+
+fn remove_file(layout: &Layout, tree: Tree, comps: &[String]) -> Done<()> {
+    let path = layout.path(tree, comps);
+    match fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {}
+        Err(e) if absent(&e) => return Ok(()),
+        Err(e) => return Err(Fault::io("inspect", &path, e)),
+    }
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(&layout.root)),
+        Err(e) if absent(&e) => Ok(()),
+        Err(e) => Err(Fault::io("remove", &path, e)),
+    }
+}
+
+/// Removes the directories of `comps` that are empty now, deepest first.
+fn prune(layout: &Layout, tree: Tree, comps: &[String]) {
+    for depth in (1..comps.len()).rev() {
+        let mut dir = layout.base(tree);
+        dir.extend(&comps[..depth]);
+        if fs::remove_dir(&dir).is_err() {
+            return;
+        }
+        if let Some(parent) = dir.parent() {
+            let _ = sync_dir(parent);
+        }
+    }
+}

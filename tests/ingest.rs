@@ -1,0 +1,394 @@
+//! ferry on one host: the S3 ingest endpoint writing into a transient local buffer, two local
+//! targets, the embedded queue — no broker, no S3 server. Driven with aws-sdk-s3 as a client.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+
+use support::{wait_until, Ferry};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A free port on 127.0.0.1 (bound and released; the race with other processes is harmless).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Site {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("ferry-ingest-")
+                .tempdir()
+                .expect("tempdir"),
+            port: free_port(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn config(&self) -> String {
+        format!(
+            r#"
+shutdown_timeout = "20s"
+
+[queue]
+kind = "embedded"
+path = "{queue}"
+partitions = 4
+
+[ingest]
+listen = "127.0.0.1:{port}"
+location = "inbox"
+access_key_id = "ingestkey"
+secret_access_key = "ingestsecret"
+
+[locations.inbox]
+kind = "fs"
+path = "{buffer}"
+transient = true
+
+[locations.site-a]
+kind = "fs"
+path = "{a}"
+
+[locations.site-b]
+kind = "fs"
+path = "{b}"
+
+[[rules]]
+name = "all"
+source = "inbox"
+targets = ["site-a", "site-b"]
+
+[populator]
+feeds = ["scan"]
+scan_interval = "30s"
+
+[replication]
+multipart_threshold = "8MiB"
+part_size = "5MiB"
+retry_initial_delay = "200ms"
+retry_max_delay = "2s"
+"#,
+            queue = self.path("queue").display(),
+            port = self.port,
+            buffer = self.path("buffer").display(),
+            a = self.path("site-a").display(),
+            b = self.path("site-b").display(),
+        )
+    }
+
+    fn client(&self, key: &str, secret: &str) -> Client {
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(format!("http://127.0.0.1:{}", self.port))
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(key, secret, None, None, "test"))
+            .build();
+        Client::from_conf(config)
+    }
+
+    async fn ready(&self, ferry: &Ferry) {
+        wait_until(Duration::from_secs(60), "the ingest endpoint", || async {
+            ferry.log().contains("ingest endpoint ready")
+        })
+        .await;
+    }
+}
+
+/// The object files under `root` (relative paths), ignoring ferry's own `.ferry` directory.
+fn files(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == ".ferry") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn data(seed: u64, size: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..size).map(|_| rng.u8(..)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_written_to_the_endpoint_reach_both_targets_and_leave_the_buffer() {
+    let site = Site::new();
+    let mut ferry = Ferry::start(&site.config());
+    site.ready(&ferry).await;
+    let client = site.client("ingestkey", "ingestsecret");
+
+    let mut expected: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, size) in [0usize, 1, 1000, 70_000, 3 << 20].into_iter().enumerate() {
+        let key = format!("small/{i}-é %.bin");
+        let body = data(i as u64, size);
+        client
+            .put_object()
+            .bucket("inbox")
+            .key(&key)
+            .content_type("application/x-test")
+            .metadata("origin", "ingest-test")
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {:?}", e.into_service_error()));
+        expected.push((key, body));
+    }
+
+    // Multipart: two 5 MiB parts and a short last one, as a client uploads a large file.
+    let key = "large/multipart.bin".to_string();
+    let body = data(99, (10 << 20) + 12345);
+    let upload = client
+        .create_multipart_upload()
+        .bucket("inbox")
+        .key(&key)
+        .send()
+        .await
+        .expect("create multipart upload");
+    let upload_id = upload.upload_id().expect("upload id").to_string();
+    let mut parts = Vec::new();
+    for (n, chunk) in body.chunks(5 << 20).enumerate() {
+        let number = n as i32 + 1;
+        let out = client
+            .upload_part()
+            .bucket("inbox")
+            .key(&key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(ByteStream::from(chunk.to_vec()))
+            .send()
+            .await
+            .expect("upload part");
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .e_tag(out.e_tag().unwrap_or_default())
+                .build(),
+        );
+    }
+    let done = client
+        .complete_multipart_upload()
+        .bucket("inbox")
+        .key(&key)
+        .upload_id(&upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("complete multipart upload");
+    assert!(
+        done.e_tag().is_some_and(|t| t.contains("-3")),
+        "multipart ETag: {:?}",
+        done.e_tag()
+    );
+    expected.push((key, body));
+
+    let mut keys: Vec<String> = expected.iter().map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    wait_until(
+        TIMEOUT,
+        "every object in both targets and none left in the buffer",
+        || async {
+            files(&site.path("site-a")) == keys
+                && files(&site.path("site-b")) == keys
+                && files(&site.path("buffer")).is_empty()
+        },
+    )
+    .await;
+    for (key, body) in &expected {
+        for target in ["site-a", "site-b"] {
+            let held = std::fs::read(site.path(target).join(key)).expect("copy readable");
+            assert!(held == *body, "{target}/{key}: content differs");
+        }
+    }
+
+    // Read back: gone from the buffer once replicated, with a message that says so.
+    let err = client
+        .get_object()
+        .bucket("inbox")
+        .key("small/1-é %.bin")
+        .send()
+        .await
+        .expect_err("replicated objects leave the buffer");
+    assert_eq!(err.into_service_error().code(), Some("NoSuchKey"));
+    let listed = client
+        .list_objects_v2()
+        .bucket("inbox")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.key_count(), Some(0));
+
+    assert_eq!(
+        ferry
+            .terminate(Duration::from_secs(30))
+            .and_then(|s| s.code()),
+        Some(0),
+        "clean exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_unknown_keys_and_unknown_operations_get_s3_errors() {
+    let site = Site::new();
+    let mut ferry = Ferry::start(&site.config());
+    site.ready(&ferry).await;
+
+    let put = |client: Client| async move {
+        client
+            .put_object()
+            .bucket("inbox")
+            .key("x")
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+    };
+    let err = put(site.client("ingestkey", "wrongsecret"))
+        .await
+        .expect_err("a bad signature is refused");
+    assert_eq!(
+        err.into_service_error().code(),
+        Some("SignatureDoesNotMatch")
+    );
+    let err = put(site.client("nobody", "ingestsecret"))
+        .await
+        .expect_err("an unknown key is refused");
+    assert_eq!(err.into_service_error().code(), Some("InvalidAccessKeyId"));
+
+    let client = site.client("ingestkey", "ingestsecret");
+    let err = client
+        .get_bucket_acl()
+        .bucket("inbox")
+        .send()
+        .await
+        .expect_err("not served");
+    assert_eq!(err.into_service_error().code(), Some("NotImplemented"));
+    let err = client
+        .put_object()
+        .bucket("other")
+        .key("x")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .expect_err("one bucket only");
+    assert_eq!(err.into_service_error().code(), Some("NoSuchBucket"));
+
+    // Unsigned requests are refused too.
+    let raw = format!(
+        "PUT /inbox/anonymous HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+        site.port
+    );
+    let response = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", site_port(&raw))).expect("connect");
+        stream.write_all(raw.as_bytes()).expect("send");
+        let mut out = String::new();
+        let _ = stream.read_to_string(&mut out);
+        out
+    })
+    .await
+    .expect("joined");
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+
+    // Nothing was stored, and the endpoint still works.
+    assert!(files(&site.path("buffer")).is_empty());
+    put(client.clone()).await.expect("a signed put works");
+    assert!(ferry.running(), "ferry survived all of it");
+    ferry.terminate(Duration::from_secs(30));
+}
+
+/// The port in a raw request's Host header.
+fn site_port(raw: &str) -> u16 {
+    raw.lines()
+        .find_map(|l| l.strip_prefix("Host: 127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("port in Host header")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_keys_are_refused_and_nothing_lands_outside_the_buffer() {
+    let site = Site::new();
+    let mut ferry = Ferry::start(&site.config());
+    site.ready(&ferry).await;
+    let client = site.client("ingestkey", "ingestsecret");
+    for key in [
+        "../x",
+        "/etc/x",
+        "a/../../b",
+        "a/./b",
+        "a//b",
+        ".ferry/meta/x",
+    ] {
+        let result = client
+            .put_object()
+            .bucket("inbox")
+            .key(key)
+            .body(ByteStream::from_static(b"escape"))
+            .send()
+            .await;
+        let err = result.expect_err("an unsafe key is refused");
+        let err = err.into_service_error();
+        assert_eq!(err.code(), Some("InvalidArgument"), "{key:?}: {err:?}");
+        eprintln!("{key:?}: {:?}", err.message());
+    }
+    // Look everywhere around the site.
+    for outside in ["x", "b", "etc"] {
+        assert!(
+            !site.dir.path().join(outside).exists(),
+            "{outside} was created outside the locations"
+        );
+    }
+    assert!(
+        std::fs::read("/etc/x").map_or(true, |d| d != b"escape"),
+        "/etc/x written"
+    );
+    for root in ["buffer", "site-a", "site-b"] {
+        for file in files(&site.path(root)) {
+            assert!(
+                !file
+                    .split('/')
+                    .any(|c| c == ".." || c == "." || c.is_empty()),
+                "{root}/{file} is not a safe path"
+            );
+        }
+    }
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}
