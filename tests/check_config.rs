@@ -218,3 +218,92 @@ fn version_deletes_cannot_be_replicated_from_a_transient_source() {
         &["rules[0].replicate_version_deletes", "transient"],
     );
 }
+
+const EMBEDDED: &str = r#"
+[queue]
+kind = "embedded"
+path = "/tmp/ferry-check-config-queue"
+
+[ingest]
+listen = "127.0.0.1:9000"
+location = "buffer"
+access_key_id = "ingest-key"
+secret_access_key = "ingest-secret-value"
+
+[locations.buffer]
+kind = "fs"
+path = "/tmp/ferry-check-config/buffer"
+transient = true
+
+[locations.site-a]
+kind = "fs"
+path = "/tmp/ferry-check-config/site-a"
+
+[[rules]]
+name = "everything"
+source = "buffer"
+targets = ["site-a"]
+"#;
+
+#[test]
+fn one_host_configuration_is_described_and_its_mistakes_named() {
+    let out = check(EMBEDDED);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("queue: embedded"), "{stdout}");
+    assert!(
+        stdout.contains("directory /tmp/ferry-check-config/buffer"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ingest: S3 endpoint on http://127.0.0.1:9000"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("ingest-secret-value"),
+        "secret printed: {stdout}"
+    );
+
+    // A stage switched off: nobody else could run it.
+    assert_fails_naming(
+        &format!("{EMBEDDED}\n[stages]\ngc = false\n"),
+        &["stages.gc", "embedded"],
+    );
+    // The events feed needs Kafka.
+    assert_fails_naming(
+        &format!("{EMBEDDED}\n[populator]\nfeeds = [\"events\"]\n"),
+        &["populator.feeds"],
+    );
+    // S3 keys on a directory, a missing path, brokers on the embedded queue.
+    assert_fails_naming(
+        &EMBEDDED.replace(
+            "kind = \"fs\"\npath = \"/tmp/ferry-check-config/site-a\"",
+            "kind = \"fs\"\npath = \"/tmp/x\"\nbucket = \"b\"",
+        ),
+        &["locations.site-a.bucket", "s3"],
+    );
+    assert_fails_naming(
+        &EMBEDDED.replace("path = \"/tmp/ferry-check-config/site-a\"\n", ""),
+        &["locations.site-a.path"],
+    );
+    assert_fails_naming(
+        &EMBEDDED.replace(
+            "kind = \"embedded\"",
+            "kind = \"embedded\"\nbrokers = \"x:1\"",
+        ),
+        &["queue.brokers"],
+    );
+    // The ingest endpoint writes only into a transient location, and needs a key.
+    assert_fails_naming(
+        &EMBEDDED.replace("location = \"buffer\"", "location = \"site-a\""),
+        &["ingest.location", "not transient"],
+    );
+    assert_fails_naming(
+        &EMBEDDED.replace("secret_access_key = \"ingest-secret-value\"\n", ""),
+        &["ingest.access_key_id"],
+    );
+    assert_fails_naming(
+        &EMBEDDED.replace("127.0.0.1:9000", "localhost"),
+        &["ingest.listen"],
+    );
+}
