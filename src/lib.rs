@@ -1,6 +1,7 @@
 //! ferry: replicates every object version from a source S3 bucket to one or several targets.
 //!
-//! Four stages connected by Kafka topics (see [`stages`] for the diagram):
+//! Four stages connected by topics — on Kafka, or on the embedded queue for a single host
+//! ([`bus`]) — with an optional S3 endpoint that writes into a transient location ([`ingest`]):
 //!
 //! 1. [`stages::populator::QueuePopulator`-like feeds](stages::populator) turn source changes
 //!    (bucket scans, S3 event notifications) into entries on `<prefix>replication`, keyed
