@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, Admin};
 use crate::bus::{self, Bus, BusError, Topics};
 use crate::config::{Config, Feed};
 use crate::ingest::{self, Ingest};
@@ -25,7 +26,7 @@ pub enum AppError {
     #[error("cannot start: {0}")]
     Start(#[from] BusError),
     #[error("cannot start: {0}")]
-    Ingest(String),
+    Listen(String),
     #[error("stage failed: {0}")]
     Stage(#[from] StageError),
     #[error("stage {0} stopped unexpectedly")]
@@ -59,8 +60,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     tracing::info!(queue = %Bus::describe(&config.queue), topics = specs.len(), "topics ready");
 
     // Bound before anything runs, so a taken port stops ferry at once with a clear error.
+    let admin_listener = admin::bind(&config.admin).await.map_err(AppError::Listen)?;
     let ingest_listener = match &config.ingest {
-        Some(ingest) => Some(ingest::bind(ingest).await.map_err(AppError::Ingest)?),
+        Some(ingest) => Some(ingest::bind(ingest).await.map_err(AppError::Listen)?),
         None => None,
     };
 
@@ -82,14 +84,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(8);
     let publisher = bus.publisher();
 
+    let running = Arc::new(admin::Stages::default());
     let spawn = |name: &'static str,
                  stage: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), StageError>> + Send>,
     >| {
         let failed = failed_tx.clone();
         let token = stages.clone();
+        let running = running.clone();
+        running.set(name, true);
         tracker.spawn(async move {
             let outcome = stage.await;
+            running.set(name, false);
             let error = match outcome {
                 Err(e) => Some(AppError::Stage(e)),
                 Ok(()) if !token.is_cancelled() => Some(AppError::StageExited(name)),
@@ -165,7 +171,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         let store = stores.get(&settings.location).cloned();
         let location = config.locations.get(&settings.location).cloned();
         let (Some(store), Some(location)) = (store, location) else {
-            return Err(AppError::Ingest(format!(
+            return Err(AppError::Listen(format!(
                 "ingest.location {:?} is not a configured location",
                 settings.location
             )));
@@ -192,6 +198,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             }),
         );
     }
+    // Not a stage: it answers until the end, so readiness reports stages stopping.
+    let admin_server = tokio::spawn(admin::serve(
+        admin_listener,
+        Admin {
+            bus: bus.clone(),
+            topics: topics.clone(),
+            stores: stores.clone(),
+            stages: running.clone(),
+        },
+        shutdown.clone(),
+    ));
     drop(failed_tx);
     tracker.close();
 
@@ -212,6 +229,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     {
         tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight work did not finish in time; it is not acknowledged and will be redone");
     }
+    admin_server.abort();
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -18,11 +18,13 @@
 //! work for its message (and every earlier one of its partition) is durably done. See
 //! `docs/design.md`.
 
+pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod stages;
 pub mod storage;

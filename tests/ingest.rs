@@ -82,6 +82,9 @@ targets = ["site-a", "site-b"]
 feeds = ["scan"]
 scan_interval = "30s"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [replication]
 multipart_threshold = "8MiB"
 part_size = "5MiB"

@@ -100,6 +100,16 @@ pub fn describe(config: &Config) -> String {
         r.max_in_flight, r.target_concurrency, r.multipart_threshold, r.part_size, r.retry.initial_delay, r.retry.max_delay
     );
     let _ = writeln!(out, "gc: {} tasks at once", config.gc.concurrency);
+    let _ = writeln!(
+        out,
+        "admin: http://{} (/healthz, /readyz, /metrics){}",
+        config.admin.listen,
+        if config.admin.token.is_some() {
+            ", token required for changes"
+        } else {
+            ""
+        }
+    );
     if let Some(ingest) = &config.ingest {
         let _ = writeln!(
             out,

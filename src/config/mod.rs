@@ -31,6 +31,7 @@ pub struct Config {
     pub gc: GcConfig,
     /// The S3 endpoint writing into a transient location, if configured.
     pub ingest: Option<IngestConfig>,
+    pub admin: AdminConfig,
     /// Bound on the orderly shutdown: in-flight work gets this long to finish.
     pub shutdown_timeout: Duration,
 }
@@ -204,6 +205,23 @@ pub struct ReplicationConfig {
     /// Attempts made in place before a failing copy is deferred to the retry topic, freeing
     /// its slot so later entries and the partition's committed offset move on.
     pub defer_after: u32,
+}
+
+/// `[admin]`: the HTTP server for health, readiness, metrics and operations.
+#[derive(Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token required by mutating routes; required when `listen` is not loopback.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
 }
 
 /// `[ingest]`: an S3 endpoint whose writes land in a transient location and are enqueued

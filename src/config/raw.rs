@@ -33,6 +33,9 @@ pub struct RawConfig {
     pub gc: RawGc,
     /// The S3 endpoint that writes into a transient location.
     pub ingest: Option<RawIngest>,
+    /// The admin HTTP server.
+    #[serde(default)]
+    pub admin: RawAdmin,
     /// How long in-flight work may take to finish after SIGTERM.
     pub shutdown_timeout: Option<String>,
 }
@@ -103,6 +106,14 @@ pub struct RawLocation {
     pub max_attempts: Option<i64>,
     pub retry_initial_delay: Option<String>,
     pub retry_max_delay: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 /// `[ingest]`.

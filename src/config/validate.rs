@@ -52,6 +52,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let admin = admin(&raw)?;
     let ingest = match &raw.ingest {
         Some(ingest) => Some(self::ingest(ingest, &locations)?),
         None => None,
@@ -70,8 +71,31 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         replication,
         gc,
         ingest,
+        admin,
         shutdown_timeout,
     })
+}
+
+/// `[admin]`: where it listens; a token is required off loopback.
+fn admin(raw: &RawConfig) -> Result<AdminConfig, ConfigError> {
+    let text = raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9410");
+    let listen: std::net::SocketAddr = text.parse().map_err(|_| {
+        ConfigError::invalid(
+            "admin.listen",
+            format!("{text:?} is not an address:port (e.g. \"127.0.0.1:9410\")"),
+        )
+    })?;
+    let token = raw.admin.token.clone().filter(|t| !t.is_empty());
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(ConfigError::invalid(
+            "admin.token",
+            format!(
+                "required when admin.listen ({listen}) is reachable from other hosts; set it \
+                 (e.g. through FERRY__ADMIN__TOKEN) or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(AdminConfig { listen, token })
 }
 
 fn queue(raw: &RawConfig) -> Result<QueueConfig, ConfigError> {

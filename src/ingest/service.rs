@@ -107,6 +107,10 @@ impl Ingest {
             Ok(_) => {
                 self.stats.objects.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes.fetch_add(size, Ordering::Relaxed);
+                let m = crate::metrics::metrics();
+                m.enqueued.inc();
+                m.ingested_objects.inc();
+                m.ingested_bytes.inc_by(size);
                 tracing::info!(
                     key,
                     version = written.version_id.as_deref().unwrap_or("null"),

@@ -134,6 +134,12 @@ pub async fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
         None => "empty message".to_string(),
     };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::metrics()
+        .dead_letters
+        .get_or_create(&crate::metrics::StageLabel {
+            stage: stage.to_string(),
+        })
+        .inc();
     dead_letter(
         publisher,
         dead_letter_topic,

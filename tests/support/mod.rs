@@ -259,6 +259,9 @@ targets = ["site-a", "site-b"]
 feeds = ["scan"]
 scan_interval = "1s"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [replication]
 multipart_threshold = "8MiB"
 part_size = "5MiB"

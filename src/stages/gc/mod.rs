@@ -127,6 +127,7 @@ impl GarbageCollector {
             match self.try_collect(&task).await {
                 Ok(Verdict::Delete) => {
                     self.stats.deleted.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::metrics().gc_deletions.inc();
                     tracing::info!("transient source copy deleted; every target holds it");
                     break;
                 }
@@ -136,6 +137,7 @@ impl GarbageCollector {
                 }
                 Ok(Verdict::Refuse(why)) => {
                     self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::metrics().gc_refusals.inc();
                     tracing::error!(reason = %why, "not deleting the transient source copy");
                     break;
                 }

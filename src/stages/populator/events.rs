@@ -221,6 +221,7 @@ impl EventFeed {
                     break;
                 }
                 self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::metrics().enqueued.inc();
             }
             if all {
                 delivery.ack();

@@ -171,6 +171,7 @@ impl Scanner {
             seen.insert(record);
             enqueued += 1;
             self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().enqueued.inc();
         }
         // Versions gone from the source never come back (version ids are unique): forget them.
         let gone: Vec<String> = seen.difference(&present).cloned().collect();

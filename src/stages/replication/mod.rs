@@ -37,6 +37,36 @@ use self::gate::Gates;
 use self::joint::{Joined, JointCopy};
 use self::lanes::{Lanes, Ticket};
 use self::retry::Waiting;
+use crate::metrics::{metrics, FailureLabels};
+
+/// Counts one entry in `entries_in_flight` until dropped.
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().in_flight.dec();
+    }
+}
+
+/// A copy COMPLETED on `target`; `bytes` transferred.
+fn completed_metric(target: &str, bytes: u64) {
+    let m = metrics();
+    m.objects_replicated.get_or_create(&m.target(target)).inc();
+    m.bytes_replicated
+        .get_or_create(&m.target(target))
+        .inc_by(bytes);
+}
+
+/// A copy FAILED on `target`.
+fn failed_metric(target: &str, kind: ErrorKind) {
+    metrics()
+        .failures
+        .get_or_create(&FailureLabels {
+            target: target.to_string(),
+            kind: kind.to_string(),
+        })
+        .inc();
+}
 use super::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
 
 const STAGE: &str = "replication";
@@ -224,6 +254,8 @@ impl ReplicationProcessor {
     ) {
         let entry = Arc::new(entry);
         let origin = delivery.offset;
+        metrics().in_flight.inc();
+        let _in_flight = InFlight;
         let joint = Arc::new(JointCopy::new(tickets.len()));
         let mut per_target = tokio::task::JoinSet::new();
         for (target, ticket) in tickets {
@@ -399,6 +431,7 @@ impl ReplicationProcessor {
         ) else {
             leave(&mut joint);
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            failed_metric(target, ErrorKind::Config);
             let message = format!(
                 "this ferry's configuration has no location {:?} or {:?}",
                 entry.source, target
@@ -443,6 +476,7 @@ impl ReplicationProcessor {
             match outcome {
                 Ok(Outcome::Copied { target_version_id }) => {
                     self.stats.copied.fetch_add(1, Ordering::Relaxed);
+                    completed_metric(target, entry.size);
                     tracing::info!(
                         attempt = attempts,
                         target_version = target_version_id.as_deref().unwrap_or("null"),
@@ -457,6 +491,7 @@ impl ReplicationProcessor {
                 }
                 Ok(Outcome::AlreadyThere { target_version_id }) => {
                     self.stats.already_there.fetch_add(1, Ordering::Relaxed);
+                    completed_metric(target, 0);
                     tracing::info!(attempt = attempts, "already on the target (redelivery)");
                     return Some(result(
                         ReplicationStatus::Completed,
@@ -467,6 +502,7 @@ impl ReplicationProcessor {
                 }
                 Ok(Outcome::Superseded) => {
                     self.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                    completed_metric(target, 0);
                     tracing::warn!(attempt = attempts, "target already holds a newer version of this key; not writing an older one over it");
                     return Some(result(
                         ReplicationStatus::Completed,
@@ -486,6 +522,10 @@ impl ReplicationProcessor {
                 }
                 Err(e) if e.kind == ErrorKind::Transient && attempts < policy.max_attempts => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics()
+                        .retries
+                        .get_or_create(&metrics().target(target))
+                        .inc();
                     let delay = backoff.next_delay();
                     if attempts >= self.config.defer_after {
                         tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, deferred to the retry topic");
@@ -502,6 +542,7 @@ impl ReplicationProcessor {
                 }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    failed_metric(target, e.kind);
                     tracing::error!(attempt = attempts, error = %e, "copy FAILED");
                     return Some(result(
                         ReplicationStatus::Failed,

@@ -142,6 +142,9 @@ impl StatusProcessor {
                     ReplicationStatus::Completed => {
                         self.stats.completed.fetch_add(1, Ordering::Relaxed);
                         let latency = state.completed_at_ms.unwrap_or(0) - entry.last_modified_ms;
+                        let m = crate::metrics::metrics();
+                        m.completed.inc();
+                        m.latency.observe(latency.max(0) as f64 / 1000.0);
                         tracing::info!(latency_ms = latency, "COMPLETED on every target");
                     }
                     ReplicationStatus::Failed if result.status == ReplicationStatus::Failed => {

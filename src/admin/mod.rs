@@ -1,0 +1,121 @@
+//! The admin HTTP server: liveness, readiness and Prometheus metrics.
+//!
+//! `GET /healthz` answers 200 while the process serves requests. `GET /readyz` answers 200
+//! only if the queue answers, every location answers and every stage runs, else 503; its JSON
+//! body says which check failed. `GET /metrics` is the Prometheus text format.
+
+mod health;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use health::Stages;
+
+use crate::bus::{Bus, Topics};
+use crate::config::AdminConfig;
+use crate::storage::Stores;
+
+/// How long one readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the routes look at.
+pub struct Admin {
+    pub bus: Bus,
+    pub topics: Topics,
+    pub stores: Stores,
+    pub stages: Arc<Stages>,
+}
+
+/// Binds the admin address (at start, so a taken port stops ferry with a clear error).
+pub async fn bind(config: &AdminConfig) -> Result<TcpListener, String> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("admin server cannot listen on {}: {e}", config.listen))
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
+    let address = listener.local_addr().ok();
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(admin));
+    tracing::info!(listen = ?address, "admin server ready");
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "admin server stopped with an error");
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::metrics().render(),
+    )
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    match tokio::time::timeout(
+        CHECK_TIMEOUT,
+        admin.bus.partition_count(&admin.topics.replication),
+    )
+    .await
+    {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(Ok(_)) => {
+            failed.insert(
+                "queue".into(),
+                "the replication topic does not exist".into(),
+            );
+        }
+        Ok(Err(e)) => {
+            failed.insert("queue".into(), e.to_string());
+        }
+        Err(_) => {
+            failed.insert("queue".into(), "no answer within 5 s".into());
+        }
+    }
+    for store in admin.stores.iter() {
+        let outcome = tokio::time::timeout(CHECK_TIMEOUT, store.check()).await;
+        let problem = match outcome {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".into(),
+        };
+        failed.insert(format!("location {}", store.name()), problem);
+    }
+    for stage in admin.stages.stopped() {
+        failed.insert(format!("stage {stage}"), "not running".into());
+    }
+    let status = if failed.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": failed.is_empty(),
+        "failed": failed,
+        "stages": admin.stages.snapshot(),
+    });
+    (status, Json(body))
+}
