@@ -10,12 +10,14 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Admin};
 use crate::bus::{self, Bus, BusError, Topics};
 use crate::config::{Config, Feed};
+use crate::control::Pauses;
 use crate::ingest::{self, Ingest};
 use crate::stages::gc::GarbageCollector;
 use crate::stages::populator::events::EventFeed;
 use crate::stages::populator::scan::Scanner;
 use crate::stages::populator::PopulatorStats;
-use crate::stages::replication::ReplicationProcessor;
+use crate::stages::replication::gate::Gates;
+use crate::stages::replication::{Holds, ReplicationProcessor, Subscriptions};
 use crate::stages::status::StatusProcessor;
 use crate::stages::StageError;
 use crate::storage::Stores;
@@ -85,6 +87,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let publisher = bus.publisher();
 
     let running = Arc::new(admin::Stages::default());
+    // Pauses asked before this start hold from the first entry on.
+    let pauses = Pauses::default();
+    pauses.reload(&bus.state_reader()?, &topics).await?;
+    tracker.spawn(
+        pauses
+            .clone()
+            .follow(bus.clone(), topics.clone(), stages.clone()),
+    );
+    let gates = Arc::new(Gates::new(config.locations.keys().cloned()));
     let spawn = |name: &'static str,
                  stage: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), StageError>> + Send>,
@@ -141,9 +152,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             stores.clone(),
             publisher.clone(),
             topics.clone(),
-            bus.subscribe("replication", &[&topics.replication])?,
-            bus.subscribe("replication-retry", &[&topics.retry])?,
+            Subscriptions {
+                entries: bus.subscribe("replication", &[&topics.replication])?,
+                retries: bus.subscribe("replication-retry", &[&topics.retry])?,
+            },
             &config.locations,
+            Holds {
+                gates: gates.clone(),
+                pauses: pauses.clone(),
+            },
         );
         spawn("replication", Box::pin(processor.run(stages.clone())));
     }
@@ -206,6 +223,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             topics: topics.clone(),
             stores: stores.clone(),
             stages: running.clone(),
+            publisher: publisher.clone(),
+            config: config.clone(),
+            gates,
+            pauses,
         },
         shutdown.clone(),
     ));

@@ -274,6 +274,8 @@ pub struct Topics {
     pub status_state: String,
     /// The populator's scan progress (compacted).
     pub populator_state: String,
+    /// Operators' decisions shared by every instance, e.g. paused targets (compacted).
+    pub control: String,
     /// Messages no stage could read, with where they came from.
     pub dead_letter: String,
 }
@@ -289,6 +291,7 @@ impl Topics {
             failed: name("failed"),
             status_state: name("status-state"),
             populator_state: name("populator-state"),
+            control: name("control"),
             dead_letter: name("dead-letter"),
         }
     }
@@ -322,6 +325,8 @@ pub fn topic_specs(queue: &QueueConfig, topics: &Topics) -> Vec<TopicSpec> {
         spec(&topics.failed, p, true),
         // One partition: the populator reads it whole at start.
         spec(&topics.populator_state, 1, true),
+        // One partition: every instance reads it whole, often.
+        spec(&topics.control, 1, true),
         spec(&topics.dead_letter, 1, false),
     ]
 }

@@ -3,9 +3,11 @@
 //! Every message is JSON with a `schema` field; a reader rejects a schema it does not know
 //! instead of guessing (the message goes to the dead-letter topic, nothing is lost).
 
+mod control;
 mod entry;
 mod status;
 
+pub use control::TargetPause;
 pub use entry::{EntryKind, ReplicationEntry};
 pub use status::{
     EntryState, GcTask, ReplicationStatus, RetryTask, TargetCopy, TargetResult, TargetState,

@@ -71,7 +71,6 @@ impl Gate {
     }
 
     /// Why the gate is closed, if it is.
-    #[cfg(test)]
     pub fn paused(&self) -> Option<String> {
         self.state.borrow().clone()
     }

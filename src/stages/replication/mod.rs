@@ -9,7 +9,7 @@
 
 mod copier;
 mod fanout;
-mod gate;
+pub mod gate;
 mod joint;
 mod lanes;
 mod retry;
@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
 use crate::config::{LocationConfig, ReplicationConfig, RetryPolicy};
+use crate::control::Pauses;
 use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, RetryTask, TargetResult};
 use crate::storage::{ErrorKind, StorageError, Store, Stores};
 
@@ -108,6 +109,19 @@ struct TargetSettings {
     retry: RetryPolicy,
 }
 
+/// The processor's two inputs: the replication topic and the retry topic.
+pub struct Subscriptions {
+    pub entries: Subscription,
+    pub retries: Subscription,
+}
+
+/// What holds copies back, shared with the admin server: locations paused by errors, and
+/// targets paused by operators.
+pub struct Holds {
+    pub gates: Arc<Gates>,
+    pub pauses: Pauses,
+}
+
 /// The replication stage.
 pub struct ReplicationProcessor {
     config: ReplicationConfig,
@@ -117,7 +131,10 @@ pub struct ReplicationProcessor {
     subscription: Subscription,
     lanes: Arc<Lanes>,
     targets: HashMap<String, TargetSettings>,
-    gates: Gates,
+    gates: Arc<Gates>,
+    /// Targets paused by an operator: their copies are deferred to the retry topic and wait
+    /// there, so the entry (and its other targets) goes on.
+    pauses: Pauses,
     /// Deferred copies not finished yet, per (target, bucket/key): later versions of the key
     /// queue behind them in the retry topic.
     deferred: std::sync::Mutex<HashMap<(String, String), usize>>,
@@ -138,9 +155,9 @@ impl ReplicationProcessor {
         stores: Stores,
         publisher: Publisher,
         topics: Topics,
-        subscription: Subscription,
-        retry_subscription: Subscription,
+        subscriptions: Subscriptions,
         locations: &std::collections::BTreeMap<String, LocationConfig>,
+        holds: Holds,
     ) -> Self {
         let targets = locations
             .values()
@@ -157,13 +174,14 @@ impl ReplicationProcessor {
             stores,
             publisher,
             topics,
-            subscription,
+            subscription: subscriptions.entries,
             lanes: Arc::new(Lanes::default()),
             targets,
-            gates: Gates::new(locations.keys().cloned()),
+            gates: holds.gates,
+            pauses: holds.pauses,
             pending_aborts: PendingAborts::default(),
             deferred: Default::default(),
-            retry_subscription,
+            retry_subscription: subscriptions.retries,
             retry_lanes: Arc::new(Lanes::default()),
             waiting: Waiting::default(),
             tasks: TaskTracker::new(),
@@ -303,7 +321,20 @@ impl ReplicationProcessor {
         let lane = (target.to_string(), entry.message_key());
         // Earlier versions of this key wait in the retry topic for this target: this one
         // queues behind them there, so versions still reach the target in order.
-        let step = if self.deferred_count(&lane) > 0 {
+        let step = if let Some(pause) = self.pauses.holding(target) {
+            joint.leave();
+            tracing::info!(
+                "target paused by an operator; deferred to the retry topic until resumed"
+            );
+            Step::Defer {
+                attempts: 0,
+                delay: std::time::Duration::ZERO,
+                error: format!(
+                    "target paused by an operator{}",
+                    pause.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                ),
+            }
+        } else if self.deferred_count(&lane) > 0 {
             joint.leave();
             tracing::info!("an earlier version of this key is waiting to be retried on this target; queued behind it");
             Step::Defer {
@@ -355,6 +386,12 @@ impl ReplicationProcessor {
                 delay,
                 error,
             } => {
+                if !self
+                    .publish_progress(entry, target, attempts, &error, shutdown)
+                    .await
+                {
+                    return false;
+                }
                 let task = RetryTask {
                     schema: model::SCHEMA,
                     id: format!("{}/{}/{}", model::now_ms(), fastrand::u64(..), attempts),
@@ -381,6 +418,38 @@ impl ReplicationProcessor {
                 published
             }
         }
+    }
+
+    /// Tells the status topic that the copy to `target` is not done yet and why (PROCESSING,
+    /// with the attempts so far), before the copy waits in the retry topic: the entry's status
+    /// and the target's backlog show it. Returns whether it is durable.
+    async fn publish_progress(
+        &self,
+        entry: &ReplicationEntry,
+        target: &str,
+        attempts: u32,
+        error: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let progress = TargetResult {
+            schema: model::SCHEMA,
+            entry: entry.clone(),
+            target: target.to_string(),
+            status: ReplicationStatus::Processing,
+            target_version_id: None,
+            error: Some(error.to_string()),
+            attempts,
+            at_ms: model::now_ms(),
+        };
+        publish_until_done(
+            &self.publisher,
+            &self.topics.status,
+            None,
+            &entry.message_key(),
+            Some(&model::encode(&progress)),
+            shutdown,
+        )
+        .await
     }
 
     fn lock_deferred(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), usize>> {
@@ -454,7 +523,10 @@ impl ReplicationProcessor {
         let copier = Copier { target: store };
         let mut attempts = start_attempts;
         loop {
-            if !source_gate.open(shutdown).await || !target_gate.open(shutdown).await {
+            if !source_gate.open(shutdown).await
+                || !target_gate.open(shutdown).await
+                || !self.pauses.wait_resumed(target, shutdown).await
+            {
                 leave(&mut joint);
                 return None;
             }

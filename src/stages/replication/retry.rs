@@ -136,6 +136,12 @@ impl ReplicationProcessor {
                 delay,
                 error,
             } => {
+                if !self
+                    .publish_progress(&task.entry, &task.target, attempts, &error, shutdown)
+                    .await
+                {
+                    return;
+                }
                 let again = RetryTask {
                     id: format!("{}/{}/{}", model::now_ms(), fastrand::u64(..), attempts),
                     attempts,
