@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use ferry::client::{commands, AdminClient, ClientError};
 use ferry::config::{self, Config};
+use ferry::stages;
 use ferry::telemetry::{self, LogFormat};
 
 /// ferry replicates every object version from a source S3 bucket to one or several targets.
@@ -34,6 +36,112 @@ enum Command {
         #[arg(long, short, default_value = "config/ferry.toml", env = "FERRY_CONFIG")]
         config: PathBuf,
     },
+    /// Enqueue every existing version of a rule's source once (resumable).
+    Backfill {
+        /// The rule whose source is listed.
+        #[arg(long)]
+        rule: String,
+        /// Start from the beginning even if an earlier backfill of the rule completed or
+        /// was interrupted.
+        #[arg(long)]
+        restart: bool,
+        #[arg(long, short, default_value = "config/ferry.toml", env = "FERRY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Readiness and targets of a running ferry, or the replication status of one object.
+    Status {
+        /// `BUCKET/KEY` of the object; absent: the overview.
+        object: Option<String>,
+        /// Only this version of the object.
+        #[arg(long)]
+        version_id: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Entries that failed for a target: list them, or send them back for retry.
+    Failed {
+        #[command(subcommand)]
+        command: FailedCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Targets: list their state, pause or resume one.
+    Targets {
+        #[command(subcommand)]
+        command: TargetsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach a running ferry's admin server.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Its URL.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_ADMIN",
+        default_value = "http://127.0.0.1:9410"
+    )]
+    admin: String,
+    /// Its `admin.token` (needed for the commands that change something).
+    #[arg(long, global = true, env = "FERRY_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum FailedCommand {
+    /// List failed entries, a page at a time.
+    List {
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The id after which the page starts (printed at the end of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Send failed entries back for another round of attempts.
+    Retry {
+        /// Every failed entry.
+        #[arg(long, conflicts_with_all = ["target", "prefix", "ids"])]
+        all: bool,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Ids from `ferry failed list --json`.
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetsCommand {
+    /// Each target's state, backlog and failures.
+    List,
+    /// Stop copying to a target (on every instance) until resumed.
+    Pause {
+        name: String,
+        /// Resume by itself after this long, e.g. 30m or 2h.
+        #[arg(long = "for")]
+        duration: Option<String>,
+        /// Why, for whoever looks at `targets list`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Copy to a paused target again, now or after a while.
+    Resume {
+        name: String,
+        /// Resume after this long instead of now.
+        #[arg(long)]
+        after: Option<String>,
+    },
 }
 
 /// Exit status for an invalid configuration (distinct from a runtime failure).
@@ -52,6 +160,85 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Status {
+            object,
+            version_id,
+            admin,
+        } => client(admin, |c, json| {
+            Box::pin(async move {
+                commands::status(c, json, object.as_deref(), version_id.as_deref()).await
+            })
+        }),
+        Command::Failed { command, admin } => client(admin, |c, json| {
+            Box::pin(async move {
+                match command {
+                    FailedCommand::List {
+                        target,
+                        prefix,
+                        limit,
+                        after,
+                    } => {
+                        commands::failed_list(
+                            c,
+                            json,
+                            target.as_deref(),
+                            prefix.as_deref(),
+                            limit,
+                            after.as_deref(),
+                        )
+                        .await
+                    }
+                    FailedCommand::Retry {
+                        all,
+                        target,
+                        prefix,
+                        ids,
+                    } => {
+                        commands::failed_retry(
+                            c,
+                            json,
+                            all,
+                            target.as_deref(),
+                            prefix.as_deref(),
+                            &ids,
+                        )
+                        .await
+                    }
+                }
+            })
+        }),
+        Command::Targets { command, admin } => client(admin, |c, json| {
+            Box::pin(async move {
+                match command {
+                    TargetsCommand::List => commands::targets_list(c, json).await,
+                    TargetsCommand::Pause {
+                        name,
+                        duration,
+                        reason,
+                    } => {
+                        commands::pause(c, json, &name, duration.as_deref(), reason.as_deref())
+                            .await
+                    }
+                    TargetsCommand::Resume { name, after } => {
+                        commands::resume(c, json, &name, after.as_deref()).await
+                    }
+                }
+            })
+        }),
+        Command::Backfill {
+            rule,
+            restart,
+            config,
+        } => {
+            telemetry::init(cli.log_format);
+            match config::load(&config) {
+                Ok(c) => backfill(c, &rule, restart),
+                Err(e) => {
+                    eprintln!("ferry: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Run { config } => {
             telemetry::init(cli.log_format);
             let config = match config::load(&config) {
@@ -63,6 +250,86 @@ fn main() -> ExitCode {
                 }
             };
             run(config)
+        }
+    }
+}
+
+/// What an admin command produces: the text to print, or why it failed.
+type Asked<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, ClientError>> + 'a>>;
+
+/// Runs one admin-API command and prints its answer; exit status 1 if it failed.
+fn client(
+    args: AdminArgs,
+    ask: impl for<'a> FnOnce(&'a AdminClient, bool) -> Asked<'a>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let client = AdminClient::new(&args.admin, args.token)?;
+        ask(&client, args.json).await
+    });
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ferry backfill`: a progress line on a terminal, a summary at the end.
+fn backfill(config: Config, rule: &str, restart: bool) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let mut shown = std::time::Instant::now();
+    let progress = |handled: u64, total: u64| {
+        if terminal && (shown.elapsed().as_millis() >= 100 || handled == total) {
+            shown = std::time::Instant::now();
+            let percent = handled * 100 / total.max(1);
+            eprint!("\rbackfill {rule}: {handled}/{total} versions ({percent}%)");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let outcome = runtime.block_on(stages::populator::backfill::backfill(
+        &config, rule, restart, progress,
+    ));
+    if terminal {
+        eprintln!();
+    }
+    match outcome {
+        Ok(done) => {
+            println!(
+                "backfill of rule {rule}: {} versions enqueued, {} skipped (enqueued by an earlier run)",
+                done.enqueued, done.skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry: backfill of rule {rule}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -3,48 +3,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
+use support::admin::{get, port as admin_port};
 use support::s3::{self, Put};
 use support::{wait_until, Buckets, Ferry, TestEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-/// The admin server's port, from its start-up log line.
-fn admin_port(log: &str) -> Option<u16> {
-    let line = log.lines().find(|l| l.contains("admin server ready"))?;
-    let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
-    line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
-}
-
-/// `GET path` on the admin server: (status code, body).
-async fn get(port: u16, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.write_all(request.as_bytes()).expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    })
-    .await
-    .expect("joined")
-}
 
 /// The value of the sample `name` (with its exact label set) in a metrics page.
 fn sample(page: &str, name: &str) -> Option<f64> {

@@ -171,6 +171,7 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
     let filter = ferry::stages::status::failed::FailedFilter {
         target: Some("site-b".into()),
         prefix: None,
+        ids: Vec::new(),
     };
     let requeued = ferry::stages::status::failed::retry(&bus, &topics, &filter)
         .await

@@ -1,9 +1,11 @@
-//! The admin HTTP server: liveness, readiness and Prometheus metrics.
+//! The admin HTTP server: liveness, readiness, Prometheus metrics and the admin API.
 //!
 //! `GET /healthz` answers 200 while the process serves requests. `GET /readyz` answers 200
 //! only if the queue answers, every location answers and every stage runs, else 503; its JSON
-//! body says which check failed. `GET /metrics` is the Prometheus text format.
+//! body says which check failed. `GET /metrics` is the Prometheus text format. `/api/v1`
+//! ([`api`]) shows and changes replication state.
 
+mod api;
 mod health;
 
 use std::collections::BTreeMap;
@@ -13,15 +15,17 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use health::Stages;
 
-use crate::bus::{Bus, Topics};
-use crate::config::AdminConfig;
+use crate::bus::{Bus, Publisher, Topics};
+use crate::config::{AdminConfig, Config};
+use crate::control::Pauses;
+use crate::stages::replication::gate::Gates;
 use crate::storage::Stores;
 
 /// How long one readiness check may take before it counts as failed.
@@ -33,6 +37,12 @@ pub struct Admin {
     pub topics: Topics,
     pub stores: Stores,
     pub stages: Arc<Stages>,
+    pub publisher: Publisher,
+    pub config: Arc<Config>,
+    /// Locations paused by errors (known where the replication stage runs).
+    pub gates: Arc<Gates>,
+    /// Targets paused by operators (shared by every instance).
+    pub pauses: Pauses,
 }
 
 /// Binds the admin address (at start, so a taken port stops ferry with a clear error).
@@ -49,6 +59,12 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/objects/{bucket}/{*key}", get(api::object))
+        .route("/api/v1/failed", get(api::failed_list))
+        .route("/api/v1/failed/retry", post(api::failed_retry))
+        .route("/api/v1/targets", get(api::targets))
+        .route("/api/v1/targets/{name}/pause", post(api::pause))
+        .route("/api/v1/targets/{name}/resume", post(api::resume))
         .with_state(Arc::new(admin));
     tracing::info!(listen = ?address, "admin server ready");
     if let Err(e) = axum::serve(listener, router)

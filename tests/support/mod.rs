@@ -2,6 +2,7 @@
 //! S3 clients, a ferry process to start, kill and restart, and an S3 inspector.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod monitor;
 pub mod proxy;
 pub mod s3;

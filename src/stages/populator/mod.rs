@@ -4,6 +4,7 @@
 //! it has not enqueued before; [`events`] consumes S3 event notifications from a Kafka topic.
 //! Entries are keyed `bucket/key`, so every version of one object is on one partition, in order.
 
+pub mod backfill;
 pub mod events;
 pub mod scan;
 

@@ -16,11 +16,15 @@ pub struct FailedFilter {
     pub target: Option<String>,
     /// Only keys starting with this.
     pub prefix: Option<String>,
+    /// Only these records (their ids, as [`list`] gives them); empty: no such constraint.
+    pub ids: Vec<String>,
 }
 
 impl FailedFilter {
-    fn matches(&self, failed: &TargetResult) -> bool {
-        self.target.as_ref().is_none_or(|t| *t == failed.target)
+    /// Whether the failed record `id` matches.
+    pub fn matches(&self, id: &str, failed: &TargetResult) -> bool {
+        (self.ids.is_empty() || self.ids.iter().any(|i| i == id))
+            && self.target.as_ref().is_none_or(|t| *t == failed.target)
             && self
                 .prefix
                 .as_ref()
@@ -28,7 +32,7 @@ impl FailedFilter {
     }
 }
 
-/// Every failed entry currently recorded, with its record key.
+/// Every failed entry currently recorded, with its record key (its id), in id order.
 pub async fn list(bus: &Bus, topics: &Topics) -> Result<Vec<(String, TargetResult)>, BusError> {
     let reader = bus.state_reader()?;
     let partitions = bus.partition_count(&topics.failed).await?;
@@ -59,7 +63,7 @@ pub async fn retry(bus: &Bus, topics: &Topics, filter: &FailedFilter) -> Result<
     let publisher = bus.publisher();
     let mut count = 0;
     for (key, failed) in list(bus, topics).await? {
-        if !filter.matches(&failed) {
+        if !filter.matches(&key, &failed) {
             continue;
         }
         let task = RetryTask {

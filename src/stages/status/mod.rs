@@ -10,6 +10,7 @@
 //! result, which changes nothing but republishes the GC task — harmless, never lost.
 
 pub mod failed;
+pub mod query;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

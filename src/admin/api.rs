@@ -1,0 +1,387 @@
+//! The admin API under `/api/v1`: a version's status, failed entries and their retry, targets
+//! and their pause. Reads come from ferry's topics, so any instance answers for all of them;
+//! mutating routes need the bearer token when `admin.token` is set.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::Admin;
+use crate::model::{self, EntryState, TargetPause};
+use crate::stages::status::failed::{self, FailedFilter};
+use crate::stages::status::query;
+
+/// Most failed entries one page returns: a page stays a few hundred KiB of JSON.
+const MAX_PAGE: usize = 1000;
+/// Failed entries per page when the request does not say.
+const DEFAULT_PAGE: usize = 100;
+
+/// An error answer: `{"error": "..."}` with its status code.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<crate::bus::BusError> for ApiError {
+    fn from(e: crate::bus::BusError) -> Self {
+        Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+type Answer = Result<Json<Value>, ApiError>;
+
+/// Refuses a mutating request without the configured bearer token.
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &admin.config.admin.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same(given.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError(StatusCode::FORBIDDEN, "wrong admin token".into())),
+        None => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this route needs `Authorization: Bearer <admin.token>`".into(),
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+pub struct VersionQuery {
+    version_id: Option<String>,
+}
+
+/// `GET /api/v1/objects/{bucket}/{key}?version_id=`: every version ferry knows of the key
+/// (newest first), or the one asked for, with its overall and per-target status.
+pub async fn object(
+    State(admin): State<Arc<Admin>>,
+    Path((bucket, key)): Path<(String, String)>,
+    Query(q): Query<VersionQuery>,
+) -> Answer {
+    let states = query::states(&admin.bus, &admin.topics, |s| {
+        s.entry.bucket == bucket
+            && s.entry.key == key
+            && q.version_id
+                .as_ref()
+                .is_none_or(|v| s.entry.version_id.as_deref() == Some(v.as_str()))
+    })
+    .await?;
+    if states.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no replication status for {bucket}/{key}{}: not enqueued yet, or not reached \
+                 by the replication processor yet",
+                q.version_id
+                    .as_deref()
+                    .map(|v| format!(" version {v}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    let mut versions: Vec<&EntryState> = states.values().collect();
+    versions.sort_by_key(|s| std::cmp::Reverse(s.entry.last_modified_ms));
+    Ok(Json(json!({
+        "bucket": bucket,
+        "key": key,
+        "versions": versions.into_iter().map(version_json).collect::<Vec<_>>(),
+    })))
+}
+
+fn version_json(state: &EntryState) -> Value {
+    let e = &state.entry;
+    json!({
+        "version_id": e.version_id,
+        "kind": e.kind,
+        "size": e.size,
+        "etag": e.etag,
+        "rule": e.rule,
+        "source": e.source,
+        "status": state.overall,
+        "last_modified_ms": e.last_modified_ms,
+        "enqueued_at_ms": e.enqueued_at_ms,
+        "completed_at_ms": state.completed_at_ms,
+        "targets": state.targets,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct FailedQuery {
+    target: Option<String>,
+    prefix: Option<String>,
+    limit: Option<usize>,
+    /// The id of the last entry of the previous page.
+    after: Option<String>,
+}
+
+/// `GET /api/v1/failed?target=&prefix=&limit=&after=`: failed entries in id order, a page at
+/// a time; `next` is the `after` of the next page, absent on the last one.
+pub async fn failed_list(State(admin): State<Arc<Admin>>, Query(q): Query<FailedQuery>) -> Answer {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let filter = FailedFilter {
+        target: q.target,
+        prefix: q.prefix,
+        ids: Vec::new(),
+    };
+    let matching: Vec<_> = failed::list(&admin.bus, &admin.topics)
+        .await?
+        .into_iter()
+        .filter(|(id, r)| filter.matches(id, r))
+        .filter(|(id, _)| q.after.as_ref().is_none_or(|after| id > after))
+        .collect();
+    let more = matching.len() > limit;
+    let page: Vec<Value> = matching
+        .iter()
+        .take(limit)
+        .map(|(id, r)| {
+            json!({
+                "id": id,
+                "bucket": r.entry.bucket,
+                "key": r.entry.key,
+                "version_id": r.entry.version_id,
+                "target": r.target,
+                "error": r.error,
+                "attempts": r.attempts,
+                "failed_at_ms": r.at_ms,
+                "enqueued_at_ms": r.entry.enqueued_at_ms,
+            })
+        })
+        .collect();
+    let next = more.then(|| page.last().map(|p| p["id"].clone())).flatten();
+    Ok(Json(json!({ "entries": page, "next": next })))
+}
+
+/// The body of `POST /api/v1/failed/retry`: at least one criterion, or `all`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    #[serde(default)]
+    all: bool,
+    target: Option<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+/// `POST /api/v1/failed/retry`: sends the matching failed entries back for another round of
+/// attempts; answers how many.
+pub async fn failed_retry(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    body: Option<Json<RetryRequest>>,
+) -> Answer {
+    authorize(&admin, &headers)?;
+    let Some(Json(request)) = body else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "send a JSON body: {\"all\": true}, or any of \"target\", \"prefix\", \"ids\"".into(),
+        ));
+    };
+    let narrowed = request.target.is_some() || request.prefix.is_some() || !request.ids.is_empty();
+    if !narrowed && !request.all {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "no filter given: name a target, a prefix or ids, or say \"all\": true".into(),
+        ));
+    }
+    let filter = FailedFilter {
+        target: request.target,
+        prefix: request.prefix,
+        ids: request.ids,
+    };
+    let retried = failed::retry(&admin.bus, &admin.topics, &filter).await?;
+    Ok(Json(json!({ "retried": retried })))
+}
+
+/// `GET /api/v1/targets`: every target with its state, backlog and what this process copied.
+pub async fn targets(State(admin): State<Arc<Admin>>) -> Answer {
+    let states = query::states(&admin.bus, &admin.topics, |_| true).await?;
+    let backlog = query::backlog(&states);
+    let mut failed_count: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, r) in failed::list(&admin.bus, &admin.topics).await? {
+        *failed_count.entry(r.target).or_default() += 1;
+    }
+    let decisions = admin.pauses.snapshot();
+    let m = crate::metrics::metrics();
+    let list: Vec<Value> = target_names(&admin)
+        .into_iter()
+        .map(|name| {
+            let paused = admin.pauses.holding(&name);
+            let by_error = admin.gates.get(&name).and_then(|g| g.paused());
+            let state = match (&paused, &by_error) {
+                (Some(_), _) => "paused",
+                (None, Some(_)) => "paused-by-error",
+                (None, None) => "active",
+            };
+            let label = m.target(&name);
+            json!({
+                "name": name,
+                "state": state,
+                "reason": paused.as_ref().and_then(|p| p.reason.clone()).or(by_error),
+                "resume_at_ms": paused.as_ref().and_then(|p| p.resume_at_ms),
+                "paused_at_ms": decisions.get(&name).filter(|d| d.paused).map(|d| d.at_ms),
+                "backlog": backlog.get(&name).copied().unwrap_or(0),
+                "failed": failed_count.get(&name).copied().unwrap_or(0),
+                "replicated_objects": m.objects_replicated.get_or_create(&label).get(),
+                "replicated_bytes": m.bytes_replicated.get_or_create(&label).get(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "targets": list })))
+}
+
+/// Every location some rule copies to, in name order.
+fn target_names(admin: &Admin) -> Vec<String> {
+    let mut names: Vec<String> = admin
+        .config
+        .rules
+        .iter()
+        .flat_map(|r| r.targets.iter().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[derive(Deserialize)]
+pub struct PauseQuery {
+    /// pause: resume by itself after this long; resume: resume after this long, not now.
+    after: Option<String>,
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/targets/{name}/pause?after=&reason=`: no copies to the target until resumed
+/// (or until `after` has passed); its copies wait in the retry topic, on every instance.
+pub async fn pause(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<PauseQuery>,
+) -> Answer {
+    authorize(&admin, &headers)?;
+    known_target(&admin, &name)?;
+    let after = parse_after(q.after.as_deref())?;
+    let now = model::now_ms();
+    let pause = TargetPause {
+        schema: model::SCHEMA,
+        target: name,
+        paused: true,
+        resume_at_ms: after.map(|d| now + d.as_millis() as i64),
+        reason: q.reason,
+        at_ms: now,
+    };
+    admin
+        .pauses
+        .record(&admin.publisher, &admin.topics, pause.clone())
+        .await?;
+    Ok(Json(
+        json!({ "target": pause.target, "state": "paused", "resume_at_ms": pause.resume_at_ms }),
+    ))
+}
+
+/// `POST /api/v1/targets/{name}/resume?after=`: copies to the target go on now, or after
+/// `after` (a paused target stays paused until then).
+pub async fn resume(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<PauseQuery>,
+) -> Answer {
+    authorize(&admin, &headers)?;
+    known_target(&admin, &name)?;
+    let after = parse_after(q.after.as_deref())?;
+    let now = model::now_ms();
+    let current = admin.pauses.holding(&name);
+    let pause = match (after, current) {
+        (Some(after), Some(current)) => TargetPause {
+            resume_at_ms: Some(now + after.as_millis() as i64),
+            at_ms: now,
+            ..current
+        },
+        (Some(_), None) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("target {name} is not paused: nothing to resume later"),
+            ))
+        }
+        (None, _) => TargetPause {
+            schema: model::SCHEMA,
+            target: name.clone(),
+            paused: false,
+            resume_at_ms: None,
+            reason: None,
+            at_ms: now,
+        },
+    };
+    admin
+        .pauses
+        .record(&admin.publisher, &admin.topics, pause.clone())
+        .await?;
+    let state = if pause.holds_at(now) {
+        "paused"
+    } else {
+        "active"
+    };
+    Ok(Json(
+        json!({ "target": name, "state": state, "resume_at_ms": pause.resume_at_ms }),
+    ))
+}
+
+fn known_target(admin: &Admin, name: &str) -> Result<(), ApiError> {
+    if target_names(admin).iter().any(|t| t == name) {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no target {name:?}: the targets are {}",
+            target_names(admin).join(", ")
+        ),
+    ))
+}
+
+fn parse_after(after: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    after
+        .map(|a| {
+            humantime::parse_duration(a).map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("after={a:?} is not a duration like 90s, 15m or 1h: {e}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+        assert!(parse_after(Some("1h")).is_ok_and(|d| d == Some(Duration::from_secs(3600))));
+        assert!(parse_after(Some("soon")).is_err());
+        assert!(parse_after(None).is_ok_and(|d| d.is_none()));
+    }
+}

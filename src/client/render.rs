@@ -1,0 +1,200 @@
+//! Human-readable tables for the admin API's answers.
+
+use serde_json::Value;
+
+/// A column-aligned table: the header, then one line per row.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+/// A JSON value as a cell: strings bare, null as `-`.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Milliseconds since the epoch as an RFC 3339 time (UTC, to the second).
+fn time(v: &Value) -> String {
+    match v.as_i64().and_then(|ms| u64::try_from(ms).ok()) {
+        Some(ms) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string(),
+        None => "-".into(),
+    }
+}
+
+/// `ferry status BUCKET/KEY`: each version and its status on each target.
+pub fn render_object(answer: &Value) -> String {
+    let mut out = String::new();
+    let empty = Vec::new();
+    for version in answer["versions"].as_array().unwrap_or(&empty) {
+        out.push_str(&format!(
+            "{}/{} version {}: {} ({} bytes, written {}, completed {})\n",
+            cell(&answer["bucket"]),
+            cell(&answer["key"]),
+            cell(&version["version_id"]),
+            cell(&version["status"]),
+            cell(&version["size"]),
+            time(&version["last_modified_ms"]),
+            time(&version["completed_at_ms"]),
+        ));
+        let rows: Vec<Vec<String>> = version["targets"]
+            .as_object()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .map(|(name, t)| {
+                        vec![
+                            format!("  {name}"),
+                            cell(&t["status"]),
+                            cell(&t["attempts"]),
+                            time(&t["updated_at_ms"]),
+                            cell(&t["error"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push_str(&table(
+            &["  TARGET", "STATUS", "ATTEMPTS", "UPDATED", "LAST ERROR"],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// `ferry failed list`: one line per failed entry, then how to get the next page.
+pub fn render_failed(answer: &Value) -> String {
+    let empty = Vec::new();
+    let entries = answer["entries"].as_array().unwrap_or(&empty);
+    if entries.is_empty() {
+        return "no failed entries\n".into();
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                cell(&e["target"]),
+                format!("{}/{}", cell(&e["bucket"]), cell(&e["key"])),
+                cell(&e["version_id"]),
+                cell(&e["attempts"]),
+                time(&e["failed_at_ms"]),
+                cell(&e["error"]),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["TARGET", "OBJECT", "VERSION", "ATTEMPTS", "FAILED", "ERROR"],
+        &rows,
+    );
+    if let Some(next) = answer["next"].as_str() {
+        out.push_str(&format!("more: --after '{next}'\n"));
+    }
+    out
+}
+
+/// `ferry targets list`.
+pub fn render_targets(answer: &Value) -> String {
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = answer["targets"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|t| {
+            let state = match t["resume_at_ms"].as_i64() {
+                Some(_) => format!("{} until {}", cell(&t["state"]), time(&t["resume_at_ms"])),
+                None => cell(&t["state"]),
+            };
+            vec![
+                cell(&t["name"]),
+                state,
+                cell(&t["backlog"]),
+                cell(&t["failed"]),
+                cell(&t["replicated_objects"]),
+                cell(&t["replicated_bytes"]),
+                cell(&t["reason"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TARGET", "STATE", "BACKLOG", "FAILED", "COPIED", "BYTES", "REASON",
+        ],
+        &rows,
+    )
+}
+
+/// `ferry status`: readiness, then the targets.
+pub fn render_overview(ready: &Value, targets: &Value) -> String {
+    let mut out = format!(
+        "ready: {}\n",
+        if ready["ready"] == Value::Bool(true) {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    if let Some(failed) = ready["failed"].as_object() {
+        for (check, problem) in failed {
+            out.push_str(&format!("  {check}: {}\n", cell(problem)));
+        }
+    }
+    out.push('\n');
+    out.push_str(&render_targets(targets));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align_and_show_missing_values_as_dashes() {
+        let out = render_targets(&json!({"targets": [
+            {"name": "site-a", "state": "active", "backlog": 0, "failed": 0,
+             "replicated_objects": 12, "replicated_bytes": 3400, "reason": null},
+            {"name": "b", "state": "paused", "resume_at_ms": 0, "backlog": 7, "failed": 1,
+             "replicated_objects": 0, "replicated_bytes": 0, "reason": "maintenance"},
+        ]}));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("TARGET  STATE"), "{out}");
+        assert!(lines[1].starts_with("site-a  active"), "{out}");
+        assert!(lines[1].ends_with('-'), "{out}");
+        assert!(
+            lines[2].contains("paused until 1970-01-01T00:00:00Z"),
+            "{out}"
+        );
+        assert!(lines[2].ends_with("maintenance"), "{out}");
+        assert_eq!(
+            render_failed(&json!({"entries": []})),
+            "no failed entries\n"
+        );
+    }
+}
