@@ -5,7 +5,8 @@
 #
 #   * Debian packages: ceph-mon, ceph-osd, radosgw, ceph-common (single-node
 #     Ceph + S3 gateway), curl (readiness probes);
-#   * tansu, a Kafka-compatible broker, built with cargo into
+#   * tansu, a Kafka-compatible broker, built with cargo (with the fixes in
+#     scripts/tansu/ applied) into
 #     $FERRY_TOOLS/bin (FERRY_TOOLS defaults to $HOME/.cache/ferry-tools).
 #     Building it takes ~10 minutes on 2 cores, once.
 #
@@ -51,29 +52,65 @@ else
 fi
 
 # ---- tansu ------------------------------------------------------------------
-# Two concurrent builds would just waste 10 minutes of both cores, so
-# serialise our own runs with a lock, and also wait for a `cargo install
-# tansu` started some other way (e.g. by hand) to finish first.
+# tansu is built from its crates.io sources with the fixes in scripts/tansu/
+# applied (each patch file says what it fixes; without the first, a consumer
+# resuming from an offset inside a record batch silently skips the rest of that
+# batch, which loses messages across restarts). A stamp file names the patch
+# set, so a cached unpatched or older build is rebuilt.
+#
+# Two concurrent builds would just waste 10 minutes of both cores, so serialise
+# our own runs with a lock.
 mkdir -p "$FERRY_TOOLS"
 exec 9>"$FERRY_TOOLS/.install-deps.lock"
 flock 9
-waited=0
-while [[ ! -x $FERRY_TOOLS/bin/tansu ]] && pgrep -f '(^|/)cargo install tansu' >/dev/null; do
-    if ((waited == 0)); then log "another 'cargo install tansu' is running; waiting for it"; fi
-    if ((waited >= 3600)); then log "ERROR: gave up waiting after ${waited}s"; exit 1; fi
-    sleep 10
-    waited=$((waited + 10))
-done
 
-if [[ -x $FERRY_TOOLS/bin/tansu ]]; then
-    log "tansu already installed ($FERRY_TOOLS/bin/tansu)"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+patches=("$here"/tansu/*.patch)
+patch_set=$(cat "${patches[@]}" | sha256sum | cut -c1-12)
+stamp=$FERRY_TOOLS/bin/.tansu-$TANSU_VERSION-$patch_set
+
+if [[ -x $FERRY_TOOLS/bin/tansu && -f $stamp ]]; then
+    log "tansu already installed ($FERRY_TOOLS/bin/tansu, patch set $patch_set)"
 else
     if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
         # shellcheck disable=SC1091
         . "$HOME/.cargo/env"
     fi
     command -v cargo >/dev/null || { log "ERROR: cargo not found (needed to build tansu)"; exit 1; }
-    log "building tansu $TANSU_VERSION into $FERRY_TOOLS (takes ~10 minutes)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --root "$FERRY_TOOLS"
+    if ! command -v patch >/dev/null; then
+        log "apt-get install patch"
+        "${SUDO[@]}" apt-get install -y -q --no-install-recommends patch
+    fi
+    log "building tansu $TANSU_VERSION (patch set $patch_set) into $FERRY_TOOLS (takes ~10 minutes)"
+    work=$FERRY_TOOLS/build
+    rm -rf "$work"
+    mkdir -p "$work/fetch/src"
+    # cargo downloads the two crates (and the dependencies the build needs anyway) from
+    # crates.io; their sources are then unpacked from cargo's cache.
+    printf '%s\n' '[package]' 'name = "fetch-tansu"' 'version = "0.0.0"' 'edition = "2021"' '' \
+        '[dependencies]' "tansu = { version = \"=$TANSU_VERSION\", features = [\"dynostore\"] }" \
+        "tansu-storage = \"=$TANSU_VERSION\"" >"$work/fetch/Cargo.toml"
+    echo 'fn main() {}' >"$work/fetch/src/main.rs"
+    (cd "$work/fetch" && cargo fetch -q)
+    cache=${CARGO_HOME:-$HOME/.cargo}/registry/cache
+    for crate in tansu tansu-storage; do
+        file=$(find "$cache" -name "$crate-$TANSU_VERSION.crate" | head -n 1)
+        [[ -n $file ]] || { log "ERROR: $crate-$TANSU_VERSION.crate not found in $cache"; exit 1; }
+        tar -xzf "$file" -C "$work"
+    done
+    for p in "${patches[@]}"; do
+        log "applying $(basename "$p")"
+        patch -s -p1 -d "$work/tansu-storage-$TANSU_VERSION" <"$p"
+    done
+    printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' \
+        "$TANSU_VERSION" >>"$work/tansu-$TANSU_VERSION/Cargo.toml"
+    # The crate's own Cargo.lock keeps every other dependency at its released version.
+    (cd "$work/tansu-$TANSU_VERSION" &&
+        CARGO_TARGET_DIR=$work/target cargo build -q --release --features dynostore --bin tansu)
+    mkdir -p "$FERRY_TOOLS/bin"
+    install -m 0755 "$work/target/release/tansu" "$FERRY_TOOLS/bin/tansu"
+    rm -f "$FERRY_TOOLS"/bin/.tansu-*
+    touch "$stamp"
+    rm -rf "$work"
     log "tansu installed ($FERRY_TOOLS/bin/tansu)"
 fi
