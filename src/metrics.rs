@@ -25,6 +25,13 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    /// The consumer group (`<group_prefix><stage>`).
+    pub group: String,
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
     pub stage: String,
 }
@@ -42,6 +49,11 @@ pub struct Metrics {
     pub retries: Family<TargetLabel, Counter>,
     /// Entries being replicated right now by this process.
     pub in_flight: Gauge,
+    /// Per target: entries of this process's status partitions whose copy to it is not done
+    /// (PENDING or PROCESSING).
+    pub backlog: Family<TargetLabel, Gauge>,
+    /// Messages of a topic not yet committed by a group, over the partitions this process has.
+    pub consumer_lag: Family<LagLabels, Gauge>,
     /// Source write time → every target COMPLETED, in seconds: the replication lag (RPO).
     pub latency: Histogram,
     /// Entries COMPLETED on every target.
@@ -74,6 +86,8 @@ impl Metrics {
             failures: Family::default(),
             retries: Family::default(),
             in_flight: Gauge::default(),
+            backlog: Family::default(),
+            consumer_lag: Family::default(),
             // 50 ms to about 1.8 hours.
             latency: Histogram::new(exponential_buckets(0.05, 2.0, 18)),
             completed: Counter::default(),
@@ -109,6 +123,16 @@ impl Metrics {
             "entries_in_flight",
             "Entries being replicated by this process",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "target_backlog",
+            "Entries whose copy to a target is not done yet (PENDING or PROCESSING), on this process's status partitions",
+            m.backlog.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Messages not yet committed by a consumer group, over the partitions this process consumes",
+            m.consumer_lag.clone(),
         );
         registry.register(
             "replication_latency_seconds",

@@ -81,6 +81,24 @@ async fn metrics_match_what_was_replicated_and_logs_hold_no_secret() {
     );
     assert_eq!(sample(&page, "ferry_entries_in_flight"), Some(0.0));
 
+    // librdkafka reports lag every 5 s: the replication group has consumed everything.
+    let lag = format!(
+        "ferry_consumer_lag{{group=\"{id}.replication\",topic=\"{id}.replication\"}}",
+        id = buckets.id
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "replication lag reported as 0",
+        || async { sample(&get(port, "/metrics").await.1, &lag) == Some(0.0) },
+    )
+    .await;
+    let page = get(port, "/metrics").await.1;
+    assert_eq!(
+        sample(&page, "ferry_target_backlog{target=\"site-b\"}"),
+        Some(0.0),
+        "{page}"
+    );
+
     let (status, body) = get(port, "/readyz").await;
     assert_eq!(status, 200, "{body}");
     let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");

@@ -31,6 +31,9 @@ use crate::config::QueueConfig;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a publish may wait for the broker before it is reported as failed; callers retry.
 const DELIVERY_TIMEOUT_MS: &str = "60000";
+/// How often librdkafka reports a consumer's statistics (the consumer-lag metric): often
+/// enough for a dashboard, rare enough to cost nothing.
+const STATS_INTERVAL_MS: &str = "5000";
 /// After the watermark is reached, how long the state replay keeps taking records that arrive
 /// without a pause (the rest of a batch the broker under-counted).
 const BATCH_TAIL: Duration = Duration::from_millis(300);
@@ -166,9 +169,11 @@ impl KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            .set("statistics.interval.ms", STATS_INTERVAL_MS)
             .create_with_context(LedgerContext {
                 ledger: ledger.clone(),
                 revocations: revocations.clone(),
+                group: format!("{}{group}", self.queue.group_prefix),
             })
             .map_err(|e| BusError::Client(e.to_string()))?;
         consumer.subscribe(topics).map_err(|e| BusError::Consume {
@@ -474,6 +479,8 @@ struct LedgerContext {
     ledger: Arc<Mutex<OffsetLedger>>,
     /// Counts revocations, so stages that cache per-partition state know to reload it.
     revocations: Arc<AtomicU64>,
+    /// The group id, for the consumer-lag metric.
+    group: String,
 }
 
 impl ClientContext for LedgerContext {
@@ -483,6 +490,26 @@ impl ClientContext for LedgerContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+
+    /// Publishes each topic's lag: librdkafka's per-partition `consumer_lag` (high watermark
+    /// minus committed offset; -1 while unknown) summed over the partitions assigned here.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let m = crate::metrics::metrics();
+        for (topic, t) in &statistics.topics {
+            let lag: i64 = t
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.desired)
+                .map(|p| p.consumer_lag.max(0))
+                .sum();
+            m.consumer_lag
+                .get_or_create(&crate::metrics::LagLabels {
+                    group: self.group.clone(),
+                    topic: topic.clone(),
+                })
+                .set(lag);
+        }
     }
 }
 

@@ -20,6 +20,13 @@ pub enum ReplicationStatus {
     Failed,
 }
 
+impl ReplicationStatus {
+    /// COMPLETED or FAILED: nothing more happens to this copy unless an operator retries it.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed)
+    }
+}
+
 /// One message on the status topic: the outcome of one entry on one target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -75,6 +75,9 @@ impl StatusProcessor {
             if self.subscription.revocations() != revocations {
                 revocations = self.subscription.revocations();
                 loaded.clear();
+                for state in self.state.values().flat_map(HashMap::values) {
+                    count_backlog(state, -1);
+                }
                 self.state.clear();
             }
             let partition = delivery.partition;
@@ -97,10 +100,14 @@ impl StatusProcessor {
             self.stats.results.fetch_add(1, Ordering::Relaxed);
             let id = result.entry.id();
             let states = self.state.entry(partition).or_default();
-            let state = states
-                .entry(id.clone())
-                .or_insert_with(|| EntryState::new(result.entry.clone()));
+            let state = states.entry(id.clone()).or_insert_with(|| {
+                let new = EntryState::new(result.entry.clone());
+                count_backlog(&new, 1);
+                new
+            });
+            count_backlog(state, -1);
             let changed = state.apply(&result);
+            count_backlog(state, 1);
             let state = state.clone();
             let entry = &state.entry;
             let span = tracing::info_span!("entry", stage = STAGE, rule = %entry.rule, bucket = %entry.bucket, key = %entry.key, version = entry.version_id.as_deref().unwrap_or("null"), target = %result.target);
@@ -196,6 +203,9 @@ impl StatusProcessor {
                 source,
             })?;
         let states = self.state.entry(partition).or_default();
+        for state in states.values() {
+            count_backlog(state, -1);
+        }
         states.clear();
         let count = records.len();
         for (key, value) in records {
@@ -214,6 +224,9 @@ impl StatusProcessor {
                 },
             }
         }
+        for state in states.values() {
+            count_backlog(state, 1);
+        }
         tracing::info!(
             stage = STAGE,
             partition,
@@ -222,5 +235,15 @@ impl StatusProcessor {
             "state replayed"
         );
         Ok(())
+    }
+}
+
+/// Adds `delta` to the backlog gauge of every target whose copy of `state` is not done.
+fn count_backlog(state: &EntryState, delta: i64) {
+    let m = crate::metrics::metrics();
+    for (target, t) in &state.targets {
+        if !t.status.is_final() {
+            m.backlog.get_or_create(&m.target(target)).inc_by(delta);
+        }
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::bus::{Bus, BusError, Topics};
-use crate::model::{self, EntryState, ReplicationStatus};
+use crate::model::{self, EntryState};
 
 /// The latest state of every entry `keep` selects, by entry id.
 pub async fn states(
@@ -44,11 +44,7 @@ pub fn backlog(states: &BTreeMap<String, EntryState>) -> BTreeMap<String, u64> {
     let mut backlog = BTreeMap::new();
     for state in states.values() {
         for (target, t) in &state.targets {
-            let open = matches!(
-                t.status,
-                ReplicationStatus::Pending | ReplicationStatus::Processing
-            );
-            *backlog.entry(target.clone()).or_default() += u64::from(open);
+            *backlog.entry(target.clone()).or_default() += u64::from(!t.status.is_final());
         }
     }
     backlog
