@@ -258,20 +258,22 @@ fn main() -> ExitCode {
 type Asked<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, ClientError>> + 'a>>;
 
+/// Builds the async runtime, or says why it could not.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("ferry: cannot start the async runtime: {e}"))
+        .ok()
+}
+
 /// Runs one admin-API command and prints its answer; exit status 1 if it failed.
 fn client(
     args: AdminArgs,
     ask: impl for<'a> FnOnce(&'a AdminClient, bool) -> Asked<'a>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferry: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     let outcome = runtime.block_on(async {
         let client = AdminClient::new(&args.admin, args.token)?;
@@ -292,16 +294,8 @@ fn client(
 /// `ferry backfill`: a progress line on a terminal, a summary at the end.
 fn backfill(config: Config, rule: &str, restart: bool) -> ExitCode {
     use std::io::{IsTerminal, Write};
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferry: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     let terminal = std::io::stderr().is_terminal();
     let mut shown = std::time::Instant::now();
@@ -335,15 +329,8 @@ fn backfill(config: Config, rule: &str, restart: bool) -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferry: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();

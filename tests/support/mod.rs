@@ -203,6 +203,19 @@ impl Drop for Ferry {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tail());
+            let state = self.child.as_mut().map(Child::try_wait);
+            eprintln!("--- ferry process: {state:?} (Ok(None): still running) ---");
+            // FERRY_TEST_KEEP_LOGS=DIR keeps a failed test's whole logs for a closer look.
+            if let Some(dir) = std::env::var_os("FERRY_TEST_KEEP_LOGS") {
+                let keep = Path::new(&dir).join(unique("ferry-logs"));
+                if std::fs::create_dir_all(&keep).is_ok() {
+                    for run in 0..self.runs {
+                        let name = format!("ferry-{run}.log");
+                        let _ = std::fs::copy(self.config.with_file_name(&name), keep.join(&name));
+                    }
+                    eprintln!("--- logs kept in {} ---", keep.display());
+                }
+            }
         }
         self.kill();
     }

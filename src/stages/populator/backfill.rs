@@ -67,13 +67,7 @@ pub async fn backfill(
     let Some(source) = config.locations.get(&rule.source) else {
         return Err(BackfillError::UnknownRule(rule.name.clone()));
     };
-    let topics = Topics::new(&config.queue.topic_prefix);
-    let bus = Bus::connect(&config.queue)?;
-    bus.ensure_topics(
-        &crate::bus::topic_specs(&config.queue, &topics),
-        config.queue.replication_factor,
-    )
-    .await?;
+    let (bus, topics) = connect(config).await?;
     let publisher = bus.publisher();
     let record_key = format!("backfill/{}", rule.name);
 
@@ -123,18 +117,7 @@ pub async fn backfill(
             progress(handled, total);
             continue;
         }
-        let entry = entry_for(
-            rule,
-            source,
-            Observed {
-                key: &l.key,
-                version_id: l.version_id.as_deref(),
-                kind: l.kind,
-                size: l.size,
-                etag: l.etag.as_deref(),
-                last_modified_ms: l.last_modified_ms,
-            },
-        );
+        let entry = entry_for(rule, source, Observed::from(l));
         publisher
             .publish(
                 &topics.replication,
@@ -151,6 +134,18 @@ pub async fn backfill(
     state.done = true;
     record(&publisher, &topics, &record_key, &state).await?;
     Ok(done)
+}
+
+/// Connects to the queue and makes sure ferry's topics exist (a backfill may come first).
+async fn connect(config: &Config) -> Result<(Bus, Topics), BusError> {
+    let topics = Topics::new(&config.queue.topic_prefix);
+    let bus = Bus::connect(&config.queue)?;
+    bus.ensure_topics(
+        &crate::bus::topic_specs(&config.queue, &topics),
+        config.queue.replication_factor,
+    )
+    .await?;
+    Ok((bus, topics))
 }
 
 async fn load(bus: &Bus, topics: &Topics, key: &str) -> Result<Progress, BusError> {
@@ -195,8 +190,7 @@ pub async fn record_interrupted(
     rule: &str,
     after_key: &str,
 ) -> Result<(), BusError> {
-    let topics = Topics::new(&config.queue.topic_prefix);
-    let bus = Bus::connect(&config.queue)?;
+    let (bus, topics) = connect(config).await?;
     let state = Progress {
         schema: model::SCHEMA,
         after_key: Some(after_key.to_string()),

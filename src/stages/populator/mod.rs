@@ -52,6 +52,19 @@ pub struct Observed<'a> {
     pub last_modified_ms: i64,
 }
 
+impl<'a> From<&'a crate::storage::Listed> for Observed<'a> {
+    fn from(l: &'a crate::storage::Listed) -> Self {
+        Self {
+            key: &l.key,
+            version_id: l.version_id.as_deref(),
+            kind: l.kind,
+            size: l.size,
+            etag: l.etag.as_deref(),
+            last_modified_ms: l.last_modified_ms,
+        }
+    }
+}
+
 /// Builds the entry for a version of `source` matched by `rule`.
 pub fn entry_for(
     rule: &RuleConfig,

@@ -130,18 +130,7 @@ impl Scanner {
             if !wanted(rule, l.kind) {
                 continue;
             }
-            let entry = entry_for(
-                rule,
-                source,
-                Observed {
-                    key: &l.key,
-                    version_id: l.version_id.as_deref(),
-                    kind: l.kind,
-                    size: l.size,
-                    etag: l.etag.as_deref(),
-                    last_modified_ms: l.last_modified_ms,
-                },
-            );
+            let entry = entry_for(rule, source, Observed::from(l));
             let payload = model::encode(&entry);
             if !publish_until_done(
                 &self.publisher,

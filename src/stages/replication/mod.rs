@@ -250,6 +250,14 @@ impl ReplicationProcessor {
             target_bytes = stats.target_bytes.load(Ordering::Relaxed),
             "replication totals"
         );
+        // Entries received but not started (or not finished on every target) by shutdown are
+        // not acknowledged: the next owner of their partition does them (again).
+        tracing::info!(
+            stage = STAGE,
+            unacknowledged = this.subscription.in_flight(),
+            retries_unacknowledged = this.retry_subscription.in_flight(),
+            "replication stopped; unacknowledged entries are redone after restart"
+        );
         if let Err(e) = this.retry_subscription.commit() {
             tracing::warn!(error = %e, "retry topic offsets not committed");
         }
