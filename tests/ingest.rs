@@ -395,3 +395,83 @@ async fn path_traversal_keys_are_refused_and_nothing_lands_outside_the_buffer() 
     assert!(ferry.running());
     ferry.terminate(Duration::from_secs(30));
 }
+
+/// `ferry run` started the way the README's quick start does, and killed when dropped.
+struct QuickStart {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl QuickStart {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for QuickStart {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- ferry log ---\n{}", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The README's first command: `ferry run` without `--config`, in a fresh directory holding
+/// only the shipped `config/ferry.toml` (no broker, no S3 server). Only the two ports are moved
+/// off their defaults, through the environment, so the test cannot collide with anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_replicates_an_upload_to_both_sites_and_empties_the_buffer() {
+    let site = Site::new();
+    let work = site.dir.path();
+    std::fs::create_dir_all(work.join("config")).expect("config dir");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ferry.toml"),
+        work.join("config/ferry.toml"),
+    )
+    .expect("copy the shipped configuration");
+    let log = work.join("ferry.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--log-format", "json", "run"])
+        .current_dir(work)
+        .env("FERRY__INGEST__LISTEN", format!("127.0.0.1:{}", site.port))
+        .env("FERRY__ADMIN__LISTEN", "127.0.0.1:0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start ferry");
+    let ferry = QuickStart { child, log };
+    wait_until(Duration::from_secs(60), "the ingest endpoint", || async {
+        ferry.log().contains("ingest endpoint ready")
+    })
+    .await;
+
+    // The key and bucket the README tells a reader to use.
+    let client = site.client("ferry", "ferrysecret");
+    let body = data(7, 300_000);
+    client
+        .put_object()
+        .bucket("inbox")
+        .key("photos/some-file")
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .expect("PutObject");
+    let data_dir = work.join("data");
+    wait_until(TIMEOUT, "the file on both sites, gone from the buffer", || async {
+        ["site-a", "site-b"].iter().all(|s| {
+            std::fs::read(data_dir.join(s).join("photos/some-file")).is_ok_and(|b| b == body)
+        }) && !data_dir.join("buffer/photos/some-file").exists()
+    })
+    .await;
+    let log = ferry.log();
+    for line in [
+        "ingested and enqueued",
+        "COMPLETED on every target",
+        "transient source copy deleted",
+    ] {
+        assert!(log.contains(line), "the log says {line:?}:\n{log}");
+    }
+}
