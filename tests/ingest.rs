@@ -460,11 +460,15 @@ async fn quick_start_replicates_an_upload_to_both_sites_and_empties_the_buffer()
         .await
         .expect("PutObject");
     let data_dir = work.join("data");
-    wait_until(TIMEOUT, "the file on both sites, gone from the buffer", || async {
-        ["site-a", "site-b"].iter().all(|s| {
-            std::fs::read(data_dir.join(s).join("photos/some-file")).is_ok_and(|b| b == body)
-        }) && !data_dir.join("buffer/photos/some-file").exists()
-    })
+    wait_until(
+        TIMEOUT,
+        "the file on both sites, gone from the buffer",
+        || async {
+            ["site-a", "site-b"].iter().all(|s| {
+                std::fs::read(data_dir.join(s).join("photos/some-file")).is_ok_and(|b| b == body)
+            }) && !data_dir.join("buffer/photos/some-file").exists()
+        },
+    )
     .await;
     let log = ferry.log();
     for line in [

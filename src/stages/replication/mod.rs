@@ -270,7 +270,8 @@ impl ReplicationProcessor {
     }
 
     /// Copies `entry` to each target concurrently; acknowledges it once every result is
-    /// published. On shutdown mid-way nothing is acknowledged: the entry is redone later.
+    /// published. If shutdown stops a target's copy while it waits to be retried or for a
+    /// paused location, nothing is acknowledged: the entry is redone later.
     async fn process(
         self: Arc<Self>,
         entry: ReplicationEntry,
@@ -319,13 +320,10 @@ impl ReplicationProcessor {
         joint: &JointCopy,
         shutdown: &CancellationToken,
     ) -> bool {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                joint.leave();
-                return false;
-            }
-            _ = ticket.turn() => {}
-        }
+        // Not cut short by shutdown: an entry received is finished (within shutdown_timeout),
+        // so the partition's committed offset has no gap to redo after a restart. Only waits
+        // that can last (retry backoff, a paused location or target) give up at shutdown.
+        ticket.turn().await;
         let lane = (target.to_string(), entry.message_key());
         // Earlier versions of this key wait in the retry topic for this target: this one
         // queues behind them there, so versions still reach the target in order.
@@ -521,12 +519,10 @@ impl ReplicationProcessor {
         for _ in 0..start_attempts {
             backoff.next_delay();
         }
-        let _permit = tokio::select! {
-            _ = shutdown.cancelled() => {
-                leave(&mut joint);
-                return None;
-            }
-            permit = settings.limit.acquire() => permit.ok()?,
+        // Not cut short by shutdown either (see `replicate_to`).
+        let Ok(_permit) = settings.limit.acquire().await else {
+            leave(&mut joint);
+            return None;
         };
         let copier = Copier { target: store };
         let mut attempts = start_attempts;
