@@ -290,7 +290,9 @@ impl ReplicationProcessor {
             let entry = entry.clone();
             let joint = joint.clone();
             let shutdown = shutdown.clone();
-            let span = tracing::info_span!("target", target = %target);
+            // Every field again: JSON logs show the innermost span, and each line about a copy
+            // must say which object, version and target it is about.
+            let span = tracing::info_span!("target", stage = STAGE, rule = %entry.rule, bucket = %entry.bucket, key = %entry.key, version = entry.version_id.as_deref().unwrap_or("null"), target = %target);
             per_target.spawn(
                 async move {
                     worker
