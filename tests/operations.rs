@@ -298,7 +298,8 @@ async fn sigterm_finishes_in_flight_copies_and_a_restart_redoes_nothing() {
     for i in 0..total {
         put(&buckets, &format!("t/{i:03}"), i).await;
     }
-    let mut ferry = Ferry::start(&buckets.config(&env, true));
+    // Few entries in flight at once, so that SIGTERM finds most of the work not yet received.
+    let mut ferry = Ferry::start(&buckets.config_with(&env, true, "max_in_flight = 8\n"));
     wait_until(TIMEOUT, "a part of the objects replicated", || async {
         buckets.count(1).await.0 >= 30
     })

@@ -46,12 +46,14 @@ impl Gates {
 }
 
 impl Gate {
-    /// Waits until the gate is open; false if shutdown came first.
+    /// Waits until the gate is open; false if shutdown came first. An open gate lets the copy
+    /// through even during shutdown (the entry is being finished, not abandoned).
     pub async fn open(&self, shutdown: &CancellationToken) -> bool {
         let mut rx = self.state.subscribe();
         tokio::select! {
-            _ = shutdown.cancelled() => false,
+            biased;
             open = rx.wait_for(Option::is_none) => open.is_ok(),
+            _ = shutdown.cancelled() => false,
         }
     }
 
@@ -99,8 +101,14 @@ mod tests {
         gate.resume();
         assert!(waiting.await.expect("task"));
         let shutdown = CancellationToken::new();
-        gate.pause("AccessDenied");
         shutdown.cancel();
+        for _ in 0..20 {
+            assert!(
+                gate.open(&shutdown).await,
+                "an open gate lets through after shutdown"
+            );
+        }
+        gate.pause("AccessDenied");
         assert!(!gate.open(&shutdown).await, "shutdown ends the wait");
     }
 }
