@@ -52,8 +52,10 @@ impl KafkaBus {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            // A few milliseconds of batching turns many small entries into one request.
-            .set("linger.ms", "5")
+            // No waiting for more: stages that publish one message and wait for it (the status
+            // processor, per result) would pay the linger on every message; messages published
+            // while a request is in flight are batched into the next one anyway.
+            .set("linger.ms", "0")
             .set("message.timeout.ms", DELIVERY_TIMEOUT_MS)
             .create_with_context(LogContext)
             .map_err(|e| BusError::Client(e.to_string()))?;
