@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# bench.sh — ferry and `rclone copy` side by side on the same objects, servers and machine
+# (benches/e2e.rs). Installs what it needs (scripts/install-deps.sh, plus Debian's rclone and
+# GNU time), starts the test environment (Ceph radosgw ×3 + tansu on 127.0.0.1), runs the
+# benchmark in a release build, and stops everything again.
+#
+#   bash scripts/bench.sh            full run (~20 min); rewrites BENCHMARKS.md
+#   bash scripts/bench.sh --quick    small smoke run; prints its tables only
+#
+# Other arguments go to the benchmark: --reps N.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+export FERRY_TEST_ENV=${FERRY_TEST_ENV:-/tmp/ferry-test-env}
+
+bash scripts/install-deps.sh
+missing=()
+command -v rclone >/dev/null || missing+=(rclone)
+[[ -x /usr/bin/time ]] || missing+=(time)
+if ((${#missing[@]})); then
+    echo "[bench] apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+fi
+
+quick=false
+for a in "$@"; do [[ $a == --quick ]] && quick=true; done
+
+trap 'bash scripts/test-env.sh stop' EXIT
+bash scripts/test-env.sh stop
+bash scripts/test-env.sh start
+set -a
+# shellcheck disable=SC1091
+. "$FERRY_TEST_ENV/env"
+set +a
+
+tables=$(mktemp)
+cargo bench --locked --bench e2e -- --out "$tables" "$@"
+if ! $quick; then
+    {
+        echo "# Benchmarks"
+        echo
+        echo "ferry and \`rclone copy\` on the same objects, servers and machine, in one run,"
+        echo "alternating; the median of the repetitions. Reproduce with:"
+        echo
+        echo '```sh'
+        echo "bash scripts/bench.sh"
+        echo '```'
+        echo
+        echo "Measured $(date -u +%Y-%m-%d). Times run from the tool's start to every object"
+        echo "verified on every target (ferry: every entry COMPLETED, from its metrics; rclone:"
+        echo "its exit). Every run's targets are listed and counted afterwards."
+        echo
+        cat "$tables"
+    } >BENCHMARKS.md
+    echo "[bench] wrote BENCHMARKS.md"
+fi
+rm -f "$tables"
