@@ -88,29 +88,5 @@ pub fn entry_for(
     }
 }
 
-/// Publishes `entries` to the replication topic all in flight at once: one round trip for a
-/// batch instead of one per entry. They are issued in order, and the queue keeps that order
-/// per partition, so the versions of a key stay in order. One outcome per entry, in order.
-pub async fn enqueue_all<'a>(
-    publisher: &crate::bus::Publisher,
-    topic: &str,
-    entries: impl IntoIterator<Item = &'a ReplicationEntry>,
-) -> Vec<Result<(), crate::bus::BusError>> {
-    let payloads: Vec<(String, Vec<u8>)> = entries
-        .into_iter()
-        .map(|e| (e.message_key(), model::encode(e)))
-        .collect();
-    let sent = futures_util::future::join_all(
-        payloads
-            .iter()
-            .map(|(key, payload)| publisher.publish(topic, key, Some(payload))),
-    )
-    .await;
-    let m = crate::metrics::metrics();
-    sent.into_iter()
-        .map(|outcome| outcome.map(|_| m.enqueued.inc()).map(|_| ()))
-        .collect()
-}
-
 /// Shared handle to the populator's counters.
 pub type SharedStats = Arc<PopulatorStats>;
