@@ -245,6 +245,49 @@ impl Publisher {
         self.send(topic, Some(partition), key, payload).await
     }
 
+    /// Publishes every `(key, payload)` to `topic`: each is handed to the producer strictly in
+    /// order (so the messages of one key keep their order), then all are awaited together.
+    pub async fn publish_all(
+        &self,
+        topic: &str,
+        items: &[(String, Vec<u8>)],
+    ) -> Vec<Result<(i32, i64), BusError>> {
+        let error = |message: String| BusError::Publish {
+            topic: topic.to_string(),
+            message,
+        };
+        let mut pending = Vec::with_capacity(items.len());
+        for (key, payload) in items {
+            let mut record: FutureRecord<'_, str, [u8]> =
+                FutureRecord::to(topic).key(key.as_str()).payload(payload);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(Ok(delivery));
+                        break;
+                    }
+                    // The producer's queue is full: wait for room rather than skip ahead.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        pending.push(Err(error(e.to_string())));
+                        break;
+                    }
+                }
+            }
+        }
+        futures_util::future::join_all(pending.into_iter().map(|p| async move {
+            match p?.await {
+                Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+                Ok(Err((e, _))) => Err(error(e.to_string())),
+                Err(_) => Err(error("the producer dropped the message".into())),
+            }
+        }))
+        .await
+    }
+
     async fn send(
         &self,
         topic: &str,

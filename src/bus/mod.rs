@@ -110,6 +110,20 @@ impl Publisher {
         }
     }
 
+    /// Publishes every `(key, payload)` to `topic`, all in flight at once but handed to the
+    /// queue strictly in order, so the messages of one key stay in order; one outcome per
+    /// item, in order. (Concurrent [`Publisher::publish`] calls promise no order.)
+    pub async fn publish_all(
+        &self,
+        topic: &str,
+        items: &[(String, Vec<u8>)],
+    ) -> Vec<Result<(i32, i64), BusError>> {
+        match self {
+            Self::Kafka(p) => p.publish_all(topic, items).await,
+            Self::Embedded(p) => p.send_all(topic, items).await,
+        }
+    }
+
     /// Like [`Publisher::publish`], to an explicit partition.
     pub async fn publish_to(
         &self,

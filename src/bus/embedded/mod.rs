@@ -178,6 +178,39 @@ pub struct Publisher {
 
 impl Publisher {
     /// Appends to `topic` (partition chosen from `key`, or `partition`); returns where.
+    /// Appends every `(key, payload)` to `topic`, handed to the writer strictly in order (so
+    /// one key's records keep their order), then awaits them together (one group commit).
+    pub async fn send_all(
+        &self,
+        topic: &str,
+        items: &[(String, Vec<u8>)],
+    ) -> Vec<Result<(i32, i64), BusError>> {
+        let error = |message: String| BusError::Publish {
+            topic: topic.to_string(),
+            message,
+        };
+        let mut answers = Vec::with_capacity(items.len());
+        for (key, payload) in items {
+            let (reply, answer) = oneshot::channel();
+            let op = Op::Append {
+                topic: topic.to_string(),
+                partition: None,
+                key: key.as_bytes().to_vec(),
+                payload: Some(payload.clone()),
+                reply,
+            };
+            answers.push(self.ops.send(op).await.map(|()| answer));
+        }
+        futures_util::future::join_all(answers.into_iter().map(|a| async move {
+            let answer = a.map_err(|_| error("the queue writer stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| error("the queue writer stopped".into()))?
+                .map_err(error)
+        }))
+        .await
+    }
+
     pub async fn send(
         &self,
         topic: &str,

@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 use super::{entry_for, wanted, Observed};
 use crate::bus::{Bus, BusError, Topics};
 use crate::config::Config;
-use crate::model;
+use crate::model::{self, ReplicationEntry};
 use crate::storage::{StorageError, Stores};
 
 /// How often progress is recorded: at most this much work is redone after an interruption.
 const RECORD_EVERY: Duration = Duration::from_secs(2);
+/// Entries published at once (see the scan feed's batches).
+const BATCH: usize = 500;
 
 /// Why a backfill stopped.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,7 @@ pub async fn backfill(
         skipped: 0,
     };
     let mut last_record = Instant::now();
+    let mut batch: Vec<ReplicationEntry> = Vec::new();
     for (i, l) in listed.iter().enumerate() {
         let handled = i as u64 + 1;
         if resume_after.as_ref().is_some_and(|after| l.key <= *after) {
@@ -107,33 +110,44 @@ pub async fn backfill(
             progress(handled, total);
             continue;
         }
-        // A key boundary: everything before this key is enqueued.
-        if i > 0 && listed[i - 1].key != l.key && last_record.elapsed() >= RECORD_EVERY {
-            state.after_key = Some(listed[i - 1].key.clone());
-            record(&publisher, &topics, &record_key, &state).await?;
-            last_record = Instant::now();
+        if l.key.starts_with(&rule.prefix) && wanted(rule, l.kind) {
+            batch.push(entry_for(rule, source, Observed::from(l)));
         }
-        if !l.key.starts_with(&rule.prefix) || !wanted(rule, l.kind) {
-            progress(handled, total);
-            continue;
+        // Sent at key boundaries only, so a recorded key always has every version enqueued.
+        let boundary = listed.get(i + 1).is_none_or(|next| next.key != l.key);
+        if boundary && batch.len() >= BATCH {
+            let sent = batch.len() as u64;
+            enqueue(&publisher, &topics, std::mem::take(&mut batch)).await?;
+            state.enqueued += sent;
+            done.enqueued += sent;
+            if last_record.elapsed() >= RECORD_EVERY {
+                state.after_key = Some(l.key.clone());
+                record(&publisher, &topics, &record_key, &state).await?;
+                last_record = Instant::now();
+            }
         }
-        let entry = entry_for(rule, source, Observed::from(l));
-        publisher
-            .publish(
-                &topics.replication,
-                &entry.message_key(),
-                Some(&model::encode(&entry)),
-            )
-            .await?;
-        crate::metrics::metrics().enqueued.inc();
-        state.enqueued += 1;
-        done.enqueued += 1;
         progress(handled, total);
     }
+    let sent = batch.len() as u64;
+    enqueue(&publisher, &topics, batch).await?;
+    state.enqueued += sent;
+    done.enqueued += sent;
     state.after_key = listed.last().map(|l| l.key.clone());
     state.done = true;
     record(&publisher, &topics, &record_key, &state).await?;
     Ok(done)
+}
+
+/// Publishes `entries`; fails if the queue refused any.
+async fn enqueue(
+    publisher: &crate::bus::Publisher,
+    topics: &Topics,
+    entries: Vec<ReplicationEntry>,
+) -> Result<(), BusError> {
+    super::enqueue_all(publisher, &topics.replication, &entries)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// Connects to the queue and makes sure ferry's topics exist (a backfill may come first).

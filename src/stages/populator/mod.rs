@@ -88,5 +88,26 @@ pub fn entry_for(
     }
 }
 
+/// Publishes `entries` to the replication topic all in flight at once: one round trip for a
+/// batch instead of one per entry, each key's versions in order ([`Publisher::publish_all`]).
+/// One outcome per entry, in order.
+///
+/// [`Publisher::publish_all`]: crate::bus::Publisher::publish_all
+pub async fn enqueue_all<'a>(
+    publisher: &crate::bus::Publisher,
+    topic: &str,
+    entries: impl IntoIterator<Item = &'a ReplicationEntry>,
+) -> Vec<Result<(), crate::bus::BusError>> {
+    let payloads: Vec<(String, Vec<u8>)> = entries
+        .into_iter()
+        .map(|e| (e.message_key(), model::encode(e)))
+        .collect();
+    let sent = publisher.publish_all(topic, &payloads).await;
+    let m = crate::metrics::metrics();
+    sent.into_iter()
+        .map(|outcome| outcome.map(|_| m.enqueued.inc()).map(|_| ()))
+        .collect()
+}
+
 /// Shared handle to the populator's counters.
 pub type SharedStats = Arc<PopulatorStats>;

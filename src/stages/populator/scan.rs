@@ -117,7 +117,7 @@ impl Scanner {
         let listed = list_in_order(&store).await?;
         let seen = self.seen.entry(source.name.clone()).or_default();
         let mut present = HashSet::with_capacity(listed.len());
-        let mut enqueued = 0;
+        let mut new = Vec::new();
         for l in &listed {
             let record = progress_key(source, l);
             present.insert(record.clone());
@@ -127,40 +127,27 @@ impl Scanner {
             let Some(rule) = rule_for(&self.config, &source.name, &l.key) else {
                 continue;
             };
-            if !wanted(rule, l.kind) {
-                continue;
+            if wanted(rule, l.kind) {
+                new.push((record, entry_for(rule, source, Observed::from(l))));
             }
-            let entry = entry_for(rule, source, Observed::from(l));
-            let payload = model::encode(&entry);
-            if !publish_until_done(
-                &self.publisher,
-                &self.topics.replication,
-                None,
-                &entry.message_key(),
-                Some(&payload),
-                shutdown,
-            )
-            .await
-            {
+        }
+        let mut enqueued = 0;
+        for batch in new.chunks(ENQUEUE_BATCH) {
+            let recorded = enqueue_batch(&self.publisher, &self.topics, batch).await;
+            for record in &recorded {
+                seen.insert(record.clone());
+            }
+            enqueued += recorded.len();
+            self.stats
+                .enqueued
+                .fetch_add(recorded.len() as u64, Ordering::Relaxed);
+            if recorded.len() < batch.len() {
+                // The queue refused some: the next scan enqueues what is not recorded.
                 return Ok(enqueued);
             }
-            let progress = serde_json::json!({"schema": model::SCHEMA, "enqueued_at_ms": entry.enqueued_at_ms});
-            if !publish_until_done(
-                &self.publisher,
-                &self.topics.populator_state,
-                Some(0),
-                &record,
-                Some(&model::encode(&progress)),
-                shutdown,
-            )
-            .await
-            {
+            if shutdown.is_cancelled() {
                 return Ok(enqueued);
             }
-            seen.insert(record);
-            enqueued += 1;
-            self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::metrics().enqueued.inc();
         }
         // Versions gone from the source never come back (version ids are unique): forget them.
         let gone: Vec<String> = seen.difference(&present).cloned().collect();
@@ -181,6 +168,48 @@ impl Scanner {
         }
         Ok(enqueued)
     }
+}
+
+/// Entries published at once: one round trip for many instead of one each (the producer keeps
+/// them in order per partition); a batch of small entries is a few hundred KiB.
+const ENQUEUE_BATCH: usize = 500;
+
+/// Publishes `batch` (progress-record key, entry) to the replication topic, all in flight at
+/// once, then the progress records of those the queue accepted. Returns the records written;
+/// an entry whose record is not written is enqueued again by the next scan (harmless: the
+/// replication processor recognises a version already copied).
+async fn enqueue_batch(
+    publisher: &Publisher,
+    topics: &Topics,
+    batch: &[(String, model::ReplicationEntry)],
+) -> Vec<String> {
+    let sent =
+        super::enqueue_all(publisher, &topics.replication, batch.iter().map(|(_, e)| e)).await;
+    let mut durable = Vec::new();
+    for ((record, entry), outcome) in batch.iter().zip(sent) {
+        match outcome {
+            Ok(_) => durable.push((record, entry.enqueued_at_ms)),
+            Err(e) => {
+                tracing::warn!(stage = STAGE, error = %e, "entry not enqueued; the next scan tries again")
+            }
+        }
+    }
+    let progress: Vec<(&String, Vec<u8>)> = durable
+        .iter()
+        .map(|(record, at)| {
+            let value = serde_json::json!({"schema": model::SCHEMA, "enqueued_at_ms": at});
+            (*record, model::encode(&value))
+        })
+        .collect();
+    let written = futures_util::future::join_all(progress.iter().map(|(record, value)| {
+        publisher.publish_to(&topics.populator_state, 0, record, Some(value))
+    }))
+    .await;
+    progress
+        .iter()
+        .zip(written)
+        .filter_map(|((record, _), outcome)| outcome.is_ok().then(|| (*record).clone()))
+        .collect()
 }
 
 /// The progress-record key of a listed version: location, bucket, key, and version identity
