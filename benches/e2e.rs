@@ -53,6 +53,127 @@ struct Run {
     rss_mib: f64,
     /// Bytes read from the source per byte written to one target (None when unknown).
     source_read_ratio: Option<f64>,
+    /// S3 requests the servers logged for this run's buckets, per object.
+    requests: Requests,
+}
+
+/// S3 requests by method, counted from radosgw's access log (what the server saw, not what the
+/// tool says it sent), summed per object copied.
+#[derive(Clone, Copy, Default)]
+struct Requests {
+    get: f64,
+    head: f64,
+    put: f64,
+    post: f64,
+    list: f64,
+    other: f64,
+}
+
+impl Requests {
+    fn total(&self) -> f64 {
+        self.get + self.head + self.put + self.post + self.list + self.other
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, n) in [
+            ("GET", self.get),
+            ("HEAD", self.head),
+            ("PUT", self.put),
+            ("POST", self.post),
+            ("LIST", self.list),
+            ("other", self.other),
+        ] {
+            if n >= 0.005 {
+                parts.push(format!("{n:.2} {name}"));
+            }
+        }
+        format!("{:.2} ({})", self.total(), parts.join(" + "))
+    }
+}
+
+/// The requests of one run, once radosgw's log thread has written them out.
+async fn count_requests(
+    marks: &[u64],
+    source: &str,
+    targets: &[(usize, String)],
+    w: &Workload,
+) -> Requests {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut buckets = vec![source];
+    buckets.extend(targets.iter().map(|(_, b)| b.as_str()));
+    let r = requests_since(marks, &buckets, w.count);
+    eprintln!("bench: S3 requests per object: {}", r.describe());
+    r
+}
+
+/// Where each radosgw's log ends now: [`requests_since`] counts what is appended after.
+fn log_marks() -> Vec<u64> {
+    (0..3)
+        .map(|n| std::fs::metadata(rgw_log(n)).map_or(0, |m| m.len()))
+        .collect()
+}
+
+fn rgw_log(n: usize) -> std::path::PathBuf {
+    let dir = std::env::var("FERRY_TEST_ENV").unwrap_or_else(|_| "/tmp/ferry-test-env".into());
+    Path::new(&dir).join(format!("logs/client.rgw.{n}.log"))
+}
+
+/// The requests radosgw logged since `marks` for any of `buckets`, divided by `objects`. An
+/// access-log line reads `… "METHOD /bucket/key?query HTTP/1.1" status …`.
+fn requests_since(marks: &[u64], buckets: &[&str], objects: usize) -> Requests {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut r = Requests::default();
+    for (n, mark) in marks.iter().enumerate() {
+        let Ok(mut file) = std::fs::File::open(rgw_log(n)) else {
+            continue;
+        };
+        let mut text = String::new();
+        if file.seek(SeekFrom::Start(*mark)).is_err() || file.read_to_string(&mut text).is_err() {
+            continue;
+        }
+        for line in text.lines().filter(|l| l.contains(" beast: ")) {
+            let Some(request) = line.split('"').nth(1) else {
+                continue;
+            };
+            let mut words = request.split_whitespace();
+            let (Some(method), Some(target)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let path = target.trim_start_matches('/');
+            let bucket = path.split(['/', '?']).next().unwrap_or("");
+            if !buckets.contains(&bucket) {
+                continue;
+            }
+            let has_key = !path[bucket.len()..]
+                .trim_start_matches('/')
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .is_empty();
+            let slot = match method {
+                "GET" if !has_key => &mut r.list,
+                "GET" => &mut r.get,
+                "HEAD" => &mut r.head,
+                "PUT" => &mut r.put,
+                "POST" => &mut r.post,
+                _ => &mut r.other,
+            };
+            *slot += 1.0;
+        }
+    }
+    let per = objects.max(1) as f64;
+    for n in [
+        &mut r.get,
+        &mut r.head,
+        &mut r.put,
+        &mut r.post,
+        &mut r.list,
+        &mut r.other,
+    ] {
+        *n /= per;
+    }
+    r
 }
 
 fn median(mut runs: Vec<Run>) -> Run {
@@ -74,7 +195,18 @@ fn main() {
         .position(|a| a == "--out")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let scale = |full: usize, small: usize| if quick { small } else { full };
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    // For profiling: `--only small` runs one workload, `--count N` changes its size,
+    // `--ferry-only` skips rclone and the upload-only limit.
+    let only = value("--only");
+    let count: Option<usize> = value("--count").and_then(|c| c.parse().ok());
+    let ferry_only = args.iter().any(|a| a == "--ferry-only");
+    let scale = |full: usize, small: usize| count.unwrap_or(if quick { small } else { full });
     let workloads = [
         Workload {
             name: "small",
@@ -101,11 +233,15 @@ fn main() {
             targets: 3,
         },
     ];
+    let workloads: Vec<Workload> = workloads
+        .into_iter()
+        .filter(|w| only.as_deref().is_none_or(|o| o == w.name))
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let report = runtime.block_on(run_all(&workloads, reps, quick));
+    let report = runtime.block_on(run_all(&workloads, reps, quick, ferry_only));
     print!("{report}");
     if let Some(path) = out {
         std::fs::write(&path, &report).unwrap_or_else(|e| panic!("write {path}: {e}"));
@@ -113,7 +249,7 @@ fn main() {
     }
 }
 
-async fn run_all(workloads: &[Workload], reps: usize, quick: bool) -> String {
+async fn run_all(workloads: &[Workload], reps: usize, quick: bool, ferry_only: bool) -> String {
     let env = TestEnv::get();
     let dir = tempfile::tempdir().expect("tempdir");
     let rclone_conf = dir.path().join("rclone.conf");
@@ -131,17 +267,32 @@ async fn run_all(workloads: &[Workload], reps: usize, quick: bool) -> String {
         let src = s3::client(&env, 0);
         s3::create_bucket(&src, &source, true).await;
         write_source(&src, &source, w).await;
-        let limit = upload_only(&env, &rclone_conf, dir.path(), w).await;
+        let limit = if ferry_only {
+            None
+        } else {
+            upload_only(&env, &rclone_conf, dir.path(), w).await
+        };
         let (mut ferry, mut rclone) = (Vec::new(), Vec::new());
         for rep in 0..reps {
             eprintln!("bench: {} rep {}: ferry", w.name, rep + 1);
             ferry.push(run_ferry(&env, &source, w).await);
-            eprintln!("bench: {} rep {}: rclone", w.name, rep + 1);
-            rclone.push(run_rclone(&env, &rclone_conf, &source, w).await);
+            if !ferry_only {
+                eprintln!("bench: {} rep {}: rclone", w.name, rep + 1);
+                rclone.push(run_rclone(&env, &rclone_conf, &source, w).await);
+            }
         }
         s3::remove_bucket(&src, &source).await;
-        let (f, r) = (median(ferry), median(rclone));
-        report.push_str(&table(w, f, r, limit));
+        let f = median(ferry);
+        eprintln!(
+            "bench: {} ferry {:.2}s ({:.0} objects/s), peak RSS {:.0} MiB",
+            w.name,
+            f.seconds,
+            w.count as f64 / f.seconds,
+            f.rss_mib
+        );
+        if !ferry_only {
+            report.push_str(&table(w, f, median(rclone), limit));
+        }
     }
     report
 }
@@ -193,17 +344,18 @@ fn table(w: &Workload, ferry: Run, rclone: Run, limit: Option<f64>) -> String {
     let mib = (w.count * w.size) as f64 / f64::from(1 << 20);
     let row = |name: &str, r: Run| {
         format!(
-            "| {name} | {:.2} | {:.0} | {:.1} | {:.0} | {} |\n",
+            "| {name} | {:.2} | {:.0} | {:.1} | {:.0} | {} | {} |\n",
             r.seconds,
             w.count as f64 / r.seconds,
             mib / r.seconds,
             r.rss_mib,
             r.source_read_ratio
                 .map_or("?".into(), |x| format!("{x:.2}")),
+            r.requests.describe(),
         )
     };
     let mut out = format!(
-        "\n### {} — {} objects × {} KiB, {} target(s)\n\n| tool | seconds | objects/s | MiB/s (per target) | peak RSS MiB | source bytes read / bytes |\n|---|---|---|---|---|---|\n",
+        "\n### {} — {} objects × {} KiB, {} target(s)\n\n| tool | seconds | objects/s | MiB/s (per target) | peak RSS MiB | source bytes read / bytes | S3 requests per object (all targets) |\n|---|---|---|---|---|---|---|\n",
         w.name,
         w.count,
         w.size >> 10,
@@ -290,6 +442,7 @@ replication_factor = 1
 [populator]
 feeds = ["scan"]
 scan_interval = "2s"
+{replication}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -302,6 +455,9 @@ access_key_id = "{ak}"
 secret_access_key = "{sk}"
 "#,
         kafka = env.kafka,
+        replication = std::env::var("FERRY_BENCH_REPLICATION")
+            .map(|r| format!("\n[replication]\n{r}\n"))
+            .unwrap_or_default(),
         rgw0 = env.rgw[0],
         ak = env.access_key,
         sk = env.secret_key,
@@ -325,6 +481,7 @@ secret_access_key = "{sk}"
     let path = dir.path().join("ferry.toml");
     std::fs::write(&path, config).expect("write config");
     let log_path = dir.path().join("ferry.log");
+    let marks = log_marks();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["--log-format", "json", "run", "--config"])
@@ -335,6 +492,17 @@ secret_access_key = "{sk}"
         .spawn()
         .expect("start ferry");
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let servers_before = cpu_by_command();
+    // FERRY_BENCH_PERF=FILE: sample ferry's stacks with `perf record` for the run.
+    let perf = std::env::var("FERRY_BENCH_PERF").ok().and_then(|file| {
+        Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "999", "-o", &file, "-p"])
+            .arg(child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(format!("{file}.log")).ok()?)
+            .spawn()
+            .ok()
+    });
     let admin = loop {
         if let Some(p) = port(&log()) {
             break p;
@@ -361,6 +529,17 @@ secret_access_key = "{sk}"
     }
     let seconds = started.elapsed().as_secs_f64();
     let rss_mib = peak_rss_mib(child.id());
+    if let Some(perf) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait_with_output();
+    }
+    eprintln!(
+        "bench: ferry run {seconds:.2}s; CPU used: ferry {:.1}s, {}",
+        cpu_seconds(child.id()),
+        servers_used(&servers_before)
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -374,16 +553,23 @@ secret_access_key = "{sk}"
         let read = t["source_bytes"].as_f64()?;
         Some(read / (w.count * w.size) as f64)
     });
+    let requests = count_requests(&marks, source, &targets, w).await;
+    if let Ok(keep) = std::env::var("FERRY_BENCH_KEEP_LOG") {
+        let _ = std::fs::copy(&log_path, keep);
+    }
     check_and_remove(env, &targets, w, "ferry").await;
     Run {
         seconds,
         rss_mib,
         source_read_ratio,
+        requests,
     }
 }
 
 async fn run_rclone(env: &TestEnv, conf: &Path, source: &str, w: &Workload) -> Run {
     let targets = targets(env, w.targets).await;
+    let servers_before = cpu_by_command();
+    let marks = log_marks();
     let started = Instant::now();
     // One rclone per target, at once: rclone has no fan-out, so that is how it is run.
     let children: Vec<_> = targets
@@ -392,7 +578,7 @@ async fn run_rclone(env: &TestEnv, conf: &Path, source: &str, w: &Workload) -> R
         .map(|(i, (_, bucket))| {
             Command::new("/usr/bin/time")
                 .env_remove("AWS_CA_BUNDLE")
-                .args(["-f", "%M"])
+                .args(["-f", "%U %S %M"])
                 .arg("rclone")
                 .arg("--config")
                 .arg(conf)
@@ -410,6 +596,7 @@ async fn run_rclone(env: &TestEnv, conf: &Path, source: &str, w: &Workload) -> R
         })
         .collect();
     let mut rss_mib = 0.0;
+    let mut cpu = 0.0;
     for child in children {
         let out = tokio::task::spawn_blocking(move || child.wait_with_output())
             .await
@@ -417,20 +604,32 @@ async fn run_rclone(env: &TestEnv, conf: &Path, source: &str, w: &Workload) -> R
             .expect("rclone ran");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "rclone failed: {stderr}");
-        rss_mib += stderr
+        // /usr/bin/time's last line: user and system seconds, peak RSS in KiB.
+        let usage: Vec<f64> = stderr
             .lines()
             .last()
-            .and_then(|kib| kib.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0;
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if let [user, system, kib] = usage[..] {
+            cpu += user + system;
+            rss_mib += kib / 1024.0;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: rclone run {seconds:.2}s; CPU used: rclone {cpu:.1}s, {}",
+        servers_used(&servers_before)
+    );
+    let requests = count_requests(&marks, source, &targets, w).await;
     check_and_remove(env, &targets, w, "rclone").await;
     Run {
         seconds,
         rss_mib,
         // rclone reads the source once per target.
         source_read_ratio: Some(w.targets as f64),
+        requests,
     }
 }
 
@@ -481,6 +680,62 @@ fn rclone_config(env: &TestEnv) -> String {
         conf.push_str(&remote(&format!("dst{i}"), &env.rgw[1 + i % 2]));
     }
     conf
+}
+
+/// User + system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds used so far by every process on the machine, summed by command name (the
+/// servers' share of a run is the difference of two of these).
+fn cpu_by_command() -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        *out.entry(name.trim().to_string()).or_insert(0.0) += cpu_seconds(pid);
+    }
+    out
+}
+
+/// The CPU seconds the servers used since `before` (kernel threads summed as one).
+fn servers_used(before: &std::collections::HashMap<String, f64>) -> String {
+    let mut used: std::collections::BTreeMap<String, f64> = Default::default();
+    for (name, t) in cpu_by_command() {
+        let delta = t - before.get(&name).copied().unwrap_or(0.0);
+        let name = if name.starts_with("kworker") {
+            "kernel workers".into()
+        } else {
+            name
+        };
+        if ["radosgw", "ceph-osd", "ceph-mon", "tansu", "kernel workers"].contains(&name.as_str()) {
+            *used.entry(name).or_default() += delta;
+        }
+    }
+    used.iter()
+        .map(|(name, t)| format!("{name} {t:.1}s"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// VmHWM of a running process: its peak resident memory so far, in MiB.

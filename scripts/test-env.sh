@@ -282,7 +282,7 @@ EOF
     # gateways contending for its locks sleep 5s at a time, and SIGTERM then
     # takes 5-10s to complete.
     for i in "${!RGW_PORTS[@]}"; do
-        printf '\n[client.rgw.%s]\nrgw frontends = beast endpoint=%s:%s\n' \
+        printf '\n[client.rgw.%s]\nrgw frontends = beast endpoint=%s:%s tcp_nodelay=1\n' \
             "$i" "$HOST" "${RGW_PORTS[$i]}"
         if ((i > 0)); then
             printf 'rgw enable gc threads = false\n'

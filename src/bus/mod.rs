@@ -188,6 +188,15 @@ impl Subscription {
         }
     }
 
+    /// The partitions of `topic` this member holds now; empty when the queue cannot say (the
+    /// embedded queue, whose one member holds all).
+    pub fn assigned(&self, topic: &str) -> Vec<i32> {
+        match self {
+            Self::Kafka(s) => s.assigned(topic),
+            Self::Embedded(_) => Vec::new(),
+        }
+    }
+
     /// Messages received and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         match self {
@@ -217,6 +226,21 @@ impl StateReader {
         match self {
             Self::Kafka(r) => r.read_partition(topic, partition).await,
             Self::Embedded(r) => r.read_partition(topic, partition),
+        }
+    }
+
+    /// [`Self::read_partition`] of several partitions, by partition.
+    pub async fn read_partitions(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<std::collections::HashMap<i32, StateRecords>, BusError> {
+        match self {
+            Self::Kafka(r) => r.read_partitions(topic, partitions).await,
+            Self::Embedded(r) => partitions
+                .iter()
+                .map(|&p| Ok((p, r.read_partition(topic, p)?)))
+                .collect(),
         }
     }
 }

@@ -143,6 +143,15 @@ impl FsStore {
         self.list_current(prefix).await
     }
 
+    /// The keys of every committed object, or `None` if there are more than `limit`.
+    pub async fn keys_up_to(
+        &self,
+        limit: usize,
+    ) -> Result<Option<std::collections::HashSet<String>>, StorageError> {
+        let listed = self.list_current("").await?;
+        Ok((listed.len() <= limit).then(|| listed.into_iter().map(|l| l.key).collect()))
+    }
+
     /// Every committed object under `prefix`, sorted by key.
     pub async fn list_current(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
         let owned = prefix.to_string();

@@ -202,6 +202,39 @@ impl S3Store {
         }
     }
 
+    /// The keys that have any version or delete marker, or `None` if there are more than
+    /// `limit` (the caller then does without).
+    pub async fn keys_up_to(
+        &self,
+        limit: usize,
+    ) -> Result<Option<std::collections::HashSet<String>>, StorageError> {
+        let mut keys = std::collections::HashSet::new();
+        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let out = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .max_keys(LIST_PAGE)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error("ListObjectVersions", "", e))?;
+            let versions = out.versions().iter().filter_map(|v| v.key());
+            let markers = out.delete_markers().iter().filter_map(|m| m.key());
+            keys.extend(versions.chain(markers).map(str::to_string));
+            if keys.len() > limit {
+                return Ok(None);
+            }
+            key_marker = out.next_key_marker().map(str::to_string);
+            version_marker = out.next_version_id_marker().map(str::to_string);
+            if !out.is_truncated().unwrap_or(false) || key_marker.is_none() {
+                return Ok(Some(keys));
+            }
+        }
+    }
+
     /// Every current object under `prefix` (unversioned buckets).
     pub async fn list_current(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
         let mut listed = Vec::new();

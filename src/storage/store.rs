@@ -75,6 +75,15 @@ impl Store {
         delegate!(self.list_versions(prefix).await)
     }
 
+    /// The keys the store holds anything under (a version, a delete marker), or `None` if
+    /// there are more than `limit`.
+    pub async fn keys_up_to(
+        &self,
+        limit: usize,
+    ) -> Result<Option<std::collections::HashSet<String>>, StorageError> {
+        delegate!(self.keys_up_to(limit).await)
+    }
+
     /// Every current object under `prefix`.
     pub async fn list_current(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
         delegate!(self.list_current(prefix).await)

@@ -80,7 +80,9 @@ impl Fanout<'_> {
     ) -> Result<Vec<Result<Outcome, StorageError>>, StorageError> {
         let key = entry.key.as_str();
         let version = entry.version_id.as_deref();
+        let started = std::time::Instant::now();
         let (head, mut body) = self.source.get(key, version).await?;
+        let answered = started.elapsed();
         let tags = if head.tag_count > 0 {
             self.source.tags(key, version).await?
         } else {
@@ -165,6 +167,7 @@ impl Fanout<'_> {
             &hex(&whole.finalize()),
             layout.map(|_| (&digests, parts)),
         )?;
+        let read = started.elapsed();
         for tx in senders.iter().flatten() {
             let _ = tx.send(Piece::End).await;
         }
@@ -178,6 +181,12 @@ impl Fanout<'_> {
                 Err(e) => tracing::error!(error = %e, "a target writer task failed"),
             }
         }
+        tracing::debug!(
+            answered_ms = answered.as_secs_f64() * 1e3,
+            read_ms = read.as_secs_f64() * 1e3,
+            written_ms = started.elapsed().as_secs_f64() * 1e3,
+            "copy timings"
+        );
         Ok(results
             .into_iter()
             .zip(cut)

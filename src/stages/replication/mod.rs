@@ -10,6 +10,7 @@
 mod copier;
 mod fanout;
 pub mod gate;
+mod index;
 mod joint;
 mod lanes;
 mod retry;
@@ -35,6 +36,7 @@ use crate::storage::{ErrorKind, StorageError, Store, Stores};
 use self::copier::Copier;
 use self::fanout::{Fanout, PendingAborts};
 use self::gate::Gates;
+use self::index::KeyIndex;
 use self::joint::{Joined, JointCopy};
 use self::lanes::{Lanes, Ticket};
 use self::retry::Waiting;
@@ -144,6 +146,8 @@ pub struct ReplicationProcessor {
     waiting: Waiting,
     /// Multipart uploads of failed copies not aborted yet (their target was away).
     pending_aborts: PendingAborts,
+    /// The keys each target held at this assignment: a copy of a new key skips the pre-check.
+    index: KeyIndex,
     /// Entry tasks and location probes, waited for at shutdown.
     tasks: TaskTracker,
     pub stats: Arc<ReplicationStats>,
@@ -180,6 +184,7 @@ impl ReplicationProcessor {
             gates: holds.gates,
             pauses: holds.pauses,
             pending_aborts: PendingAborts::default(),
+            index: KeyIndex::default(),
             deferred: Default::default(),
             retry_subscription: subscriptions.retries,
             retry_lanes: Arc::new(Lanes::default()),
@@ -359,6 +364,7 @@ impl ReplicationProcessor {
                 None => return false,
             }
         };
+        self.touch(target, &entry.key);
         let published = self
             .publish_step(entry, origin, target, step, &lane, shutdown)
             .await;
@@ -460,6 +466,12 @@ impl ReplicationProcessor {
         .await
     }
 
+    /// Notes in the key index that this process wrote (or deferred) `key` on `target`.
+    fn touch(&self, target: &str, key: &str) {
+        self.index
+            .touch(target, key, self.subscription.revocations());
+    }
+
     fn lock_deferred(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), usize>> {
         self.deferred.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -493,6 +505,9 @@ impl ReplicationProcessor {
         };
         // The first attempt joins the other targets of the entry (one read of the source);
         // a target that joins no group this time must say so, or the others wait for it.
+        // Only an entry's first attempt from the replication topic may use the key index: a
+        // retry may follow a write whose answer was lost.
+        let fresh = joint.is_some() && start_attempts == 0;
         let mut joint = joint;
         let leave = |joint: &mut Option<&JointCopy>| {
             if let Some(j) = joint.take() {
@@ -539,7 +554,8 @@ impl ReplicationProcessor {
             attempts += 1;
             let outcome = match entry.kind {
                 EntryKind::Object => {
-                    self.copy_object(entry, source, store, &copier, joint.take())
+                    let first = fresh && attempts == 1;
+                    self.copy_object(entry, source, store, &copier, joint.take(), first)
                         .await
                 }
                 EntryKind::DeleteMarker => {
@@ -634,7 +650,8 @@ impl ReplicationProcessor {
     }
 
     /// Copies an object version to `store`: nothing if the pre-check finds it there, else as
-    /// part of the entry's joint copy (`joint`, first attempt) or on its own.
+    /// part of the entry's joint copy (`joint`, first attempt) or on its own. On the `first`
+    /// attempt of an entry, a key the target never had needs no pre-check ([`index`]).
     async fn copy_object(
         &self,
         entry: &ReplicationEntry,
@@ -642,13 +659,24 @@ impl ReplicationProcessor {
         store: &Store,
         copier: &Copier<'_>,
         joint: Option<&JointCopy>,
+        first: bool,
     ) -> Result<Outcome, StorageError> {
         let leave = || {
             if let Some(joint) = joint {
                 joint.leave();
             }
         };
-        match copier.precheck_object(entry).await {
+        let new_key = first
+            && self
+                .index
+                .claim_new(store, &entry.key, self.subscription.revocations())
+                .await;
+        let precheck = if new_key {
+            Ok(None)
+        } else {
+            copier.precheck_object(entry).await
+        };
+        match precheck {
             Ok(None) => {}
             Ok(Some(outcome)) => {
                 leave();

@@ -108,6 +108,7 @@ impl ReplicationProcessor {
         else {
             return;
         };
+        self.touch(&task.target, &task.entry.key);
         let done = match step {
             Step::Done(result) => {
                 let published = publish_until_done(

@@ -81,8 +81,19 @@ impl StatusProcessor {
                 self.state.clear();
             }
             let partition = delivery.partition;
-            if loaded.insert(partition) {
-                self.replay(partition).await?;
+            if !loaded.contains(&partition) {
+                // Every partition held and not loaded yet, at once: one round trip, not one each.
+                let mut partitions: Vec<i32> = self
+                    .subscription
+                    .assigned(&self.topics.status)
+                    .into_iter()
+                    .filter(|p| !loaded.contains(p))
+                    .collect();
+                if !partitions.contains(&partition) {
+                    partitions.push(partition);
+                }
+                self.replay(&partitions).await?;
+                loaded.extend(partitions);
             }
             let Some((result, delivery)) = decode_or_dead_letter::<TargetResult>(
                 "target result",
@@ -192,16 +203,24 @@ impl StatusProcessor {
             })
     }
 
-    /// Loads the state of status partition `partition` from its changelog partition.
-    async fn replay(&mut self, partition: i32) -> Result<(), StageError> {
-        let records = self
+    /// Loads the state of these status partitions from their changelog partitions.
+    async fn replay(&mut self, partitions: &[i32]) -> Result<(), StageError> {
+        let read = self
             .reader
-            .read_partition(&self.topics.status_state, partition)
+            .read_partitions(&self.topics.status_state, partitions)
             .await
             .map_err(|source| StageError::Bus {
                 stage: STAGE,
                 source,
             })?;
+        for (partition, records) in read {
+            self.load(partition, records);
+        }
+        Ok(())
+    }
+
+    /// Replaces the state of status partition `partition` with its replayed `records`.
+    fn load(&mut self, partition: i32, records: crate::bus::StateRecords) {
         let states = self.state.entry(partition).or_default();
         for state in states.values() {
             count_backlog(state, -1);
@@ -234,7 +253,6 @@ impl StatusProcessor {
             entries = states.len(),
             "state replayed"
         );
-        Ok(())
     }
 }
 

@@ -1,0 +1,178 @@
+//! `KeyIndex`: which keys each target held when this process listed it, so that the first copy
+//! of a key the target never had skips the pre-check (one request fewer per object on a first
+//! sync, where a HEAD can only answer "not there").
+//!
+//! The pre-check exists for keys ferry may have written before: a redelivered entry finds its
+//! earlier copy, and an older version does not go over a newer one. A key absent from a
+//! listing taken after this process got its partitions, and not written by this process since,
+//! cannot be either: only the owner of a key's partition writes it (retries, which another
+//! instance may own, always pre-check). So each listing belongs to one assignment generation
+//! (a rebalance lists again), and every key this process claims or writes is remembered beside
+//! it. A target with more than [`LIMIT`] keys is not indexed (every copy pre-checks); after
+//! [`LIMIT`] claims the target is listed again, which bounds memory.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use crate::storage::Store;
+
+/// The most keys one target's index holds (listed or claimed).
+pub const LIMIT: usize = 100_000;
+
+/// One listing of one target, for one assignment generation.
+struct Listing {
+    generation: u64,
+    /// The keys the target held at listing time; `None` if it held more than [`LIMIT`].
+    listed: OnceCell<Option<HashSet<String>>>,
+    /// Keys claimed or written by this process since the listing started.
+    touched: Mutex<HashSet<String>>,
+}
+
+impl Listing {
+    fn new(generation: u64) -> Arc<Self> {
+        Arc::new(Self {
+            generation,
+            listed: OnceCell::new(),
+            touched: Mutex::default(),
+        })
+    }
+
+    fn touched(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.touched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Per target location, its current listing.
+#[derive(Default)]
+pub struct KeyIndex {
+    targets: Mutex<HashMap<String, Arc<Listing>>>,
+}
+
+impl KeyIndex {
+    /// Whether `key` is certainly new on `target`; if so, claims it (the next call for the same
+    /// key says no). `generation` counts this process's partition assignments. Any doubt (the
+    /// listing failed, the target is too big) says no, and the caller pre-checks.
+    pub async fn claim_new(&self, target: &Store, key: &str, generation: u64) -> bool {
+        let listing = self.current(target.name(), generation);
+        let listed = listing
+            .listed
+            .get_or_try_init(|| async {
+                let keys = target.keys_up_to(LIMIT).await?;
+                tracing::debug!(
+                    target = target.name(),
+                    keys = keys.as_ref().map(HashSet::len),
+                    "target listed for the key index"
+                );
+                Ok::<_, crate::storage::StorageError>(keys)
+            })
+            .await;
+        let Ok(Some(listed)) = listed else {
+            return false;
+        };
+        let mut touched = listing.touched();
+        if listed.contains(key) || !touched.insert(key.to_string()) {
+            return false;
+        }
+        if touched.len() >= LIMIT {
+            // Start over with a fresh listing, which holds every key written so far.
+            drop(touched);
+            self.renew(target.name(), &listing);
+        }
+        true
+    }
+
+    /// Remembers that this process wrote (or is about to write) `key` on `target`.
+    pub fn touch(&self, target: &str, key: &str, generation: u64) {
+        let listing = self.current(target, generation);
+        let mut touched = listing.touched();
+        touched.insert(key.to_string());
+        if touched.len() >= LIMIT {
+            drop(touched);
+            self.renew(target, &listing);
+        }
+    }
+
+    /// The target's listing for `generation`, a new one if the generation changed.
+    fn current(&self, target: &str, generation: u64) -> Arc<Listing> {
+        let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = targets
+            .entry(target.to_string())
+            .or_insert_with(|| Listing::new(generation));
+        if slot.generation != generation {
+            *slot = Listing::new(generation);
+        }
+        slot.clone()
+    }
+
+    /// Replaces `old` (if still current) with a listing to be taken anew.
+    fn renew(&self, target: &str, old: &Arc<Listing>) {
+        let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = targets.get_mut(target) {
+            if Arc::ptr_eq(slot, old) {
+                *slot = Listing::new(old.generation);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FsStore, ObjectMeta};
+    use base64::Engine;
+    use md5::{Digest, Md5};
+
+    async fn store_holding(keys: &[&str]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::Fs(FsStore::new("t", "t", dir.path().join("store")));
+        store.check().await.expect("the store sets itself up");
+        for key in keys {
+            let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(b"x"));
+            store
+                .put(key, "x".into(), &md5, &ObjectMeta::default(), None)
+                .await
+                .expect("put");
+        }
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn only_a_key_the_target_never_had_is_new_and_only_once() {
+        let (_dir, store) = store_holding(&["old"]).await;
+        let index = KeyIndex::default();
+        assert!(!index.claim_new(&store, "old", 0).await, "listed");
+        assert!(index.claim_new(&store, "new", 0).await);
+        assert!(!index.claim_new(&store, "new", 0).await, "claimed once");
+        index.touch("t", "written", 0);
+        assert!(!index.claim_new(&store, "written", 0).await, "written here");
+    }
+
+    #[tokio::test]
+    async fn a_new_assignment_lists_again() {
+        let (_dir, store) = store_holding(&[]).await;
+        let index = KeyIndex::default();
+        assert!(index.claim_new(&store, "k", 0).await);
+        // Written meanwhile by whoever owned the partition: the next generation's listing
+        // shows it.
+        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(b"x"));
+        store
+            .put("other", "x".into(), &md5, &ObjectMeta::default(), None)
+            .await
+            .expect("put");
+        assert!(!index.claim_new(&store, "other", 1).await);
+        assert!(
+            index.claim_new(&store, "k", 1).await,
+            "forgotten with the old listing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_that_cannot_be_listed_is_never_new() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("file"), b"").expect("write");
+        let store = Store::Fs(FsStore::new("t", "t", dir.path().join("file/sub")));
+        assert!(!KeyIndex::default().claim_new(&store, "k", 0).await);
+    }
+}
