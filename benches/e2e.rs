@@ -232,16 +232,42 @@ fn main() {
             size: 16 << 10,
             targets: 3,
         },
+        Workload {
+            name: "fan-out large",
+            count: scale(8, 2),
+            size: scale(256 << 20, 32 << 20),
+            targets: 3,
+        },
     ];
     let workloads: Vec<Workload> = workloads
         .into_iter()
         .filter(|w| only.as_deref().is_none_or(|o| o == w.name))
         .collect();
+    let steady = only
+        .as_deref()
+        .is_none_or(|o| o == "steady")
+        .then_some(Steady {
+            rate: if quick { 50 } else { 200 },
+            seconds: if quick { 10 } else { 60 },
+            size: 16 << 10,
+            targets: 2,
+        });
+    let svg = value("--svg");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let report = runtime.block_on(run_all(&workloads, reps, quick, ferry_only));
+    let mut report = runtime.block_on(run_all(&workloads, reps, quick, ferry_only));
+    if let Some(st) = steady {
+        eprintln!(
+            "bench: steady — {} objects/s for {} s to {} targets",
+            st.rate, st.seconds, st.targets
+        );
+        let (samples, rss) = runtime.block_on(run_steady(&TestEnv::get(), &st));
+        let part = steady_report(&st, &samples, rss, svg.as_deref());
+        eprint!("{part}");
+        report.push_str(&part);
+    }
     print!("{report}");
     if let Some(path) = out {
         std::fs::write(&path, &report).unwrap_or_else(|e| panic!("write {path}: {e}"));
@@ -282,6 +308,7 @@ async fn run_all(workloads: &[Workload], reps: usize, quick: bool, ferry_only: b
             }
         }
         s3::remove_bucket(&src, &source).await;
+        collect_garbage();
         let f = median(ferry);
         eprintln!(
             "bench: {} ferry {:.2}s ({:.0} objects/s), peak RSS {:.0} MiB",
@@ -425,10 +452,76 @@ async fn check_and_remove(env: &TestEnv, targets: &[(usize, String)], w: &Worklo
         );
         s3::remove_bucket(&client, bucket).await;
     }
+    collect_garbage();
 }
 
-async fn run_ferry(env: &TestEnv, source: &str, w: &Workload) -> Run {
-    let targets = targets(env, w.targets).await;
+/// Has radosgw free the space of deleted objects now rather than in an hour: memstore holds
+/// everything in RAM, up to its configured size, and the large workload fills it otherwise.
+fn collect_garbage() {
+    let conf = Path::new(
+        &std::env::var("FERRY_TEST_ENV").unwrap_or_else(|_| "/tmp/ferry-test-env".into()),
+    )
+    .join("ceph.conf");
+    let _ = Command::new("timeout")
+        .args(["120", "radosgw-admin", "-c"])
+        .arg(conf)
+        .args(["gc", "process", "--include-all"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A running ferry, started by [`start_ferry`].
+struct Ferry {
+    child: std::process::Child,
+    admin: u16,
+    log_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Ferry {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until `count` entries are COMPLETED (from /metrics).
+    async fn wait_completed(&self, count: usize, started: Instant) {
+        let done = format!("ferry_entries_completed_total {count}");
+        loop {
+            let page = get(self.admin, "/metrics").await.1;
+            if page.lines().any(|l| l == done) {
+                return;
+            }
+            assert!(
+                started.elapsed() < RUN_TIMEOUT,
+                "ferry timed out:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then the log of the whole run.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        if let Ok(keep) = std::env::var("FERRY_BENCH_KEEP_LOG") {
+            let _ = std::fs::copy(&self.log_path, keep);
+        }
+        self.log()
+    }
+}
+
+/// Starts ferry on the scan feed of `source` into `targets`, and waits for its admin server.
+async fn start_ferry(
+    env: &TestEnv,
+    source: &str,
+    targets: &[(usize, String)],
+    scan_interval: &str,
+    started: Instant,
+) -> Ferry {
     let id = unique("bench");
     let mut config = format!(
         r#"
@@ -441,9 +534,8 @@ replication_factor = 1
 
 [populator]
 feeds = ["scan"]
-scan_interval = "2s"
+scan_interval = "{scan_interval}"
 {replication}
-
 [admin]
 listen = "127.0.0.1:0"
 
@@ -455,6 +547,7 @@ access_key_id = "{ak}"
 secret_access_key = "{sk}"
 "#,
         kafka = env.kafka,
+        // FERRY_BENCH_REPLICATION: extra `[replication]` settings, to try some out.
         replication = std::env::var("FERRY_BENCH_REPLICATION")
             .map(|r| format!("\n[replication]\n{r}\n"))
             .unwrap_or_default(),
@@ -481,9 +574,7 @@ secret_access_key = "{sk}"
     let path = dir.path().join("ferry.toml");
     std::fs::write(&path, config).expect("write config");
     let log_path = dir.path().join("ferry.log");
-    let marks = log_marks();
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["--log-format", "json", "run", "--config"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -492,17 +583,6 @@ secret_access_key = "{sk}"
         .spawn()
         .expect("start ferry");
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let servers_before = cpu_by_command();
-    // FERRY_BENCH_PERF=FILE: sample ferry's stacks with `perf record` for the run.
-    let perf = std::env::var("FERRY_BENCH_PERF").ok().and_then(|file| {
-        Command::new("perf")
-            .args(["record", "-e", "cpu-clock", "-F", "999", "-o", &file, "-p"])
-            .arg(child.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(format!("{file}.log")).ok()?)
-            .spawn()
-            .ok()
-    });
     let admin = loop {
         if let Some(p) = port(&log()) {
             break p;
@@ -514,38 +594,31 @@ secret_access_key = "{sk}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let done = format!("ferry_entries_completed_total {}", w.count);
-    loop {
-        let page = get(admin, "/metrics").await.1;
-        if page.lines().any(|l| l == done) {
-            break;
-        }
-        assert!(
-            started.elapsed() < RUN_TIMEOUT,
-            "ferry timed out:\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    Ferry {
+        child,
+        admin,
+        log_path,
+        _dir: dir,
     }
+}
+
+async fn run_ferry(env: &TestEnv, source: &str, w: &Workload) -> Run {
+    let targets = targets(env, w.targets).await;
+    let servers_before = cpu_by_command();
+    let marks = log_marks();
+    let started = Instant::now();
+    let ferry = start_ferry(env, source, &targets, "2s", started).await;
+    ferry.wait_completed(w.count, started).await;
     let seconds = started.elapsed().as_secs_f64();
-    let rss_mib = peak_rss_mib(child.id());
-    if let Some(perf) = perf {
-        let _ = Command::new("kill")
-            .args(["-INT", &perf.id().to_string()])
-            .status();
-        let _ = perf.wait_with_output();
-    }
+    let rss_mib = peak_rss_mib(ferry.child.id());
     eprintln!(
         "bench: ferry run {seconds:.2}s; CPU used: ferry {:.1}s, {}",
-        cpu_seconds(child.id()),
+        cpu_seconds(ferry.child.id()),
         servers_used(&servers_before)
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    let log = ferry.stop();
     // The shutdown line counts the bytes read from the source and written to the targets.
-    let totals = log()
+    let totals = log
         .lines()
         .find(|l| l.contains("\"replication totals\""))
         .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
@@ -554,9 +627,6 @@ secret_access_key = "{sk}"
         Some(read / (w.count * w.size) as f64)
     });
     let requests = count_requests(&marks, source, &targets, w).await;
-    if let Ok(keep) = std::env::var("FERRY_BENCH_KEEP_LOG") {
-        let _ = std::fs::copy(&log_path, keep);
-    }
     check_and_remove(env, &targets, w, "ferry").await;
     Run {
         seconds,
@@ -564,6 +634,189 @@ secret_access_key = "{sk}"
         source_read_ratio,
         requests,
     }
+}
+
+/// The steady workload: objects written to the source at a fixed rate while ferry runs;
+/// the lag of each (source write → COMPLETED on every target), over time.
+struct Steady {
+    rate: usize,
+    seconds: usize,
+    size: usize,
+    targets: usize,
+}
+
+/// Lag samples of a steady run: (seconds since the first write, lag in seconds).
+async fn run_steady(env: &TestEnv, s: &Steady) -> (Vec<(f64, f64)>, f64) {
+    let source = unique("bench-steady");
+    let src = s3::client(env, 0);
+    s3::create_bucket(&src, &source, true).await;
+    let targets = targets(env, s.targets).await;
+    let started = Instant::now();
+    let ferry = start_ferry(env, &source, &targets, "1s", started).await;
+    // Let the consumers join before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let count = s.rate * s.seconds;
+    let first_write_ms = model_now_ms();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / s.rate as f64));
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..count {
+        tick.tick().await;
+        let (client, bucket) = (src.clone(), source.clone());
+        let size = s.size;
+        writes.spawn(async move {
+            let put = Put {
+                key: format!("steady/{i:06}"),
+                seed: i as u64,
+                size,
+                ..Put::default()
+            };
+            s3::put(&client, &bucket, &put).await;
+        });
+    }
+    while writes.join_next().await.is_some() {}
+    eprintln!(
+        "bench: steady: {count} objects written in {:.1}s",
+        (model_now_ms() - first_write_ms) as f64 / 1000.0
+    );
+    ferry.wait_completed(count, started).await;
+    let rss_mib = peak_rss_mib(ferry.child.id());
+    let log = ferry.stop();
+    // Each COMPLETED line carries the lag from the source's write time.
+    let mut samples: Vec<(f64, f64)> = log
+        .lines()
+        .filter(|l| l.contains("\"COMPLETED on every target\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|j| {
+            let lag_ms = j["latency_ms"].as_f64()?;
+            let at = chrono_ms(j["timestamp"].as_str()?)?;
+            Some(((at - first_write_ms) as f64 / 1000.0, lag_ms / 1000.0))
+        })
+        .collect();
+    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let w = Workload {
+        name: "steady",
+        count,
+        size: s.size,
+        targets: s.targets,
+    };
+    check_and_remove(env, &targets, &w, "ferry (steady)").await;
+    s3::remove_bucket(&src, &source).await;
+    (samples, rss_mib)
+}
+
+fn model_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Milliseconds since the epoch of an RFC 3339 UTC timestamp as ferry logs it
+/// (`2026-12-01T10:38:16.784800Z`).
+fn chrono_ms(ts: &str) -> Option<i64> {
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + min * 60) as f64 * 1000.0 + sec * 1000.0) as i64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The steady run's table, and its plot as SVG.
+fn steady_report(s: &Steady, samples: &[(f64, f64)], rss_mib: f64, svg: Option<&str>) -> String {
+    let mut lags: Vec<f64> = samples.iter().map(|(_, l)| *l).collect();
+    lags.sort_by(f64::total_cmp);
+    let mut out = format!(
+        "\n### steady — {} objects/s × {} KiB for {} s, {} targets (ferry only)\n\n\
+         Lag: from the object's write time at the source to COMPLETED on every target (ferry's \
+         own per-entry latency, logged with each completion). ferry's scan feed lists the source \
+         every second; rclone has no continuous mode (run from cron, its lag is the cron interval \
+         plus a full listing and copy).\n\n\
+         | versions | lag p50 s | lag p99 s | lag max s | peak RSS MiB |\n|---|---|---|---|---|\n\
+         | {} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
+        s.rate,
+        s.size >> 10,
+        s.seconds,
+        s.targets,
+        samples.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or(0.0),
+        rss_mib
+    );
+    if let Some(path) = svg {
+        match std::fs::write(path, lag_svg(samples)) {
+            // The path is relative to the repository, as BENCHMARKS.md is.
+            Ok(()) => {
+                let _ = writeln!(out, "\n![lag over time in the steady run]({path})");
+            }
+            Err(e) => eprintln!("bench: could not write {path}: {e}"),
+        }
+    }
+    out
+}
+
+/// A plot of lag (y) over time (x): one dot per completed version, with labelled axes.
+fn lag_svg(samples: &[(f64, f64)]) -> String {
+    let (w, h, left, bottom, top, right) = (800.0, 360.0, 60.0, 40.0, 20.0, 20.0);
+    let max_t = samples.iter().map(|s| s.0).fold(1.0, f64::max);
+    let max_lag = samples.iter().map(|s| s.1).fold(0.5, f64::max) * 1.1;
+    let x = |t: f64| left + (w - left - right) * t / max_t;
+    let y = |l: f64| h - bottom - (h - bottom - top) * l / max_lag;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">seconds since the first write</text>\n\
+         <text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">lag, s</text>\n",
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom,
+        (w + left) / 2.0,
+        h - 6.0,
+        h / 2.0,
+        h / 2.0
+    );
+    for i in 0..=5 {
+        let (t, l) = (max_t * f64::from(i) / 5.0, max_lag * f64::from(i) / 5.0);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t:.0}</text>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{l:.2}</text>",
+            x(t),
+            h - bottom + 16.0,
+            left - 6.0,
+            y(l) + 4.0
+        );
+    }
+    for (t, l) in samples {
+        let _ = writeln!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1.2\" fill=\"steelblue\"/>",
+            x(*t),
+            y(*l)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 async fn run_rclone(env: &TestEnv, conf: &Path, source: &str, w: &Workload) -> Run {

@@ -7,7 +7,11 @@
 #   bash scripts/bench.sh            full run (~20 min); rewrites BENCHMARKS.md
 #   bash scripts/bench.sh --quick    small smoke run; prints its tables only
 #
-# Other arguments go to the benchmark: --reps N.
+# Other arguments go to the benchmark: --reps N; for profiling, --only WORKLOAD (small, medium,
+# large, fan-out small, steady), --count N, --ferry-only; FERRY_BENCH_REPLICATION="key = value"
+# adds [replication] settings to ferry's configuration, FERRY_BENCH_KEEP_LOG=FILE keeps the last
+# ferry log, FERRY_LOG=debug makes it verbose (per-copy timings at
+# ferry::stages::replication::fanout=debug).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,6 +20,9 @@ if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
     . "$HOME/.cargo/env"
 fi
 export FERRY_TEST_ENV=${FERRY_TEST_ENV:-/tmp/ferry-test-env}
+# The large fan-out holds 2 GiB at the source and 6 GiB on the targets at once; memstore keeps
+# it in RAM (the benchmark has radosgw free deleted objects after every run).
+export FERRY_TEST_MEMSTORE_BYTES=${FERRY_TEST_MEMSTORE_BYTES:-16G}
 
 bash scripts/install-deps.sh
 missing=()
@@ -39,7 +46,12 @@ set -a
 set +a
 
 tables=$(mktemp)
-cargo bench --locked --bench e2e -- --out "$tables" "$@"
+extra=()
+if ! $quick; then
+    mkdir -p docs/benchmarks
+    extra=(--svg docs/benchmarks/steady-lag.svg)
+fi
+cargo bench --locked --bench e2e -- --out "$tables" ${extra[@]+"${extra[@]}"} "$@"
 if ! $quick; then
     {
         echo "# Benchmarks"
