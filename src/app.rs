@@ -33,6 +33,8 @@ pub enum AppError {
     Stage(#[from] StageError),
     #[error("stage {0} stopped unexpectedly")]
     StageExited(&'static str),
+    #[error("stage {0} crashed (a bug; please report it with the log): {1}")]
+    StagePanicked(&'static str, String),
 }
 
 /// Runs every configured stage until `shutdown` is cancelled or a stage fails.
@@ -105,12 +107,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         let running = running.clone();
         running.set(name, true);
         tracker.spawn(async move {
-            let outcome = stage.await;
+            // In a task of its own, so that a panic stops the process (and its supervisor
+            // restarts it) instead of leaving the other stages running without this one.
+            let outcome = tokio::spawn(stage).await;
             running.set(name, false);
             let error = match outcome {
-                Err(e) => Some(AppError::Stage(e)),
-                Ok(()) if !token.is_cancelled() => Some(AppError::StageExited(name)),
-                Ok(()) => None,
+                Err(panic) => Some(AppError::StagePanicked(name, panic.to_string())),
+                Ok(Err(e)) => Some(AppError::Stage(e)),
+                Ok(Ok(())) if !token.is_cancelled() => Some(AppError::StageExited(name)),
+                Ok(Ok(())) => None,
             };
             if let Some(e) = error {
                 tracing::error!(stage = name, error = %e, "stage stopped");

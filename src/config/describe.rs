@@ -96,8 +96,8 @@ pub fn describe(config: &Config) -> String {
     let r = &config.replication;
     let _ = writeln!(
         out,
-        "replication: {} entries in flight, {} copies per target, multipart above {} bytes in {} byte parts, retry {:?}..{:?}",
-        r.max_in_flight, r.target_concurrency, r.multipart_threshold, r.part_size, r.retry.initial_delay, r.retry.max_delay
+        "replication: {} entries in flight, {} copies per target, multipart above {} bytes in {} byte parts, {} bytes of part buffers, retry {:?}..{:?}",
+        r.max_in_flight, r.target_concurrency, r.multipart_threshold, r.part_size, r.buffer_memory, r.retry.initial_delay, r.retry.max_delay
     );
     let _ = writeln!(out, "gc: {} tasks at once", config.gc.concurrency);
     let _ = writeln!(

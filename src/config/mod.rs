@@ -200,6 +200,9 @@ pub struct ReplicationConfig {
     /// Parts of one object uploaded at once; peak buffer memory per object copy is about
     /// `(part_concurrency + 1) × part_size`.
     pub part_concurrency: usize,
+    /// Bytes all copies together may hold in part buffers; a copy waits for room before it
+    /// reads its next part (the process's peak memory is about this plus ~60 MiB).
+    pub buffer_memory: u64,
     /// Default retry policy of targets that set none.
     pub retry: RetryPolicy,
     /// Attempts made in place before a failing copy is deferred to the retry topic, freeing

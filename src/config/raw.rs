@@ -160,6 +160,7 @@ pub struct RawReplication {
     pub multipart_threshold: Option<RawSize>,
     pub part_size: Option<RawSize>,
     pub part_concurrency: Option<i64>,
+    pub buffer_memory: Option<RawSize>,
     pub retry_initial_delay: Option<String>,
     pub retry_max_delay: Option<String>,
 }

@@ -9,6 +9,8 @@ use super::*;
 /// Default part size: large enough that a 5 GiB object is ~640 parts, small enough that
 /// `target_concurrency` copies of one part each stay well under 1 GiB of buffers.
 const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// 20 parts of the default size: with ~60 MiB for the rest, ferry stays under 256 MiB.
+const DEFAULT_BUFFER_MEMORY: u64 = 160 << 20;
 /// S3's minimum part size (every part but the last must be at least this big).
 const MIN_PART_SIZE: u64 = 5 << 20;
 /// S3's maximum part size.
@@ -599,6 +601,17 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
             "larger than S3's 5 GiB single-upload limit",
         ));
     }
+    let buffer_memory = size(
+        "replication.buffer_memory",
+        r.buffer_memory.as_ref(),
+        DEFAULT_BUFFER_MEMORY,
+    )?;
+    if buffer_memory < part_size {
+        return Err(ConfigError::invalid(
+            "replication.buffer_memory",
+            format!("{buffer_memory} bytes cannot hold one part of replication.part_size ({part_size} bytes)"),
+        ));
+    }
     // Ten attempts with delays doubling from 0.5 s to at most 60 s span about five minutes:
     // enough to ride out a restart or a throttling burst, short enough that a broken copy is
     // reported FAILED within the hour.
@@ -624,6 +637,7 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
         multipart_threshold,
         part_size,
         part_concurrency: positive("replication.part_concurrency", r.part_concurrency, 4, 64)?,
+        buffer_memory,
         retry,
         defer_after: positive("replication.defer_after", r.defer_after, 3, 1_000_000)? as u32,
     })

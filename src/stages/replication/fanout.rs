@@ -34,8 +34,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What flows from the reader to each writer.
 enum Piece {
-    /// The next part of the object, with its MD5.
-    Part(Bytes, [u8; 16]),
+    /// The next part of the object, with its MD5 and its share of the buffer budget.
+    Part(Bytes, [u8; 16], Arc<Budget>),
     /// Every part was sent and the source checked out: complete the upload.
     End,
 }
@@ -45,12 +45,49 @@ type UploadedPart = (i32, String, [u8; 16], u64);
 /// A finished part-upload task.
 type JoinedPart = Option<Result<Result<UploadedPart, StorageError>, tokio::task::JoinError>>;
 
+/// The bytes all copies of this process may hold in part buffers at once: a part is read only
+/// once its room is taken, and the room is freed when every target has sent it. (A part larger
+/// than the whole budget takes all of it.) Small objects, one unit each, are never held back.
+pub struct BufferBudget {
+    units: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+/// One part's room in the [`BufferBudget`].
+pub type Budget = tokio::sync::OwnedSemaphorePermit;
+
+/// The budget's unit: 64 KiB.
+const UNIT: usize = 64 << 10;
+
+impl BufferBudget {
+    pub fn new(bytes: u64) -> Self {
+        let total = (bytes / UNIT as u64).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        Self {
+            units: Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits for room for `bytes` (`None` only if the budget were closed, which it never is).
+    async fn take(&self, bytes: usize) -> Option<Arc<Budget>> {
+        let units = (bytes.div_ceil(UNIT).max(1) as u64).min(u64::from(self.total)) as u32;
+        self.units
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .ok()
+            .map(Arc::new)
+    }
+}
+
 /// Multipart uploads whose abort failed (the target was away), to abort later.
 pub type PendingAborts = Arc<Mutex<Vec<(Store, String, String)>>>;
 
 /// Settings and counters for fan-out copies.
 pub struct Fanout<'a> {
     pub source: &'a Store,
+    /// Bounds the part buffers of all copies together.
+    pub budget: &'a BufferBudget,
     pub multipart_threshold: u64,
     pub part_size: u64,
     pub part_concurrency: usize,
@@ -116,13 +153,21 @@ impl Fanout<'_> {
             writers.spawn(async move { (index, writer.write(rx).await) });
         }
 
-        let mut whole = Md5::new();
+        // The MD5 of the whole object is needed only to check a plain-MD5 source ETag; when the
+        // object travels as one part, that part's MD5 is it (one pass over the bytes, not two).
+        let mut whole = (!single && head.etag.as_deref().is_some_and(etag_is_md5)).then(Md5::new);
+        let mut held: Option<Arc<Budget>> = None;
         let mut digests: Vec<u8> = Vec::new();
         let mut parts = 0u64;
         let mut total = 0u64;
         let mut buffer = BytesMut::with_capacity(part_size.min(64 << 20));
         let mut cut: Vec<Option<StorageError>> = targets.iter().map(|_| None).collect();
         loop {
+            if held.is_none() {
+                // Room for the next part in the process-wide buffer budget, before reading it.
+                let remaining = head.size.saturating_sub(total).max(1);
+                held = Some(self.room(part_size.min(remaining as usize), key).await?);
+            }
             let chunk = body.chunk().await?;
             let end = chunk.is_none();
             if let Some(chunk) = chunk {
@@ -130,7 +175,9 @@ impl Fanout<'_> {
                 self.stats
                     .source_bytes
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                whole.update(&chunk);
+                if let Some(whole) = whole.as_mut() {
+                    whole.update(&chunk);
+                }
                 buffer.extend_from_slice(&chunk);
             }
             while buffer.len() >= part_size || (end && (!buffer.is_empty() || parts == 0)) {
@@ -138,11 +185,15 @@ impl Fanout<'_> {
                 let md5: [u8; 16] = Md5::digest(&part).into();
                 digests.extend_from_slice(&md5);
                 parts += 1;
+                // The part's share of the budget goes with it, freed once every target is done.
+                let room = match held.take() {
+                    Some(room) => room,
+                    None => self.room(part.len(), key).await?,
+                };
                 for (index, sender) in senders.iter_mut().enumerate() {
                     let Some(tx) = sender else { continue };
-                    let sent =
-                        tokio::time::timeout(SEND_TIMEOUT, tx.send(Piece::Part(part.clone(), md5)))
-                            .await;
+                    let piece = Piece::Part(part.clone(), md5, room.clone());
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(piece)).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         *sender = None;
                         cut[index] = Some(targets[index].local_error(
@@ -161,10 +212,15 @@ impl Fanout<'_> {
                 break;
             }
         }
+        let whole_md5 = match whole {
+            Some(whole) => Some(hex(&whole.finalize())),
+            None if parts == 1 => Some(hex(&digests)),
+            None => None,
+        };
         self.check_source(
             &head,
             total,
-            &hex(&whole.finalize()),
+            whole_md5.as_deref(),
             layout.map(|_| (&digests, parts)),
         )?;
         let read = started.elapsed();
@@ -204,6 +260,17 @@ impl Fanout<'_> {
             .collect())
     }
 
+    async fn room(&self, bytes: usize, key: &str) -> Result<Arc<Budget>, StorageError> {
+        self.budget.take(bytes).await.ok_or_else(|| {
+            self.source.local_error(
+                "fan-out",
+                key,
+                ErrorKind::Transient,
+                "the buffer budget was closed".into(),
+            )
+        })
+    }
+
     /// The source's part size when its ETag says it was uploaded in parts and the server
     /// reports a uniform layout (all parts but the last of one size, within S3's limits).
     async fn source_layout(
@@ -239,7 +306,7 @@ impl Fanout<'_> {
         &self,
         head: &ObjectHead,
         length: u64,
-        md5_hex: &str,
+        md5_hex: Option<&str>,
         layout: Option<(&Vec<u8>, u64)>,
     ) -> Result<(), StorageError> {
         let fail = |message| {
@@ -254,9 +321,10 @@ impl Fanout<'_> {
             ));
         }
         let etag = head.etag.as_deref().unwrap_or_default();
-        if etag_is_md5(etag) && etag != md5_hex {
+        if etag_is_md5(etag) && md5_hex != Some(etag) {
             return fail(format!(
-                "data read has MD5 {md5_hex}, the source ETag is {etag}"
+                "data read has MD5 {}, the source ETag is {etag}",
+                md5_hex.unwrap_or("(not computed)")
             ));
         }
         if let Some((digests, parts)) = layout {
@@ -321,7 +389,7 @@ struct Writer {
 impl Writer {
     async fn write(self, mut rx: mpsc::Receiver<Piece>) -> Result<Outcome, StorageError> {
         if self.single {
-            let Some(Piece::Part(data, md5)) = rx.recv().await else {
+            let Some(Piece::Part(data, md5, _room)) = rx.recv().await else {
                 return Err(self.interrupted());
             };
             if !matches!(rx.recv().await, Some(Piece::End)) {
@@ -372,7 +440,7 @@ impl Writer {
         let mut number = 0;
         loop {
             match rx.recv().await {
-                Some(Piece::Part(data, md5)) => {
+                Some(Piece::Part(data, md5, room)) => {
                     while uploads.len() >= self.part_concurrency {
                         done.push(self.joined(uploads.join_next().await)?);
                     }
@@ -380,6 +448,7 @@ impl Writer {
                     let (target, key, id) =
                         (self.target.clone(), self.key.clone(), upload_id.to_string());
                     uploads.spawn(async move {
+                        let _room = room;
                         let length = data.len() as u64;
                         let etag = target
                             .upload_part(&key, &id, number, data, &base64(&md5))

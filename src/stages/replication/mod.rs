@@ -34,7 +34,7 @@ use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, RetryTa
 use crate::storage::{ErrorKind, StorageError, Store, Stores};
 
 use self::copier::Copier;
-use self::fanout::{Fanout, PendingAborts};
+use self::fanout::{BufferBudget, Fanout, PendingAborts};
 use self::gate::Gates;
 use self::index::KeyIndex;
 use self::joint::{Joined, JointCopy};
@@ -148,6 +148,8 @@ pub struct ReplicationProcessor {
     pending_aborts: PendingAborts,
     /// The keys each target held at this assignment: a copy of a new key skips the pre-check.
     index: KeyIndex,
+    /// Part buffers of all copies together stay within `buffer_memory`.
+    budget: BufferBudget,
     /// Entry tasks and location probes, waited for at shutdown.
     tasks: TaskTracker,
     pub stats: Arc<ReplicationStats>,
@@ -173,6 +175,7 @@ impl ReplicationProcessor {
                 (l.name.clone(), settings)
             })
             .collect();
+        let budget = BufferBudget::new(config.buffer_memory);
         Self {
             config,
             stores,
@@ -185,6 +188,7 @@ impl ReplicationProcessor {
             pauses: holds.pauses,
             pending_aborts: PendingAborts::default(),
             index: KeyIndex::default(),
+            budget,
             deferred: Default::default(),
             retry_subscription: subscriptions.retries,
             retry_lanes: Arc::new(Lanes::default()),
@@ -689,6 +693,7 @@ impl ReplicationProcessor {
         }
         let fanout = Fanout {
             source,
+            budget: &self.budget,
             multipart_threshold: self.config.multipart_threshold,
             part_size: self.config.part_size,
             part_concurrency: self.config.part_concurrency,

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::bus::{Publisher, StateReader, Subscription, Topics};
 use crate::model::{self, EntryState, GcTask, ReplicationStatus, TargetResult};
@@ -121,78 +122,15 @@ impl StatusProcessor {
             count_backlog(state, 1);
             let state = state.clone();
             let entry = &state.entry;
+            // Instrumented, not entered: the span must not be held across awaits.
             let span = tracing::info_span!("entry", stage = STAGE, rule = %entry.rule, bucket = %entry.bucket, key = %entry.key, version = entry.version_id.as_deref().unwrap_or("null"), target = %result.target);
-            let _enter = span.enter();
-
-            if state.overall == ReplicationStatus::Completed && entry.transient {
-                let task = GcTask {
-                    schema: model::SCHEMA,
-                    entry: entry.clone(),
-                    copies: state.copies(),
-                };
-                if !publish_until_done(
-                    &self.publisher,
-                    &self.topics.gc,
-                    None,
-                    &entry.message_key(),
-                    Some(&model::encode(&task)),
-                    &shutdown,
-                )
-                .await
-                {
-                    break;
-                }
-                self.stats.gc_tasks.fetch_add(1, Ordering::Relaxed);
+            let published = self
+                .publish_effects(&state, &result, partition, &id, changed, &shutdown)
+                .instrument(span)
+                .await;
+            if !published {
+                break;
             }
-            if changed {
-                if !publish_until_done(
-                    &self.publisher,
-                    &self.topics.status_state,
-                    Some(partition),
-                    &id,
-                    Some(&model::encode(&state)),
-                    &shutdown,
-                )
-                .await
-                {
-                    break;
-                }
-                match state.overall {
-                    ReplicationStatus::Completed => {
-                        self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                        let latency = state.completed_at_ms.unwrap_or(0) - entry.last_modified_ms;
-                        let m = crate::metrics::metrics();
-                        m.completed.inc();
-                        m.latency.observe(latency.max(0) as f64 / 1000.0);
-                        tracing::info!(latency_ms = latency, "COMPLETED on every target");
-                    }
-                    ReplicationStatus::Failed if result.status == ReplicationStatus::Failed => {
-                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = result.error.as_deref().unwrap_or(""), "FAILED");
-                        let key = serde_json::json!([
-                            entry.bucket,
-                            entry.key,
-                            entry.version_id,
-                            result.target
-                        ])
-                        .to_string();
-                        if !publish_until_done(
-                            &self.publisher,
-                            &self.topics.failed,
-                            None,
-                            &key,
-                            Some(&model::encode(&result)),
-                            &shutdown,
-                        )
-                        .await
-                        {
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            drop(_enter);
             delivery.ack();
         }
         self.subscription
@@ -201,6 +139,90 @@ impl StatusProcessor {
                 stage: STAGE,
                 source,
             })
+    }
+
+    /// Publishes what a result led to: the GC task (transient source, COMPLETED), the new
+    /// state, the failed record. Returns false if shutdown stopped it (nothing acknowledged).
+    async fn publish_effects(
+        &self,
+        state: &EntryState,
+        result: &TargetResult,
+        partition: i32,
+        id: &str,
+        changed: bool,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let entry = &state.entry;
+
+        if state.overall == ReplicationStatus::Completed && entry.transient {
+            let task = GcTask {
+                schema: model::SCHEMA,
+                entry: entry.clone(),
+                copies: state.copies(),
+            };
+            if !publish_until_done(
+                &self.publisher,
+                &self.topics.gc,
+                None,
+                &entry.message_key(),
+                Some(&model::encode(&task)),
+                shutdown,
+            )
+            .await
+            {
+                return false;
+            }
+            self.stats.gc_tasks.fetch_add(1, Ordering::Relaxed);
+        }
+        if changed {
+            if !publish_until_done(
+                &self.publisher,
+                &self.topics.status_state,
+                Some(partition),
+                id,
+                Some(&model::encode(&state)),
+                shutdown,
+            )
+            .await
+            {
+                return false;
+            }
+            match state.overall {
+                ReplicationStatus::Completed => {
+                    self.stats.completed.fetch_add(1, Ordering::Relaxed);
+                    let latency = state.completed_at_ms.unwrap_or(0) - entry.last_modified_ms;
+                    let m = crate::metrics::metrics();
+                    m.completed.inc();
+                    m.latency.observe(latency.max(0) as f64 / 1000.0);
+                    tracing::info!(latency_ms = latency, "COMPLETED on every target");
+                }
+                ReplicationStatus::Failed if result.status == ReplicationStatus::Failed => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = result.error.as_deref().unwrap_or(""), "FAILED");
+                    let key = serde_json::json!([
+                        entry.bucket,
+                        entry.key,
+                        entry.version_id,
+                        result.target
+                    ])
+                    .to_string();
+                    if !publish_until_done(
+                        &self.publisher,
+                        &self.topics.failed,
+                        None,
+                        &key,
+                        Some(&model::encode(&result)),
+                        shutdown,
+                    )
+                    .await
+                    {
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        true
     }
 
     /// Loads the state of these status partitions from their changelog partitions.
