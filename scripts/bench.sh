@@ -65,7 +65,11 @@ if ! $quick; then
         echo
         echo "Measured $(date -u +%Y-%m-%d). Times run from the tool's start to every object"
         echo "verified on every target (ferry: every entry COMPLETED, from its metrics; rclone:"
-        echo "its exit). Every run's targets are listed and counted afterwards."
+        echo "its exit). Every run's targets are listed and counted afterwards. S3 requests are"
+        echo "counted by the servers: radosgw's access-log lines for the run's buckets. The"
+        echo "upload-only limit reads local files from this machine's shared disk: it bounds small"
+        echo "objects, but for medium and large ones it is below what both tools reach from"
+        echo "radosgw's memory. ferry's numbers come from its default settings."
         echo
         cat "$tables"
     } >BENCHMARKS.md
