@@ -656,7 +656,7 @@ async fn run_steady(env: &TestEnv, s: &Steady) -> (Vec<(f64, f64)>, f64) {
     // Let the consumers join before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let count = s.rate * s.seconds;
-    let first_write_ms = model_now_ms();
+    let first_write_ms = ferry::model::now_ms();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / s.rate as f64));
     let mut writes = tokio::task::JoinSet::new();
     for i in 0..count {
@@ -676,7 +676,7 @@ async fn run_steady(env: &TestEnv, s: &Steady) -> (Vec<(f64, f64)>, f64) {
     while writes.join_next().await.is_some() {}
     eprintln!(
         "bench: steady: {count} objects written in {:.1}s",
-        (model_now_ms() - first_write_ms) as f64 / 1000.0
+        (ferry::model::now_ms() - first_write_ms) as f64 / 1000.0
     );
     ferry.wait_completed(count, started).await;
     let rss_mib = peak_rss_mib(ferry.child.id());
@@ -702,12 +702,6 @@ async fn run_steady(env: &TestEnv, s: &Steady) -> (Vec<(f64, f64)>, f64) {
     check_and_remove(env, &targets, &w, "ferry (steady)").await;
     s3::remove_bucket(&src, &source).await;
     (samples, rss_mib)
-}
-
-fn model_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 UTC timestamp as ferry logs it
