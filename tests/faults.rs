@@ -195,12 +195,14 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupted_downloads_are_caught_by_ferry_itself() {
+async fn corrupted_downloads_never_reach_a_target() {
     let env = TestEnv::get();
     let buckets = Buckets::create(&env, "flipdown").await;
-    // Single-part source objects are checked against their MD5 ETag. (A source uploaded in
-    // parts is checked against its multipart ETag only where the server reports the part
-    // layout, which radosgw 16 does not: see the issue notes.)
+    // Single-part source objects are checked against their MD5 ETag: sent with it as their
+    // Content-MD5, so each target rejects bytes that are not the source's (BadDigest), and
+    // ferry names the corruption. (A source uploaded in parts is checked against its multipart
+    // ETag only where the server reports the part layout, which radosgw 16 does not: see the
+    // issue notes.)
     s3::put(
         &buckets.clients[0],
         &buckets.source,

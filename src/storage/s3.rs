@@ -404,6 +404,8 @@ impl S3Store {
     }
 
     /// Writes a whole object in one request; the server checks `content_md5` (base64).
+    /// The payload is not SHA-256-signed: Content-MD5 is a signed header, so the body is
+    /// still bound to the signature, without hashing every byte a second time.
     pub async fn put(
         &self,
         key: &str,
@@ -426,6 +428,8 @@ impl S3Store {
             .set_content_encoding(meta.content_encoding.clone())
             .set_metadata(Some(meta.user.clone()))
             .set_tagging(tagging)
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.error("PutObject", key, e))?;
@@ -466,7 +470,8 @@ impl S3Store {
         })
     }
 
-    /// Uploads one part; the server checks `content_md5`. Returns the part's ETag.
+    /// Uploads one part; the server checks `content_md5` (a signed header, so the payload
+    /// itself is not SHA-256-signed, as in [`Self::put`]). Returns the part's ETag.
     pub async fn upload_part(
         &self,
         key: &str,
@@ -485,6 +490,8 @@ impl S3Store {
             .content_length(body.len() as i64)
             .content_md5(content_md5)
             .body(ByteStream::from(body))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.error("UploadPart", key, e))?;
