@@ -5,6 +5,7 @@
 
 mod support;
 
+use md5::Digest;
 use std::time::Duration;
 
 use ferry::bus::Bus;
@@ -136,9 +137,21 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
         },
     )
     .await;
+    // Above one part, below the multipart threshold: streamed in one request.
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "streamed".into(),
+            seed: 3,
+            size: 6 << 20,
+            ..Put::default()
+        },
+    )
+    .await;
 
-    wait_until(TIMEOUT, "both entries FAILED for site-b", || async {
-        failed_records(&bus, &buckets).await.len() >= 2
+    wait_until(TIMEOUT, "every entry FAILED for site-b", || async {
+        failed_records(&bus, &buckets).await.len() >= 3
     })
     .await;
     let failed = failed_records(&bus, &buckets).await.join("\n");
@@ -146,7 +159,7 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
         failed.contains("site-b") && failed.contains("\"FAILED\""),
         "{failed}"
     );
-    assert_eq!(buckets.count(1).await.0, 2, "target a got both");
+    assert_eq!(buckets.count(1).await.0, 3, "target a got all three");
     assert_eq!(
         buckets.count(2).await.0,
         0,
@@ -155,8 +168,8 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         buckets.count(0).await.0,
-        2,
-        "the transient source keeps both versions"
+        3,
+        "the transient source keeps every version"
     );
     assert_eq!(
         multipart_uploads(&buckets.clients[2], &buckets.b).await,
@@ -176,13 +189,37 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
     let requeued = ferry::stages::status::failed::retry(&bus, &topics, &filter)
         .await
         .expect("retry failed");
-    assert_eq!(requeued, 2, "both failed entries sent back");
+    assert_eq!(requeued, 3, "every failed entry sent back");
     wait_until(
         TIMEOUT,
         "b complete and the source emptied after the retry",
-        || async { buckets.count(2).await.0 == 2 && buckets.count(0).await.0 == 0 },
+        || async { buckets.count(2).await.0 == 3 && buckets.count(0).await.0 == 0 },
     )
     .await;
+    // Sent in one request with the source's MD5, the streamed copy has the source's ETag.
+    let etag = |n: usize, bucket: String| {
+        let client = buckets.clients[n].clone();
+        async move {
+            client
+                .head_object()
+                .bucket(bucket)
+                .key("streamed")
+                .send()
+                .await
+                .expect("head streamed")
+                .e_tag()
+                .map(String::from)
+        }
+    };
+    let md5 = md5::Md5::digest(s3::data(3, 6 << 20));
+    let source_etag: String = md5.iter().map(|b| format!("{b:02x}")).collect();
+    for (n, bucket) in [(1, buckets.a.clone()), (2, buckets.b.clone())] {
+        assert_eq!(
+            etag(n, bucket).await,
+            Some(format!("\"{source_etag}\"")),
+            "a streamed copy keeps the source's ETag on every target"
+        );
+    }
     let still_failed = ferry::stages::status::failed::list(&bus, &topics)
         .await
         .expect("list failed");
@@ -225,6 +262,17 @@ async fn corrupted_downloads_never_reach_a_target() {
         },
     )
     .await;
+    s3::put(
+        &buckets.clients[0],
+        &buckets.source,
+        &Put {
+            key: "streamed".into(),
+            seed: 3,
+            size: 6 << 20,
+            ..Put::default()
+        },
+    )
+    .await;
     let proxy = FaultProxy::start(&env.rgw[0]).await;
     proxy.set(Fault::FlipDownloads);
     let cfg = buckets
@@ -234,8 +282,8 @@ async fn corrupted_downloads_never_reach_a_target() {
     let mut ferry = Ferry::start(&cfg);
     let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
 
-    wait_until(TIMEOUT, "both entries FAILED on both targets", || async {
-        failed_records(&bus, &buckets).await.len() >= 4
+    wait_until(TIMEOUT, "every entry FAILED on both targets", || async {
+        failed_records(&bus, &buckets).await.len() >= 6
     })
     .await;
     assert_eq!(
@@ -245,8 +293,8 @@ async fn corrupted_downloads_never_reach_a_target() {
     );
     assert_eq!(
         buckets.count(0).await.0,
-        2,
-        "the transient source keeps both"
+        3,
+        "the transient source keeps all three"
     );
     let log = ferry.log();
     assert!(log.contains("data read has MD5"), "the corruption is named");

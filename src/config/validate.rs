@@ -9,6 +9,10 @@ use super::*;
 /// Default part size: large enough that a 5 GiB object is ~640 parts, small enough that
 /// `target_concurrency` copies of one part each stay well under 1 GiB of buffers.
 const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// Objects up to this size whose source ETag is their MD5 are streamed in one request (the
+/// target checks the source's MD5 and keeps its ETag; no buffers, no hashing in ferry). Larger
+/// ones go in parts, which resume part by part and upload several parts at once.
+const DEFAULT_MULTIPART_THRESHOLD: u64 = 512 << 20;
 /// 20 parts of the default size: with ~60 MiB for the rest, ferry stays under 256 MiB.
 const DEFAULT_BUFFER_MEMORY: u64 = 160 << 20;
 /// S3's minimum part size (every part but the last must be at least this big).
@@ -593,7 +597,7 @@ fn replication(raw: &RawConfig) -> Result<ReplicationConfig, ConfigError> {
     let multipart_threshold = size(
         "replication.multipart_threshold",
         r.multipart_threshold.as_ref(),
-        DEFAULT_PART_SIZE * 2,
+        DEFAULT_MULTIPART_THRESHOLD,
     )?;
     if multipart_threshold > MAX_PART_SIZE {
         return Err(ConfigError::invalid(

@@ -30,7 +30,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta, StorageError, Written};
+use md5::{Digest, Md5};
+
+use super::{
+    BodyChunks, ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta, StorageError, Written,
+};
 use crate::model::EntryKind;
 use disk::{Done, Fault, Layout, Temp, Tree};
 use locks::KeyLocks;
@@ -227,6 +231,54 @@ impl FsStore {
                 let md5 = disk::verify_md5(&body, &content_md5)?;
                 let mut temp = Temp::create(&layout.tmp_dir())?;
                 temp.write(&body)?;
+                let data = temp.sync()?;
+                Ok(Pending {
+                    temp,
+                    data,
+                    etag: disk::hex(&md5),
+                    parts: Vec::new(),
+                    description,
+                })
+            })
+            .await?;
+        self.commit(OP, key, comps, pending).await
+    }
+
+    /// Writes a whole object from a stream of `length` bytes; checks `content_md5` as
+    /// [`Self::put`] does. An aborted or short stream leaves nothing behind.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        length: u64,
+        content_md5: &str,
+        mut body: BodyChunks,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+    ) -> Result<Written, StorageError> {
+        const OP: &str = "PutObject";
+        let comps = self.comps(OP, key)?;
+        let description = self.describe(OP, key, meta, tagging)?;
+        let content_md5 = content_md5.to_string();
+        let pending = self
+            .blocking(OP, key, move |layout| {
+                let expected = disk::decode_md5(&content_md5)?;
+                let mut temp = Temp::create(&layout.tmp_dir())?;
+                let mut md5 = Md5::new();
+                let mut received = 0u64;
+                while let Some(chunk) = body.blocking_recv() {
+                    let chunk =
+                        chunk.map_err(|e| Fault::new(ErrorKind::Transient, e.to_string()))?;
+                    received += chunk.len() as u64;
+                    md5.update(&chunk);
+                    temp.write(&chunk)?;
+                }
+                if received != length {
+                    return Err(Fault::new(
+                        ErrorKind::Transient,
+                        format!("IncompleteBody: received {received} of {length} bytes"),
+                    ));
+                }
+                let md5 = disk::check_md5(&expected, md5.finalize().into())?;
                 let data = temp.sync()?;
                 Ok(Pending {
                     temp,

@@ -4,6 +4,7 @@
 //! Callers branch on [`ErrorKind`], never on SDK or I/O error types (those stay in `s3.rs` and
 //! `fs.rs`).
 
+mod body;
 mod fs;
 mod s3;
 mod store;
@@ -14,6 +15,8 @@ pub use store::{ObjectBody, Store};
 
 use std::collections::HashMap;
 use std::fmt;
+
+use bytes::Bytes;
 
 use crate::config::LocationKind;
 use crate::model::EntryKind;
@@ -33,6 +36,16 @@ pub enum ErrorKind {
     /// This request will never succeed as sent (other 4xx).
     Permanent,
 }
+
+/// A request body fed through a channel, for an object streamed from its source to a target:
+/// its chunks in order; an `Err` aborts the request so the server keeps nothing, and the
+/// channel closing after the last chunk ends the body.
+pub type BodyChunks = tokio::sync::mpsc::Receiver<Result<Bytes, BodyAborted>>;
+
+/// Why a streamed body was cut off before its end.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the body was aborted: {0}")]
+pub struct BodyAborted(pub String);
 
 /// A failed storage operation: what was attempted, where, and why.
 #[derive(Debug, Clone, thiserror::Error)]

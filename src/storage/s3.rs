@@ -11,8 +11,10 @@ use aws_sdk_s3::types::{BucketVersioningStatus, CompletedMultipartUpload, Comple
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
+use super::body::ChannelBody;
 use super::{
-    unquote, ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta, StorageError, Written,
+    unquote, BodyChunks, ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta, StorageError,
+    Written,
 };
 use crate::config::{ChecksumCalculation, LocationConfig};
 use crate::model::EntryKind;
@@ -21,6 +23,8 @@ use crate::model::EntryKind;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A response that stalls this long mid-transfer is treated as a transient failure.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The slowest rate (bytes per second) a streamed single-request upload is given time for.
+const MIN_STREAM_RATE: u64 = 1 << 20;
 /// Listing page size (S3's maximum).
 const LIST_PAGE: i32 = 1000;
 
@@ -429,6 +433,51 @@ impl S3Store {
             .set_metadata(Some(meta.user.clone()))
             .set_tagging(tagging)
             .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject", key, e))?;
+        Ok(Written {
+            version_id: out.version_id().map(str::to_string),
+            etag: out.e_tag().map(unquote),
+        })
+    }
+
+    /// Writes a whole object of `length` bytes streamed from `body`, in one request that the
+    /// server checks against `content_md5` (payload unsigned, as in [`Self::put`]). The
+    /// request may take as long as the body at [`MIN_STREAM_RATE`] bytes per second.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        length: u64,
+        content_md5: &str,
+        body: BodyChunks,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+    ) -> Result<Written, StorageError> {
+        let allowed = READ_TIMEOUT.max(Duration::from_secs(length / MIN_STREAM_RATE));
+        let timeouts = aws_sdk_s3::config::Builder::new().timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(allowed)
+                .build(),
+        );
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(length as i64)
+            .content_md5(content_md5)
+            .body(ByteStream::from_body_1_x(ChannelBody::new(body, length)))
+            .set_content_type(meta.content_type.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_content_disposition(meta.content_disposition.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_metadata(Some(meta.user.clone()))
+            .set_tagging(tagging)
+            .customize()
+            .config_override(timeouts)
             .disable_payload_signing()
             .send()
             .await

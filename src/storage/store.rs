@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::fs::{FsBody, FsStore};
 use super::s3::{S3Body, S3Store};
-use super::{ErrorKind, Head, Listed, ObjectHead, ObjectMeta, StorageError, Written};
+use super::{BodyChunks, ErrorKind, Head, Listed, ObjectHead, ObjectMeta, StorageError, Written};
 
 /// One location's store. Cheap to clone.
 #[derive(Clone)]
@@ -131,6 +131,23 @@ impl Store {
         tagging: Option<String>,
     ) -> Result<Written, StorageError> {
         delegate!(self.put(key, body, content_md5, meta, tagging).await)
+    }
+
+    /// Writes a whole object of `length` bytes streamed from `body`; the store checks
+    /// `content_md5` (base64) and keeps nothing if the body is aborted or cut short.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        length: u64,
+        content_md5: &str,
+        body: BodyChunks,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+    ) -> Result<Written, StorageError> {
+        delegate!(
+            self.put_stream(key, length, content_md5, body, meta, tagging)
+                .await
+        )
     }
 
     /// Starts a multipart upload carrying the object's headers, metadata and tags.

@@ -1,15 +1,18 @@
 //! `Fanout`: one read of a source version, written to one or several targets at once.
 //!
-//! The source is read once, in parts; each part (with its MD5, computed once, or for a
-//! single-request copy the source's own MD5 ETag, which the targets check) is handed to a
-//! writer per target through a bounded channel, so memory stays at a few parts whatever the
-//! object's size, and source egress is one read for any number of targets. A writer that does
-//! not take a part within [`SEND_TIMEOUT`] is cut off (its copy fails and is retried on its
-//! own) so one slow target cannot hold the others.
+//! The source is read once and handed to a [`Writer`] per target through a bounded channel,
+//! so memory stays small whatever the object's size, and source egress is one read for any
+//! number of targets. Three shapes: a source whose ETag is its MD5 goes in one request with
+//! that ETag as Content-MD5 (the target checks the bytes; up to one part buffered, larger
+//! streamed through chunk by chunk up to the multipart threshold); other objects up to one
+//! part go in one buffered request with ferry's MD5; the rest in parts, each hashed once.
+//! A writer that does not take the next bytes within [`SEND_TIMEOUT`] is cut off (its copy
+//! fails and is retried on its own) so one slow target cannot hold the others.
 //!
-//! Nothing is completed before the source checks out: a writer finishes its upload only when
-//! it receives the end marker, which is sent after the byte count and the source's ETag (plain
-//! MD5, or multipart ETag when the source's part layout is known) have been verified.
+//! Nothing is completed before the source checks out: a writer finishes its upload (or sends
+//! a streamed body's last chunk) only when it receives the end marker, which is sent after the
+//! byte count and the source's ETag (plain MD5, or multipart ETag when the source's part
+//! layout is known) have been verified.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -20,31 +23,36 @@ use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::copier::{
-    base64, hex, part_size_for, stamp_meta, Outcome, MAX_PART, MAX_PARTS, MIN_PART,
-};
+use super::copier::{hex, part_size_for, stamp_meta, Outcome, MAX_PART, MAX_PARTS, MIN_PART};
+use super::writer::Writer;
 use super::ReplicationStats;
 use crate::model::ReplicationEntry;
 use crate::storage::{
-    encode_tagging, etag_is_md5, ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store,
+    encode_tagging, etag_is_md5, ErrorKind, ObjectBody, ObjectHead, StorageError, Store,
 };
 
 /// How long a writer may take to accept the next part before it is cut off: generous for a
 /// busy target, short enough that a stalled one does not hold the other targets for long.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Chunks of a streamed copy queued for its request body, per target.
+pub(super) const STREAM_QUEUE: usize = 8;
+
 /// What flows from the reader to each writer.
-enum Piece {
+pub(super) enum Piece {
     /// The next part of the object, with its MD5 and its share of the buffer budget.
     Part(Bytes, [u8; 16], Arc<Budget>),
+    /// The next bytes of an object streamed in one request, as the source sent them.
+    Chunk(Bytes),
     /// Every part was sent and the source checked out: complete the upload.
     End,
 }
 
 /// One uploaded part: number, the target's ETag, ferry's MD5 of it, its length.
-type UploadedPart = (i32, String, [u8; 16], u64);
+pub(super) type UploadedPart = (i32, String, [u8; 16], u64);
 /// A finished part-upload task.
-type JoinedPart = Option<Result<Result<UploadedPart, StorageError>, tokio::task::JoinError>>;
+pub(super) type JoinedPart =
+    Option<Result<Result<UploadedPart, StorageError>, tokio::task::JoinError>>;
 
 /// The bytes all copies of this process may hold in part buffers at once: a part is read only
 /// once its room is taken, and the room is freed when every target has sent it. (A part larger
@@ -129,20 +137,24 @@ impl Fanout<'_> {
         let meta = stamp_meta(&head, entry);
         let tagging = encode_tagging(&tags);
         let layout = self.source_layout(entry, &head).await?;
-        let single = head.size <= self.multipart_threshold && layout.is_none();
+        // A source whose ETag is its MD5 travels in one request up to the multipart threshold,
+        // with that ETag as its Content-MD5: every target checks the bytes it receives against
+        // the source's own digest (and ends with the source's ETag); ferry does not hash them.
+        // Up to one part it is buffered whole; larger, streamed through as the source sends it
+        // (no part buffers). Other sources go in one buffered request up to one part (hashed
+        // by ferry), in parts above.
+        let source_md5 = head.etag.as_deref().and_then(md5_of_etag);
+        let buffered_max = self.part_size.min(self.multipart_threshold);
+        let streamed = source_md5.is_some()
+            && head.size > buffered_max
+            && head.size <= self.multipart_threshold;
+        let single = !streamed && head.size <= buffered_max && layout.is_none();
+        let source_md5 = source_md5.filter(|_| single || streamed);
         let part_size = if single {
             head.size.max(1) as usize
         } else {
             layout.unwrap_or_else(|| part_size_for(head.size, self.part_size)) as usize
         };
-
-        // An object that travels in one request, from a source whose ETag is its MD5, is sent
-        // with that ETag as its Content-MD5: every target checks the bytes it receives against
-        // the source's own digest, and ferry does not hash them (half of its CPU on 1 MiB
-        // objects). Otherwise ferry hashes each part once.
-        let source_md5 = single
-            .then(|| head.etag.as_deref().and_then(md5_of_etag))
-            .flatten();
 
         let mut senders = Vec::new();
         let mut writers = JoinSet::new();
@@ -155,6 +167,7 @@ impl Fanout<'_> {
                 meta: meta.clone(),
                 tagging: tagging.clone(),
                 single,
+                streamed: source_md5.filter(|_| streamed).map(|md5| (head.size, md5)),
                 md5_from_source: source_md5.is_some(),
                 part_concurrency: self.part_concurrency,
                 stats: self.stats.clone(),
@@ -165,14 +178,23 @@ impl Fanout<'_> {
 
         // The MD5 of the whole object is needed only to check a plain-MD5 source ETag of an
         // object sent in parts.
-        let mut whole = (!single && head.etag.as_deref().is_some_and(etag_is_md5)).then(Md5::new);
+        let mut whole =
+            (!single && !streamed && head.etag.as_deref().is_some_and(etag_is_md5)).then(Md5::new);
         let mut held: Option<Arc<Budget>> = None;
         let mut digests: Vec<u8> = Vec::new();
         let mut parts = 0u64;
         let mut total = 0u64;
-        let mut buffer = BytesMut::with_capacity(part_size.min(64 << 20));
+        let mut buffer =
+            BytesMut::with_capacity(if streamed { 0 } else { part_size.min(64 << 20) });
         let mut cut: Vec<Option<StorageError>> = targets.iter().map(|_| None).collect();
-        loop {
+        if streamed {
+            total = self
+                .pass_through(&mut body, &mut senders, &mut cut, targets, key)
+                .await?;
+        }
+        // Otherwise in parts, each held in the buffer budget until every target has sent it.
+        let mut reading = !streamed;
+        while reading {
             if held.is_none() {
                 // Room for the next part in the process-wide buffer budget, before reading it.
                 let remaining = head.size.saturating_sub(total).max(1);
@@ -200,31 +222,20 @@ impl Fanout<'_> {
                     Some(room) => room,
                     None => self.room(part.len(), key).await?,
                 };
-                for (index, sender) in senders.iter_mut().enumerate() {
-                    let Some(tx) = sender else { continue };
-                    let piece = Piece::Part(part.clone(), md5, room.clone());
-                    let sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(piece)).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        *sender = None;
-                        cut[index] = Some(targets[index].local_error(
-                            "fan-out",
-                            key,
-                            ErrorKind::Transient,
-                            format!("the target took more than {}s to accept a part; retrying on its own", SEND_TIMEOUT.as_secs()),
-                        ));
-                    }
-                }
+                fan_out(&mut senders, &mut cut, targets, key, || {
+                    Piece::Part(part.clone(), md5, room.clone())
+                })
+                .await;
                 if end && buffer.is_empty() {
                     break;
                 }
             }
-            if end {
-                break;
-            }
+            reading = !end;
         }
         let whole_md5 = match whole {
             Some(whole) => Some(hex(&whole.finalize())),
             // The source's ETag itself when `source_md5` is set: the targets check the bytes.
+            None if streamed => source_md5.map(|md5| hex(&md5)),
             None if parts == 1 => Some(hex(&digests)),
             None => None,
         };
@@ -269,6 +280,27 @@ impl Fanout<'_> {
                 )),
             })
             .collect())
+    }
+
+    /// Hands the source's chunks to every target as they come (the channels, a few chunks
+    /// each, bound the memory); returns the bytes read.
+    async fn pass_through(
+        &self,
+        body: &mut ObjectBody,
+        senders: &mut [Option<mpsc::Sender<Piece>>],
+        cut: &mut [Option<StorageError>],
+        targets: &[Store],
+        key: &str,
+    ) -> Result<u64, StorageError> {
+        let mut total = 0u64;
+        while let Some(chunk) = body.chunk().await? {
+            total += chunk.len() as u64;
+            self.stats
+                .source_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            fan_out(senders, cut, targets, key, || Piece::Chunk(chunk.clone())).await;
+        }
+        Ok(total)
     }
 
     async fn room(&self, bytes: usize, key: &str) -> Result<Arc<Budget>, StorageError> {
@@ -369,6 +401,33 @@ impl Fanout<'_> {
     }
 }
 
+/// Hands one piece (made by `piece`) to every target still taking them; a target that does not
+/// take it within [`SEND_TIMEOUT`] is cut off, its copy failed to be retried on its own.
+async fn fan_out(
+    senders: &mut [Option<mpsc::Sender<Piece>>],
+    cut: &mut [Option<StorageError>],
+    targets: &[Store],
+    key: &str,
+    piece: impl Fn() -> Piece,
+) {
+    for (index, sender) in senders.iter_mut().enumerate() {
+        let Some(tx) = sender else { continue };
+        let sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(piece())).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            *sender = None;
+            cut[index] = Some(targets[index].local_error(
+                "fan-out",
+                key,
+                ErrorKind::Transient,
+                format!(
+                    "the target took more than {}s to accept the next bytes; retrying on its own",
+                    SEND_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+    }
+}
+
 /// The 16 bytes of a plain-MD5 ETag (32 hex digits); `None` for a multipart or other ETag.
 fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
     if !etag_is_md5(etag) {
@@ -382,7 +441,7 @@ fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
 }
 
 /// Aborts `upload_id`; if the target cannot be reached, remembers it for later.
-async fn abort(target: &Store, key: &str, upload_id: &str, pending: &PendingAborts) {
+pub(super) async fn abort(target: &Store, key: &str, upload_id: &str, pending: &PendingAborts) {
     match target.abort_multipart(key, upload_id).await {
         Ok(()) => {}
         Err(e) if e.kind == ErrorKind::NotFound => {}
@@ -394,197 +453,6 @@ async fn abort(target: &Store, key: &str, upload_id: &str, pending: &PendingAbor
                 upload_id.to_string(),
             ));
         }
-    }
-}
-
-/// Writes the parts it receives to one target.
-struct Writer {
-    target: Store,
-    key: String,
-    meta: ObjectMeta,
-    tagging: Option<String>,
-    single: bool,
-    /// The single part's Content-MD5 is the source's ETag, not ferry's hash of the bytes.
-    md5_from_source: bool,
-    part_concurrency: usize,
-    stats: Arc<ReplicationStats>,
-    pending_aborts: PendingAborts,
-}
-
-impl Writer {
-    async fn write(self, mut rx: mpsc::Receiver<Piece>) -> Result<Outcome, StorageError> {
-        if self.single {
-            let Some(Piece::Part(data, md5, _room)) = rx.recv().await else {
-                return Err(self.interrupted());
-            };
-            if !matches!(rx.recv().await, Some(Piece::End)) {
-                return Err(self.interrupted());
-            }
-            let length = data.len() as u64;
-            let written = self
-                .target
-                .put(
-                    &self.key,
-                    data,
-                    &base64(&md5),
-                    &self.meta,
-                    self.tagging.clone(),
-                )
-                .await
-                .map_err(|e| self.named_digest_error(e, &md5))?;
-            self.stats.target_bytes.fetch_add(length, Ordering::Relaxed);
-            if let Some(etag) = written.etag.as_deref().filter(|e| etag_is_md5(e)) {
-                if etag != hex(&md5) {
-                    // A target that ignored Content-MD5 kept bytes that are not the source's:
-                    // remove that version before the copy is retried.
-                    if written.version_id.is_some() {
-                        if let Err(e) = self
-                            .target
-                            .delete_version(&self.key, written.version_id.as_deref())
-                            .await
-                        {
-                            tracing::warn!(error = %e, "could not remove a copy that failed its check");
-                        }
-                    }
-                    return Err(self.integrity(format!(
-                        "target ETag {etag} is not the MD5 {} {}",
-                        hex(&md5),
-                        if self.md5_from_source {
-                            "of the source (its ETag)"
-                        } else {
-                            "of the data sent"
-                        }
-                    )));
-                }
-            }
-            return Ok(Outcome::Copied {
-                target_version_id: written.version_id,
-            });
-        }
-        let upload_id = self
-            .target
-            .create_multipart(&self.key, &self.meta, self.tagging.clone())
-            .await?;
-        let result = self.upload(&mut rx, &upload_id).await;
-        if result.is_err() {
-            abort(&self.target, &self.key, &upload_id, &self.pending_aborts).await;
-        }
-        result
-    }
-
-    async fn upload(
-        &self,
-        rx: &mut mpsc::Receiver<Piece>,
-        upload_id: &str,
-    ) -> Result<Outcome, StorageError> {
-        let mut uploads: JoinSet<Result<UploadedPart, StorageError>> = JoinSet::new();
-        let mut done = Vec::new();
-        let mut number = 0;
-        loop {
-            match rx.recv().await {
-                Some(Piece::Part(data, md5, room)) => {
-                    while uploads.len() >= self.part_concurrency {
-                        done.push(self.joined(uploads.join_next().await)?);
-                    }
-                    number += 1;
-                    let (target, key, id) =
-                        (self.target.clone(), self.key.clone(), upload_id.to_string());
-                    uploads.spawn(async move {
-                        let _room = room;
-                        let length = data.len() as u64;
-                        let etag = target
-                            .upload_part(&key, &id, number, data, &base64(&md5))
-                            .await?;
-                        Ok((number, etag, md5, length))
-                    });
-                }
-                Some(Piece::End) => break,
-                None => return Err(self.interrupted()),
-            }
-        }
-        while !uploads.is_empty() {
-            done.push(self.joined(uploads.join_next().await)?);
-        }
-        done.sort_by_key(|(n, ..)| *n);
-        for (n, etag, md5, _) in &done {
-            if etag_is_md5(etag) && *etag != hex(md5) {
-                return Err(self.integrity(format!(
-                    "part {n}: target ETag {etag} is not the MD5 {}",
-                    hex(md5)
-                )));
-            }
-        }
-        let parts: Vec<(i32, String)> = done.iter().map(|(n, e, ..)| (*n, e.clone())).collect();
-        let digests: Vec<u8> = done.iter().flat_map(|(_, _, m, _)| *m).collect();
-        let total: u64 = done.iter().map(|(.., l)| *l).sum();
-        let written = self
-            .target
-            .complete_multipart(&self.key, upload_id, &parts)
-            .await?;
-        // The multipart ETag is the MD5 of the parts' MD5s, dash, part count: compare it with
-        // what the target reports for the version it made (not the Complete response, which
-        // some servers fill differently).
-        let expected = format!("{}-{}", hex(&Md5::digest(&digests)), parts.len());
-        match self
-            .target
-            .head(&self.key, written.version_id.as_deref())
-            .await?
-        {
-            Head::Object(h) if h.size == total && h.etag.as_deref() == Some(expected.as_str()) => {
-                Ok(Outcome::Copied {
-                    target_version_id: written.version_id.or(h.version_id),
-                })
-            }
-            Head::Object(h) => Err(self.integrity(format!(
-                "target holds {} bytes with ETag {:?}; expected {total} bytes with ETag {expected}",
-                h.size, h.etag
-            ))),
-            _ => Err(self.integrity("the completed upload is not readable on the target".into())),
-        }
-    }
-
-    fn joined(&self, joined: JoinedPart) -> Result<UploadedPart, StorageError> {
-        match joined {
-            Some(Ok(Ok(part))) => {
-                self.stats.target_bytes.fetch_add(part.3, Ordering::Relaxed);
-                Ok(part)
-            }
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(e)) => Err(self.target.local_error(
-                "UploadPart",
-                &self.key,
-                ErrorKind::Transient,
-                format!("upload task failed: {e}"),
-            )),
-            None => Err(self.interrupted()),
-        }
-    }
-
-    fn interrupted(&self) -> StorageError {
-        self.target.local_error(
-            "fan-out",
-            &self.key,
-            ErrorKind::Transient,
-            "the source stream ended early or failed its check; nothing was completed".into(),
-        )
-    }
-
-    /// A target's BadDigest on a copy sent with the source's ETag as Content-MD5 means the
-    /// bytes read from the source are not the object its ETag describes: say so.
-    fn named_digest_error(&self, mut e: StorageError, md5: &[u8; 16]) -> StorageError {
-        if self.md5_from_source && e.message.contains("BadDigest") {
-            e.message = format!(
-                "data read has MD5 other than the source ETag {}: the target rejected it ({})",
-                hex(md5),
-                e.message
-            );
-        }
-        e
-    }
-
-    fn integrity(&self, message: String) -> StorageError {
-        self.target
-            .local_error("verify copy", &self.key, ErrorKind::Transient, message)
     }
 }
 

@@ -14,6 +14,7 @@ mod index;
 mod joint;
 mod lanes;
 mod retry;
+mod writer;
 
 pub use copier::{is_copy_of, part_size_for, Outcome, STAMP_ETAG, STAMP_MTIME, STAMP_VERSION};
 

@@ -102,6 +102,13 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Checks `body` against `content_md5` (base64, as S3's Content-MD5); returns its MD5.
 pub fn verify_md5(body: &[u8], content_md5: &str) -> Done<[u8; 16]> {
+    let expected = decode_md5(content_md5)?;
+    let md5: [u8; 16] = Md5::digest(body).into();
+    check_md5(&expected, md5)
+}
+
+/// The 16 bytes of a base64 Content-MD5 header.
+pub fn decode_md5(content_md5: &str) -> Done<[u8; 16]> {
     let expected = base64::engine::general_purpose::STANDARD
         .decode(content_md5)
         .ok()
@@ -112,14 +119,20 @@ pub fn verify_md5(body: &[u8], content_md5: &str) -> Done<[u8; 16]> {
                 format!("InvalidDigest: the Content-MD5 {content_md5:?} is not a base64 MD5"),
             )
         })?;
-    let md5: [u8; 16] = Md5::digest(body).into();
-    if md5[..] != expected[..] {
+    let mut md5 = [0u8; 16];
+    md5.copy_from_slice(&expected);
+    Ok(md5)
+}
+
+/// `md5` (of the data received) must be `expected` (its Content-MD5): S3's BadDigest if not.
+pub fn check_md5(expected: &[u8; 16], md5: [u8; 16]) -> Done<[u8; 16]> {
+    if md5 != *expected {
         return Err(Fault::new(
             ErrorKind::Transient,
             format!(
                 "BadDigest: the Content-MD5 you specified did not match what was received \
                  (expected {}, received data has {})",
-                hex(&expected),
+                hex(expected),
                 hex(&md5)
             ),
         ));

@@ -519,3 +519,55 @@ async fn check_creates_the_directory_or_names_what_is_wrong() {
     let e = blocked.get("k", None).await.err().expect("refused");
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
 }
+
+/// Feeds `chunks` (then, if `abort`, an abort) through a body channel.
+fn body_of(chunks: &[&'static [u8]], abort: bool) -> crate::storage::BodyChunks {
+    let (tx, rx) = tokio::sync::mpsc::channel(chunks.len() + 1);
+    for chunk in chunks {
+        tx.try_send(Ok(Bytes::from_static(chunk))).expect("room");
+    }
+    if abort {
+        tx.try_send(Err(crate::storage::BodyAborted("test".into())))
+            .expect("room");
+    }
+    rx
+}
+
+#[tokio::test]
+async fn a_streamed_put_is_checked_and_an_aborted_or_short_one_leaves_nothing() {
+    let (_dir, fs) = store().await;
+    let written = fs
+        .put_stream(
+            "s",
+            10,
+            &md5_b64(b"0123456789"),
+            body_of(&[b"0123", b"456", b"789"], false),
+            &meta(),
+            None,
+        )
+        .await
+        .expect("a whole stream is written");
+    assert_eq!(
+        written.etag.as_deref(),
+        Some(md5_hex(b"0123456789").as_str())
+    );
+    let (_, body) = fs.get("s", None).await.unwrap();
+    assert_eq!(read_all(body).await, b"0123456789");
+
+    let (_dir, store) = store().await;
+    let md5 = md5_b64(b"0123456789");
+    let cases = [
+        (body_of(&[b"0123", b"456"], true), "aborted"),
+        (body_of(&[b"0123", b"456"], false), "IncompleteBody"),
+        (body_of(&[b"0123", b"456", b"78x"], false), "BadDigest"),
+    ];
+    for (body, named) in cases {
+        let e = store
+            .put_stream("s", 10, &md5, body, &ObjectMeta::default(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+        assert!(e.message.contains(named), "{named}: {e}");
+    }
+    assert_eq!(tree(store.root()), tree_of_empty_store());
+}

@@ -1,0 +1,270 @@
+//! `Writer`: one target's side of a fan-out copy — a buffered PUT, a streamed PUT, or a
+//! multipart upload — checked against the MD5 the bytes were sent with.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::copier::{base64, hex, Outcome};
+use super::fanout::{abort, JoinedPart, PendingAborts, Piece, UploadedPart, STREAM_QUEUE};
+use super::ReplicationStats;
+use crate::storage::{
+    etag_is_md5, BodyAborted, ErrorKind, Head, ObjectMeta, StorageError, Store, Written,
+};
+
+/// Writes the parts it receives to one target.
+pub(super) struct Writer {
+    pub(super) target: Store,
+    pub(super) key: String,
+    pub(super) meta: ObjectMeta,
+    pub(super) tagging: Option<String>,
+    pub(super) single: bool,
+    /// Streamed in one request: the object's length and its MD5 (the source's ETag).
+    pub(super) streamed: Option<(u64, [u8; 16])>,
+    /// The single part's Content-MD5 is the source's ETag, not ferry's hash of the bytes.
+    pub(super) md5_from_source: bool,
+    pub(super) part_concurrency: usize,
+    pub(super) stats: Arc<ReplicationStats>,
+    pub(super) pending_aborts: PendingAborts,
+}
+
+impl Writer {
+    pub(super) async fn write(
+        self,
+        mut rx: mpsc::Receiver<Piece>,
+    ) -> Result<Outcome, StorageError> {
+        if let Some((length, md5)) = self.streamed {
+            return self.stream(rx, length, md5).await;
+        }
+        if self.single {
+            let Some(Piece::Part(data, md5, _room)) = rx.recv().await else {
+                return Err(self.interrupted());
+            };
+            if !matches!(rx.recv().await, Some(Piece::End)) {
+                return Err(self.interrupted());
+            }
+            let length = data.len() as u64;
+            let written = self
+                .target
+                .put(
+                    &self.key,
+                    data,
+                    &base64(&md5),
+                    &self.meta,
+                    self.tagging.clone(),
+                )
+                .await
+                .map_err(|e| self.named_digest_error(e, &md5))?;
+            self.stats.target_bytes.fetch_add(length, Ordering::Relaxed);
+            return self.checked(written, &md5).await;
+        }
+        let upload_id = self
+            .target
+            .create_multipart(&self.key, &self.meta, self.tagging.clone())
+            .await?;
+        let result = self.upload(&mut rx, &upload_id).await;
+        if result.is_err() {
+            abort(&self.target, &self.key, &upload_id, &self.pending_aborts).await;
+        }
+        result
+    }
+
+    /// One request whose body is the source's bytes as they arrive. The last chunk is held
+    /// back until the reader's end marker, so the target cannot complete an object whose
+    /// source stream failed; without the marker the body is aborted.
+    async fn stream(
+        &self,
+        mut rx: mpsc::Receiver<Piece>,
+        length: u64,
+        md5: [u8; 16],
+    ) -> Result<Outcome, StorageError> {
+        let (tx, chunks) = mpsc::channel(STREAM_QUEUE);
+        let content_md5 = base64(&md5);
+        let put = self.target.put_stream(
+            &self.key,
+            length,
+            &content_md5,
+            chunks,
+            &self.meta,
+            self.tagging.clone(),
+        );
+        let forward = async move {
+            let mut last: Option<Bytes> = None;
+            loop {
+                let next = match rx.recv().await {
+                    Some(Piece::Chunk(data)) => last.replace(data).map(Ok),
+                    Some(Piece::End) => {
+                        if let Some(data) = last.take() {
+                            let _ = tx.send(Ok(data)).await;
+                        }
+                        return;
+                    }
+                    Some(Piece::Part(..)) | None => Some(Err(BodyAborted(
+                        "the source stream ended early or failed its check".into(),
+                    ))),
+                };
+                let abort = matches!(next, Some(Err(_)));
+                if let Some(next) = next {
+                    if tx.send(next).await.is_err() || abort {
+                        return;
+                    }
+                }
+            }
+        };
+        let (written, ()) = tokio::join!(put, forward);
+        let written = written.map_err(|e| self.named_digest_error(e, &md5))?;
+        self.stats.target_bytes.fetch_add(length, Ordering::Relaxed);
+        self.checked(written, &md5).await
+    }
+
+    /// A single-request copy is good when the target's ETag (where it is an MD5) is the
+    /// MD5 the data was sent with.
+    async fn checked(&self, written: Written, md5: &[u8; 16]) -> Result<Outcome, StorageError> {
+        if let Some(etag) = written.etag.as_deref().filter(|e| etag_is_md5(e)) {
+            if etag != hex(md5) {
+                // A target that ignored Content-MD5 kept bytes that are not the source's:
+                // remove that version before the copy is retried.
+                if written.version_id.is_some() {
+                    if let Err(e) = self
+                        .target
+                        .delete_version(&self.key, written.version_id.as_deref())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not remove a copy that failed its check");
+                    }
+                }
+                return Err(self.integrity(format!(
+                    "target ETag {etag} is not the MD5 {} {}",
+                    hex(md5),
+                    if self.md5_from_source {
+                        "of the source (its ETag)"
+                    } else {
+                        "of the data sent"
+                    }
+                )));
+            }
+        }
+        Ok(Outcome::Copied {
+            target_version_id: written.version_id,
+        })
+    }
+
+    async fn upload(
+        &self,
+        rx: &mut mpsc::Receiver<Piece>,
+        upload_id: &str,
+    ) -> Result<Outcome, StorageError> {
+        let mut uploads: JoinSet<Result<UploadedPart, StorageError>> = JoinSet::new();
+        let mut done = Vec::new();
+        let mut number = 0;
+        loop {
+            match rx.recv().await {
+                Some(Piece::Part(data, md5, room)) => {
+                    while uploads.len() >= self.part_concurrency {
+                        done.push(self.joined(uploads.join_next().await)?);
+                    }
+                    number += 1;
+                    let (target, key, id) =
+                        (self.target.clone(), self.key.clone(), upload_id.to_string());
+                    uploads.spawn(async move {
+                        let _room = room;
+                        let length = data.len() as u64;
+                        let etag = target
+                            .upload_part(&key, &id, number, data, &base64(&md5))
+                            .await?;
+                        Ok((number, etag, md5, length))
+                    });
+                }
+                Some(Piece::End) => break,
+                Some(Piece::Chunk(_)) | None => return Err(self.interrupted()),
+            }
+        }
+        while !uploads.is_empty() {
+            done.push(self.joined(uploads.join_next().await)?);
+        }
+        done.sort_by_key(|(n, ..)| *n);
+        for (n, etag, md5, _) in &done {
+            if etag_is_md5(etag) && *etag != hex(md5) {
+                return Err(self.integrity(format!(
+                    "part {n}: target ETag {etag} is not the MD5 {}",
+                    hex(md5)
+                )));
+            }
+        }
+        let parts: Vec<(i32, String)> = done.iter().map(|(n, e, ..)| (*n, e.clone())).collect();
+        let digests: Vec<u8> = done.iter().flat_map(|(_, _, m, _)| *m).collect();
+        let total: u64 = done.iter().map(|(.., l)| *l).sum();
+        let written = self
+            .target
+            .complete_multipart(&self.key, upload_id, &parts)
+            .await?;
+        // The multipart ETag is the MD5 of the parts' MD5s, dash, part count: compare it with
+        // what the target reports for the version it made (not the Complete response, which
+        // some servers fill differently).
+        let expected = format!("{}-{}", hex(&Md5::digest(&digests)), parts.len());
+        match self
+            .target
+            .head(&self.key, written.version_id.as_deref())
+            .await?
+        {
+            Head::Object(h) if h.size == total && h.etag.as_deref() == Some(expected.as_str()) => {
+                Ok(Outcome::Copied {
+                    target_version_id: written.version_id.or(h.version_id),
+                })
+            }
+            Head::Object(h) => Err(self.integrity(format!(
+                "target holds {} bytes with ETag {:?}; expected {total} bytes with ETag {expected}",
+                h.size, h.etag
+            ))),
+            _ => Err(self.integrity("the completed upload is not readable on the target".into())),
+        }
+    }
+
+    fn joined(&self, joined: JoinedPart) -> Result<UploadedPart, StorageError> {
+        match joined {
+            Some(Ok(Ok(part))) => {
+                self.stats.target_bytes.fetch_add(part.3, Ordering::Relaxed);
+                Ok(part)
+            }
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(self.target.local_error(
+                "UploadPart",
+                &self.key,
+                ErrorKind::Transient,
+                format!("upload task failed: {e}"),
+            )),
+            None => Err(self.interrupted()),
+        }
+    }
+
+    fn interrupted(&self) -> StorageError {
+        self.target.local_error(
+            "fan-out",
+            &self.key,
+            ErrorKind::Transient,
+            "the source stream ended early or failed its check; nothing was completed".into(),
+        )
+    }
+
+    /// A target's BadDigest on a copy sent with the source's ETag as Content-MD5 means the
+    /// bytes read from the source are not the object its ETag describes: say so.
+    fn named_digest_error(&self, mut e: StorageError, md5: &[u8; 16]) -> StorageError {
+        if self.md5_from_source && e.message.contains("BadDigest") {
+            e.message = format!(
+                "data read has MD5 other than the source ETag {}: the target rejected it ({})",
+                hex(md5),
+                e.message
+            );
+        }
+        e
+    }
+
+    fn integrity(&self, message: String) -> StorageError {
+        self.target
+            .local_error("verify copy", &self.key, ErrorKind::Transient, message)
+    }
+}
