@@ -147,10 +147,12 @@ enum TargetsCommand {
 /// Exit status for an invalid configuration (distinct from a runtime failure).
 const EXIT_CONFIG: u8 = 2;
 
-/// Part buffers (8 MiB and more) must go back to the system when freed. glibc raises its mmap
+/// Part buffers (5 MiB and more) must go back to the system when freed. glibc raises its mmap
 /// threshold each time a large block is freed, after which such buffers come from per-thread
 /// arenas and stay resident: eight 256 MiB copies at once peaked at 570 MiB RSS that way, and
-/// at 258 MiB with the threshold fixed at 1 MiB (`bash scripts/bench.sh --only large`).
+/// at 258 MiB with the threshold fixed at 1 MiB (`bash scripts/bench.sh --only large`). It is
+/// fixed at 4 MiB: parts are still mapped and unmapped, while 1 MiB objects' buffers reuse
+/// arena memory instead of faulting in fresh pages for every object.
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator settings; called before any thread is started.
