@@ -182,6 +182,16 @@ impl Ferry {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Every run's log, in order (a killed run's included).
+    pub fn logs(&self) -> String {
+        (0..self.runs)
+            .map(|run| {
+                std::fs::read_to_string(self.config.with_file_name(format!("ferry-{run}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// The last lines of every run's log, for assertion messages.
     pub fn log_tail(&self) -> String {
         let mut out = String::new();

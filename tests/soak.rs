@@ -1,0 +1,281 @@
+//! Soak: three ferry instances replicate a steady stream of versions from a transient source to
+//! two targets while a target is stopped and restarted and an instance is killed and restarted,
+//! in turn, every few minutes; then every invariant is checked and the figures printed.
+//!
+//! Short by default (the test suite runs it); `bash scripts/soak.sh` runs it for an hour.
+//! Knobs: `FERRY_SOAK_SECONDS` (default 100), `FERRY_SOAK_RATE` (versions per second, default
+//! 10), `FERRY_SOAK_FAULT_EVERY` (seconds between faults, default 30).
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use support::monitor::Monitor;
+use support::s3::{self, Put, TargetIndex};
+use support::{rgw, Buckets, Ferry, TestEnv};
+
+/// A killed instance is restarted after its consumer-group session (10 s) has expired, as a
+/// supervisor with a restart delay would (tansu 0.6 does not rebalance when a member joins
+/// before a dead member's session ran out).
+const RESTART_DELAY: Duration = Duration::from_secs(12);
+/// How long the last backlog may take to drain once writing stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(420);
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What went wrong on purpose, and when.
+#[derive(Default)]
+struct Faults {
+    outages: usize,
+    kills: usize,
+    /// The target gateway that is down and when it comes back.
+    down: Option<(Instant, usize)>,
+    /// The instance that is dead and when it is restarted.
+    dead: Option<(Instant, usize)>,
+}
+
+impl Faults {
+    /// Starts fault number `slot`: even slots stop a target gateway, odd ones kill an instance.
+    async fn inject(&mut self, slot: usize, outage: Duration, instances: &mut [Ferry]) {
+        if slot.is_multiple_of(2) {
+            let gateway = 1 + (slot / 2) % 2;
+            blocking_rgw("stop-rgw", gateway).await;
+            eprintln!("soak: target gateway {gateway} stopped");
+            self.down = Some((Instant::now() + outage, gateway));
+            self.outages += 1;
+        } else {
+            let k = (slot / 2) % instances.len();
+            instances[k].kill();
+            eprintln!("soak: instance {k} killed");
+            self.dead = Some((Instant::now() + RESTART_DELAY, k));
+            self.kills += 1;
+        }
+    }
+
+    /// Ends the faults whose time is up (all of them with `all`).
+    async fn heal(&mut self, instances: &mut [Ferry], all: bool) {
+        if let Some((at, gateway)) = self.down {
+            if all || Instant::now() >= at {
+                blocking_rgw("start-rgw", gateway).await;
+                eprintln!("soak: target gateway {gateway} back");
+                self.down = None;
+            }
+        }
+        if let Some((at, k)) = self.dead {
+            if all && Instant::now() < at {
+                tokio::time::sleep(at - Instant::now()).await;
+            }
+            if Instant::now() >= at {
+                instances[k].restart();
+                eprintln!("soak: instance {k} restarted");
+                self.dead = None;
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.down.is_some() || self.dead.is_some()
+    }
+}
+
+async fn blocking_rgw(action: &'static str, n: usize) {
+    tokio::task::spawn_blocking(move || rgw(action, n))
+        .await
+        .expect("test-env task");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_writes_with_target_outages_and_instance_kills_lose_nothing() {
+    let seconds = knob("FERRY_SOAK_SECONDS", 100);
+    let rate = knob("FERRY_SOAK_RATE", 10).max(1);
+    let every = Duration::from_secs(knob("FERRY_SOAK_FAULT_EVERY", 30).max(15));
+    let outage = (every / 2).min(Duration::from_secs(60));
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "soak").await;
+    let monitor = Monitor::start(
+        buckets.clients[0].clone(),
+        buckets.source.clone(),
+        vec![
+            TargetIndex::new(buckets.clients[1].clone(), &buckets.a),
+            TargetIndex::new(buckets.clients[2].clone(), &buckets.b),
+        ],
+    );
+    let written = monitor.written.clone();
+
+    // One instance with every stage (the scan populator), two without the populator.
+    let full = buckets.config(&env, true);
+    let worker = format!("{full}\n[stages]\npopulator = false\n");
+    let mut instances = [
+        Ferry::start(&full),
+        Ferry::start(&worker),
+        Ferry::start(&worker),
+    ];
+
+    // The writer: `rate` versions a second over a key space that a version revisits about
+    // every 30 s, so keys get several versions while earlier ones are still in flight.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (client, bucket, stop) = (
+            buckets.clients[0].clone(),
+            buckets.source.clone(),
+            stop.clone(),
+        );
+        let written = written.clone();
+        tokio::spawn(async move {
+            let keys = rate * 30;
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let put = Put {
+                    key: format!("soak/{:06}", n % keys),
+                    seed: n,
+                    size: 256 + (n as usize * 7919) % 16_000,
+                    ..Put::default()
+                };
+                if let Some(v) = s3::put(&client, &bucket, &put).await {
+                    written.lock().expect("lock").insert(v);
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut faults = Faults::default();
+    let mut next_fault = started + every;
+    let mut slot = 0;
+    let mut peak_rss = 0u64;
+    while Instant::now() < deadline {
+        for ferry in &instances {
+            peak_rss = peak_rss.max(ferry.rss().unwrap_or(0));
+        }
+        faults.heal(&mut instances, false).await;
+        if Instant::now() >= next_fault && !faults.active() {
+            faults.inject(slot, outage, &mut instances).await;
+            slot += 1;
+            next_fault = Instant::now() + every;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    faults.heal(&mut instances, true).await;
+    stop.cancel();
+    let puts = writer.await.expect("writer task");
+    let expected: HashSet<String> = written.lock().expect("lock").clone();
+    eprintln!(
+        "soak: {puts} versions written in {:.0} s; draining",
+        started.elapsed().as_secs_f64()
+    );
+
+    let drain = Instant::now();
+    loop {
+        for ferry in &instances {
+            peak_rss = peak_rss.max(ferry.rss().unwrap_or(0));
+        }
+        let (a, b) = buckets.target_counts().await;
+        let source_empty = s3::versions(&buckets.clients[0], &buckets.source)
+            .await
+            .is_ok_and(|v| v.is_empty());
+        if a >= expected.len() && b >= expected.len() && source_empty {
+            break;
+        }
+        assert!(
+            drain.elapsed() < DRAIN_TIMEOUT,
+            "not drained after {DRAIN_TIMEOUT:?}: targets hold {a} and {b} of {} versions, \
+             source empty: {source_empty}\n{}",
+            expected.len(),
+            instances.iter().map(Ferry::log_tail).collect::<String>()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let drained = drain.elapsed();
+    let report = monitor.stop().await;
+
+    let mut lost = Vec::new();
+    let mut replicated = Vec::new();
+    let mut duplicates = Vec::new();
+    for (n, bucket) in [(1, &buckets.a), (2, &buckets.b)] {
+        let mut index = TargetIndex::new(buckets.clients[n].clone(), bucket);
+        let held = index.sources().await.expect("target listing");
+        let objects = s3::versions(&buckets.clients[n], bucket)
+            .await
+            .expect("list")
+            .iter()
+            .filter(|v| !v.delete_marker)
+            .count();
+        replicated.push(expected.intersection(&held).count());
+        lost.push(expected.difference(&held).count());
+        duplicates.push(objects - held.len());
+    }
+    let mut lags: Vec<f64> = instances
+        .iter()
+        .flat_map(|f| {
+            f.logs()
+                .lines()
+                .filter(|l| l.contains("\"COMPLETED on every target\""))
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|j| j["latency_ms"].as_f64())
+                .map(|ms| ms / 1000.0)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    println!(
+        "soak: {seconds} s at {rate} versions/s, 3 instances, 2 targets, transient source; \
+         {} target outages of {} s and {} instance kills (restart after {} s), one every {} s",
+        faults.outages,
+        outage.as_secs(),
+        faults.kills,
+        RESTART_DELAY.as_secs(),
+        every.as_secs()
+    );
+    println!(
+        "soak: versions written {}; replicated site-a {} site-b {}; lost site-a {} site-b {}; premature GC {}; \
+         duplicates site-a {} site-b {}; lag p99 {:.1} s, max {:.1} s ({} completions); \
+         peak RSS {} MiB (largest instance); drained {:.0} s after the last write",
+        expected.len(),
+        replicated[0],
+        replicated[1],
+        lost[0],
+        lost[1],
+        report.premature.len(),
+        duplicates[0],
+        duplicates[1],
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or(0.0),
+        lags.len(),
+        peak_rss >> 20,
+        drained.as_secs_f64()
+    );
+    assert_eq!(lost, [0, 0], "versions lost on site-a, site-b");
+    assert!(
+        report.premature.is_empty(),
+        "source versions deleted before both targets held them: {:?}",
+        report.premature
+    );
+    assert_eq!(report.gone, expected.len(), "every version left the source");
+    assert!(
+        faults.outages >= 1 && faults.kills >= 1,
+        "the run must have had both kinds of fault"
+    );
+    for (i, ferry) in instances.iter_mut().enumerate() {
+        assert!(ferry.running(), "instance {i} running at the end");
+        ferry.terminate(Duration::from_secs(30));
+    }
+    buckets.remove().await;
+}
