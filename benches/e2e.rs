@@ -251,7 +251,7 @@ fn main() {
         .as_deref()
         .is_none_or(|o| o == "steady")
         .then_some(Steady {
-            rate: if quick { 50 } else { 200 },
+            rate: if quick { 50 } else { 100 },
             seconds: if quick { 10 } else { 60 },
             size: 16 << 10,
             targets: 2,

@@ -13,8 +13,10 @@ const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// target checks the source's MD5 and keeps its ETag; no buffers, no hashing in ferry). Larger
 /// ones go in parts, which resume part by part and upload several parts at once.
 const DEFAULT_MULTIPART_THRESHOLD: u64 = 512 << 20;
-/// 20 parts of the default size: with ~60 MiB for the rest, ferry stays under 256 MiB.
-const DEFAULT_BUFFER_MEMORY: u64 = 160 << 20;
+/// 16 parts of the default size: with the rest of the process (~100 MiB under load: the
+/// runtime, librdkafka's queues, HTTP buffers), ferry stays under 256 MiB. (At 160 MiB, eight
+/// 256 MiB copies at once peaked at 263 MiB.)
+const DEFAULT_BUFFER_MEMORY: u64 = 128 << 20;
 /// S3's minimum part size (every part but the last must be at least this big).
 const MIN_PART_SIZE: u64 = 5 << 20;
 /// S3's maximum part size.
