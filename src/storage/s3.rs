@@ -418,29 +418,10 @@ impl S3Store {
         meta: &ObjectMeta,
         tagging: Option<String>,
     ) -> Result<Written, StorageError> {
-        let out = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(body.len() as i64)
-            .content_md5(content_md5)
-            .body(ByteStream::from(body))
-            .set_content_type(meta.content_type.clone())
-            .set_cache_control(meta.cache_control.clone())
-            .set_content_disposition(meta.content_disposition.clone())
-            .set_content_encoding(meta.content_encoding.clone())
-            .set_metadata(Some(meta.user.clone()))
-            .set_tagging(tagging)
-            .customize()
-            .disable_payload_signing()
-            .send()
+        let length = body.len() as u64;
+        let body = ByteStream::from(body);
+        self.put_object(key, length, content_md5, body, meta, tagging, None)
             .await
-            .map_err(|e| self.error("PutObject", key, e))?;
-        Ok(Written {
-            version_id: out.version_id().map(str::to_string),
-            etag: out.e_tag().map(unquote),
-        })
     }
 
     /// Writes a whole object of `length` bytes streamed from `body`, in one request that the
@@ -456,20 +437,31 @@ impl S3Store {
         tagging: Option<String>,
     ) -> Result<Written, StorageError> {
         let allowed = READ_TIMEOUT.max(Duration::from_secs(length / MIN_STREAM_RATE));
-        let timeouts = aws_sdk_s3::config::Builder::new().timeout_config(
-            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(allowed)
-                .build(),
-        );
-        let out = self
+        let body = ByteStream::from_body_1_x(ChannelBody::new(body, length));
+        self.put_object(key, length, content_md5, body, meta, tagging, Some(allowed))
+            .await
+    }
+
+    /// One PutObject, its payload unsigned; `read_timeout` overrides the client's for it.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_object(
+        &self,
+        key: &str,
+        length: u64,
+        content_md5: &str,
+        body: ByteStream,
+        meta: &ObjectMeta,
+        tagging: Option<String>,
+        read_timeout: Option<Duration>,
+    ) -> Result<Written, StorageError> {
+        let mut request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_length(length as i64)
             .content_md5(content_md5)
-            .body(ByteStream::from_body_1_x(ChannelBody::new(body, length)))
+            .body(body)
             .set_content_type(meta.content_type.clone())
             .set_cache_control(meta.cache_control.clone())
             .set_content_disposition(meta.content_disposition.clone())
@@ -477,8 +469,18 @@ impl S3Store {
             .set_metadata(Some(meta.user.clone()))
             .set_tagging(tagging)
             .customize()
-            .config_override(timeouts)
-            .disable_payload_signing()
+            .disable_payload_signing();
+        if let Some(read_timeout) = read_timeout {
+            request = request.config_override(
+                aws_sdk_s3::config::Builder::new().timeout_config(
+                    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .read_timeout(read_timeout)
+                        .build(),
+                ),
+            );
+        }
+        let out = request
             .send()
             .await
             .map_err(|e| self.error("PutObject", key, e))?;
