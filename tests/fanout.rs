@@ -22,7 +22,10 @@ async fn three_targets_cost_one_source_read() {
     let third = format!("{}-c", buckets.id);
     s3::create_bucket(&buckets.clients[1], &third, true).await;
 
-    let sizes: Vec<usize> = vec![30 << 20, 1, 1000, 100_000, 3 << 20, 0];
+    // Six of different sizes, then a backlog of small ones (more than a target's concurrency):
+    // under a backlog the targets' copies must stay in step, not drift apart and re-read.
+    let mut sizes: Vec<usize> = vec![30 << 20, 1, 1000, 100_000, 3 << 20, 0];
+    sizes.extend(std::iter::repeat_n(2000, 300));
     let mut total = 0u64;
     for (i, size) in sizes.iter().enumerate() {
         s3::put(
@@ -78,7 +81,7 @@ async fn three_targets_cost_one_source_read() {
         3 * total,
         "each version written to each of the three targets"
     );
-    for (i, size) in sizes.iter().enumerate() {
+    for (i, size) in sizes.iter().enumerate().take(6) {
         let got = s3::fetch(&buckets.clients[1], &third, &format!("f/{i}"), None).await;
         assert!(
             got.body == s3::data(i as u64, *size),

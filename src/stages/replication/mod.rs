@@ -38,7 +38,7 @@ use self::copier::Copier;
 use self::fanout::{BufferBudget, Fanout, PendingAborts};
 use self::gate::Gates;
 use self::index::KeyIndex;
-use self::joint::{Joined, JointCopy};
+use self::joint::{Joined, JointCopy, Member, Reply};
 use self::lanes::{Lanes, Ticket};
 use self::retry::Waiting;
 use crate::metrics::{metrics, FailureLabels};
@@ -541,14 +541,22 @@ impl ReplicationProcessor {
         for _ in 0..start_attempts {
             backoff.next_delay();
         }
-        // Not cut short by shutdown either (see `replicate_to`).
-        let Ok(_permit) = settings.limit.acquire().await else {
-            leave(&mut joint);
-            return None;
-        };
         let copier = Copier { target: store };
+        // Only an object is copied jointly; the first attempt takes part in the entry's group
+        // (which takes this target's permit for it), later ones hold a permit of their own.
+        if entry.kind != EntryKind::Object {
+            leave(&mut joint);
+        }
+        let mut permit = None;
         let mut attempts = start_attempts;
         loop {
+            // A closed gate or a pause may last: the other targets do not wait for it.
+            if source_gate.paused().is_some()
+                || target_gate.paused().is_some()
+                || self.pauses.holding(target).is_some()
+            {
+                leave(&mut joint);
+            }
             if !source_gate.open(shutdown).await
                 || !target_gate.open(shutdown).await
                 || !self.pauses.wait_resumed(target, shutdown).await
@@ -556,20 +564,36 @@ impl ReplicationProcessor {
                 leave(&mut joint);
                 return None;
             }
-            attempts += 1;
-            let outcome = match entry.kind {
-                EntryKind::Object => {
-                    let first = fresh && attempts == 1;
-                    self.copy_object(entry, source, store, &copier, joint.take(), first)
-                        .await
+            let outcome = if let Some(group) = joint.take() {
+                let member = Member {
+                    target: target.to_string(),
+                    store: store.clone(),
+                    limit: settings.limit.clone(),
+                };
+                match self.copy_jointly(entry, source, group, member).await {
+                    Some(outcome) => {
+                        attempts += 1;
+                        outcome
+                    }
+                    // Its permit did not come in time, or the copy had started: on its own.
+                    None => continue,
                 }
-                EntryKind::DeleteMarker => {
-                    leave(&mut joint);
-                    copier.copy_delete_marker(entry).await
+            } else {
+                if permit.is_none() {
+                    // Not cut short by shutdown either (see `replicate_to`).
+                    let Ok(p) = settings.limit.acquire().await else {
+                        return None;
+                    };
+                    permit = Some(p);
                 }
-                EntryKind::VersionDelete => {
-                    leave(&mut joint);
-                    copier.delete_copy(entry).await
+                attempts += 1;
+                match entry.kind {
+                    EntryKind::Object => {
+                        let first = fresh && attempts == 1;
+                        self.copy_object(entry, source, store, &copier, first).await
+                    }
+                    EntryKind::DeleteMarker => copier.copy_delete_marker(entry).await,
+                    EntryKind::VersionDelete => copier.delete_copy(entry).await,
                 }
             };
             match outcome {
@@ -654,45 +678,113 @@ impl ReplicationProcessor {
         }
     }
 
-    /// Copies an object version to `store`: nothing if the pre-check finds it there, else as
-    /// part of the entry's joint copy (`joint`, first attempt) or on its own. On the `first`
-    /// attempt of an entry, a key the target never had needs no pre-check ([`index`]).
+    /// Copies an object version to `store` on its own: nothing if the pre-check finds it
+    /// there. On the `first` attempt of an entry, a key the target never had needs no
+    /// pre-check ([`index`]).
     async fn copy_object(
         &self,
         entry: &ReplicationEntry,
         source: &Store,
         store: &Store,
         copier: &Copier<'_>,
-        joint: Option<&JointCopy>,
         first: bool,
     ) -> Result<Outcome, StorageError> {
-        let leave = || {
-            if let Some(joint) = joint {
-                joint.leave();
+        if let Some(outcome) = self.precheck(entry, copier, first).await? {
+            return Ok(outcome);
+        }
+        self.fanout(source)
+            .copy(entry, std::slice::from_ref(store))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(interrupted(store, entry)))
+    }
+
+    /// The first attempt at an object version, as `member` of the entry's group: the result,
+    /// or `None` if this target is to copy on its own.
+    async fn copy_jointly(
+        &self,
+        entry: &ReplicationEntry,
+        source: &Store,
+        group: &JointCopy,
+        member: Member,
+    ) -> Option<Result<Outcome, StorageError>> {
+        let store = member.store.clone();
+        let answer = match group.join(member).await {
+            Joined::Lead(members, mine) => {
+                self.lead(entry, source, members).await;
+                mine.await
             }
+            Joined::Follow(mine) => mine.await,
+            Joined::Alone => return None,
         };
+        // A dropped answer: the leader's task ended without sending it.
+        answer.unwrap_or_else(|_| Some(Err(interrupted(&store, entry))))
+    }
+
+    /// Leads the joint copy of an entry's first attempt: takes the members' permits,
+    /// pre-checks each target, reads the source once for the ones that need the copy, and
+    /// answers every member.
+    async fn lead(&self, entry: &ReplicationEntry, source: &Store, members: Vec<(Member, Reply)>) {
+        let members = joint::take_permits(members).await;
+        let checks = futures_util::future::join_all(members.iter().map(|(member, _, _)| {
+            let copier = Copier {
+                target: &member.store,
+            };
+            async move { self.precheck(entry, &copier, true).await }
+        }))
+        .await;
+        let mut copying = Vec::with_capacity(members.len());
+        for ((member, reply, permit), check) in members.into_iter().zip(checks) {
+            match check {
+                Ok(None) => copying.push((member.store, reply, permit)),
+                Ok(Some(outcome)) => {
+                    let _ = reply.send(Some(Ok(outcome)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Some(Err(e)));
+                }
+            }
+        }
+        if copying.is_empty() {
+            return;
+        }
+        let stores: Vec<Store> = copying.iter().map(|(s, _, _)| s.clone()).collect();
+        if stores.len() > 1 {
+            tracing::debug!(
+                targets = stores.len(),
+                "one source read for several targets"
+            );
+        }
+        let results = self.fanout(source).copy(entry, &stores).await;
+        // Each permit is released with its answer.
+        for ((_, reply, _permit), result) in copying.into_iter().zip(results) {
+            let _ = reply.send(Some(result));
+        }
+    }
+
+    /// `Some` when the target needs no copy of the object version (see
+    /// [`Copier::precheck_object`]); on the `first` attempt, a key the target never had is not
+    /// looked at.
+    async fn precheck(
+        &self,
+        entry: &ReplicationEntry,
+        copier: &Copier<'_>,
+        first: bool,
+    ) -> Result<Option<Outcome>, StorageError> {
         let new_key = first
             && self
                 .index
-                .claim_new(store, &entry.key, self.subscription.revocations())
+                .claim_new(copier.target, &entry.key, self.subscription.revocations())
                 .await;
-        let precheck = if new_key {
+        if new_key {
             Ok(None)
         } else {
             copier.precheck_object(entry).await
-        };
-        match precheck {
-            Ok(None) => {}
-            Ok(Some(outcome)) => {
-                leave();
-                return Ok(outcome);
-            }
-            Err(e) => {
-                leave();
-                return Err(e);
-            }
         }
-        let fanout = Fanout {
+    }
+
+    fn fanout<'a>(&'a self, source: &'a Store) -> Fanout<'a> {
+        Fanout {
             source,
             budget: &self.budget,
             multipart_threshold: self.config.multipart_threshold,
@@ -700,40 +792,7 @@ impl ReplicationProcessor {
             part_concurrency: self.config.part_concurrency,
             stats: self.stats.clone(),
             pending_aborts: self.pending_aborts.clone(),
-        };
-        let interrupted = || {
-            store.local_error(
-                "fan-out",
-                &entry.key,
-                ErrorKind::Transient,
-                "the joint copy was interrupted".into(),
-            )
-        };
-        if let Some(joint) = joint {
-            match joint.join(store.clone()).await {
-                Joined::Lead(members, mine) => {
-                    let stores: Vec<Store> = members.iter().map(|(s, _)| s.clone()).collect();
-                    if stores.len() > 1 {
-                        tracing::debug!(
-                            targets = stores.len(),
-                            "one source read for several targets"
-                        );
-                    }
-                    let results = fanout.copy(entry, &stores).await;
-                    for ((_, reply), result) in members.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                    return mine.await.unwrap_or_else(|_| Err(interrupted()));
-                }
-                Joined::Follow(mine) => return mine.await.unwrap_or_else(|_| Err(interrupted())),
-                Joined::Alone => {}
-            }
         }
-        fanout
-            .copy(entry, std::slice::from_ref(store))
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(interrupted()))
     }
 
     /// Closes `location`'s gate and, if it was open, starts the probe that reopens it.
@@ -777,4 +836,14 @@ impl ReplicationProcessor {
         });
         true
     }
+}
+
+/// The error of a copy whose joint copy ended without its result.
+fn interrupted(store: &Store, entry: &ReplicationEntry) -> StorageError {
+    store.local_error(
+        "fan-out",
+        &entry.key,
+        ErrorKind::Transient,
+        "the joint copy was interrupted".into(),
+    )
 }
