@@ -2,7 +2,7 @@
 //! machine, in one run (absolute numbers on a shared 2-core machine are noise; ratios measured
 //! side by side are not). Run through `scripts/bench.sh`, which starts the test environment.
 //!
-//! For each workload the source bucket is written once; then, alternating, ferry (start →
+//! For each workload the source bucket is written once; then, alternating (ABBA), ferry (start →
 //! every entry COMPLETED, from its own metrics) and rclone (start → exit) copy it into fresh
 //! target buckets, `--reps` times; the median is reported. Every copy is checked by listing the
 //! targets. The upload-only rate (rclone from a local directory into a target) is the limit
@@ -303,12 +303,18 @@ async fn run_all(workloads: &[Workload], reps: usize, quick: bool, ferry_only: b
             upload_only(&env, &rclone_conf, dir.path(), w).await
         };
         let (mut ferry, mut rclone) = (Vec::new(), Vec::new());
+        // ferry, rclone, rclone, ferry, ferry, rclone...: the servers get slower over a run
+        // (memstore, radosgw's logs), and neither tool always goes first.
         for rep in 0..reps {
-            eprintln!("bench: {} rep {}: ferry", w.name, rep + 1);
-            ferry.push(run_ferry(&env, &source, w).await);
-            if !ferry_only {
-                eprintln!("bench: {} rep {}: rclone", w.name, rep + 1);
-                rclone.push(run_rclone(&env, &rclone_conf, &source, w).await);
+            let rclone_first = rep % 2 == 1 && !ferry_only;
+            for tool in 0..2 {
+                if (tool == 0) != rclone_first {
+                    eprintln!("bench: {} rep {}: ferry", w.name, rep + 1);
+                    ferry.push(run_ferry(&env, &source, w).await);
+                } else if !ferry_only {
+                    eprintln!("bench: {} rep {}: rclone", w.name, rep + 1);
+                    rclone.push(run_rclone(&env, &rclone_conf, &source, w).await);
+                }
             }
         }
         s3::remove_bucket(&src, &source).await;
@@ -357,7 +363,7 @@ fn header(reps: usize, quick: bool) -> String {
         out,
         "Machine: {cpus} cores, {memory}; servers on 127.0.0.1: Ceph radosgw ({}) as source and \
          targets, tansu as the broker.  \nferry {} (release build); {}.  \nMode: {}, {reps} \
-         repetition(s) per tool, median reported; the tools alternate.  \nrclone flags: `{}`.\n",
+         repetition(s) per tool, median reported; the tools alternate, each going first in turn.  \nrclone flags: `{}`.\n",
         version("radosgw", "--version"),
         Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])
@@ -475,10 +481,46 @@ fn collect_garbage() {
         .status();
 }
 
+/// Deletes the topics whose names start with `prefix`. tansu keeps every message in memory
+/// and gets slower with every topic it holds (its CPU for the same run grew 0.5 s → 3.3 s over
+/// a bench run's worth of earlier runs): without this, each ferry run would pay for the ones
+/// before it, and rclone, which uses no broker, would not.
+async fn delete_topics(env: &TestEnv, prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = match rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka)
+        .create()
+    {
+        Ok(a) => a,
+        Err(e) => return eprintln!("bench: topics of {prefix} not deleted: {e}"),
+    };
+    let names: Vec<String> = match admin.inner().fetch_metadata(None, Duration::from_secs(10)) {
+        Ok(m) => m
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|n| n.starts_with(prefix))
+            .collect(),
+        Err(e) => return eprintln!("bench: topics of {prefix} not deleted: {e}"),
+    };
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    match admin.delete_topics(&names, &AdminOptions::new()).await {
+        Ok(results) => {
+            for failed in results.iter().filter_map(|r| r.as_ref().err()) {
+                eprintln!("bench: topic {} not deleted: {}", failed.0, failed.1);
+            }
+        }
+        Err(e) => eprintln!("bench: topics of {prefix} not deleted: {e}"),
+    }
+}
+
 /// A running ferry, started by [`start_ferry`].
 struct Ferry {
     child: std::process::Child,
     admin: u16,
+    /// Its topics' prefix, to delete them after the run.
+    prefix: String,
     log_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -505,8 +547,8 @@ impl Ferry {
         }
     }
 
-    /// SIGTERM, then the log of the whole run.
-    fn stop(mut self) -> String {
+    /// SIGTERM, then deletes the run's topics; returns the log of the whole run.
+    async fn stop(mut self, env: &TestEnv) -> String {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -514,6 +556,7 @@ impl Ferry {
         if let Ok(keep) = std::env::var("FERRY_BENCH_KEEP_LOG") {
             let _ = std::fs::copy(&self.log_path, keep);
         }
+        delete_topics(env, &self.prefix).await;
         self.log()
     }
 }
@@ -601,6 +644,7 @@ secret_access_key = "{sk}"
     Ferry {
         child,
         admin,
+        prefix: format!("{id}."),
         log_path,
         _dir: dir,
     }
@@ -620,7 +664,7 @@ async fn run_ferry(env: &TestEnv, source: &str, w: &Workload) -> Run {
         cpu_seconds(ferry.child.id()),
         servers_used(&servers_before)
     );
-    let log = ferry.stop();
+    let log = ferry.stop(env).await;
     // The shutdown line counts the bytes read from the source and written to the targets.
     let totals = log
         .lines()
@@ -684,7 +728,7 @@ async fn run_steady(env: &TestEnv, s: &Steady) -> (Vec<(f64, f64)>, f64) {
     );
     ferry.wait_completed(count, started).await;
     let rss_mib = peak_rss_mib(ferry.child.id());
-    let log = ferry.stop();
+    let log = ferry.stop(env).await;
     // Each COMPLETED line carries the lag from the source's write time.
     let mut samples: Vec<(f64, f64)> = log
         .lines()

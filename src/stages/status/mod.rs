@@ -6,8 +6,10 @@
 //! partition, so state survives restarts and moves with rebalances.
 //!
 //! For each result: update the state; if the entry is COMPLETED and its source transient,
-//! publish a GC task; publish the new state; then acknowledge. A crash in between replays the
-//! result, which changes nothing but republishes the GC task — harmless, never lost.
+//! publish a GC task; publish the new state; then acknowledge. Results ready together are
+//! applied together and their effects published at once (one round trip for the batch, not
+//! one per result). A crash in between replays the results, which changes nothing but
+//! republishes the GC tasks — harmless, never lost.
 
 pub mod failed;
 pub mod query;
@@ -17,9 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use crate::bus::{Publisher, StateReader, Subscription, Topics};
+use futures_util::FutureExt;
+
+use crate::bus::{Delivery, Publisher, StateReader, Subscription, Topics};
 use crate::model::{self, EntryState, GcTask, ReplicationStatus, TargetResult};
 
 use super::{decode_or_dead_letter, publish_until_done, receive, StageError};
@@ -65,73 +68,83 @@ impl StatusProcessor {
         }
     }
 
-    /// Runs until `shutdown`, one result at a time (results of one entry share a partition,
-    /// and this keeps each changelog key's records in order).
+    /// Runs until `shutdown`. Results are taken in batches of what is ready (at most
+    /// [`BATCH`]) and applied in order; the batch's effects are then published together and
+    /// its results acknowledged once all are durable. Results of one entry share a partition,
+    /// and an entry's state is published once per batch (its latest), so each changelog key's
+    /// records stay in order.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StageError> {
         let mut loaded: HashSet<i32> = HashSet::new();
         let mut revocations = self.subscription.revocations();
-        while let Some(delivery) = receive(&self.subscription, STAGE, &shutdown).await {
-            // After a rebalance another instance may have advanced the state of partitions we
-            // had: forget everything and replay what we own now.
-            if self.subscription.revocations() != revocations {
-                revocations = self.subscription.revocations();
-                loaded.clear();
-                for state in self.state.values().flat_map(HashMap::values) {
-                    count_backlog(state, -1);
+        while let Some(first) = receive(&self.subscription, STAGE, &shutdown).await {
+            let mut ready = vec![first];
+            while ready.len() < BATCH {
+                match self.subscription.recv().now_or_never() {
+                    Some(Ok(delivery)) => ready.push(delivery),
+                    Some(Err(e)) => {
+                        tracing::warn!(stage = STAGE, error = %e, "receive failed");
+                        break;
+                    }
+                    None => break,
                 }
-                self.state.clear();
             }
-            let partition = delivery.partition;
-            if !loaded.contains(&partition) {
-                // Every partition held and not loaded yet, at once: one round trip, not one each.
-                let mut partitions: Vec<i32> = self
-                    .subscription
-                    .assigned(&self.topics.status)
-                    .into_iter()
-                    .filter(|p| !loaded.contains(p))
-                    .collect();
-                if !partitions.contains(&partition) {
-                    partitions.push(partition);
+            let mut batch = Batch::default();
+            for delivery in ready {
+                // After a rebalance another instance may have advanced the state of partitions
+                // we had: forget everything and replay what we own now.
+                if self.subscription.revocations() != revocations {
+                    revocations = self.subscription.revocations();
+                    loaded.clear();
+                    for state in self.state.values().flat_map(HashMap::values) {
+                        count_backlog(state, -1);
+                    }
+                    self.state.clear();
                 }
-                self.replay(&partitions).await?;
-                loaded.extend(partitions);
+                let partition = delivery.partition;
+                if !loaded.contains(&partition) {
+                    // Every partition held and not loaded yet, at once: one round trip, not
+                    // one each.
+                    let mut partitions: Vec<i32> = self
+                        .subscription
+                        .assigned(&self.topics.status)
+                        .into_iter()
+                        .filter(|p| !loaded.contains(p))
+                        .collect();
+                    if !partitions.contains(&partition) {
+                        partitions.push(partition);
+                    }
+                    self.replay(&partitions).await?;
+                    loaded.extend(partitions);
+                }
+                let Some((result, delivery)) = decode_or_dead_letter::<TargetResult>(
+                    "target result",
+                    delivery,
+                    &self.publisher,
+                    &self.topics.dead_letter,
+                    STAGE,
+                    &self.stats.dead_letters,
+                    &shutdown,
+                )
+                .await
+                else {
+                    continue;
+                };
+                self.stats.results.fetch_add(1, Ordering::Relaxed);
+                let id = result.entry.id();
+                let states = self.state.entry(partition).or_default();
+                let state = states.entry(id.clone()).or_insert_with(|| {
+                    let new = EntryState::new(result.entry.clone());
+                    count_backlog(&new, 1);
+                    new
+                });
+                count_backlog(state, -1);
+                let changed = state.apply(&result);
+                count_backlog(state, 1);
+                batch.add(partition, id, state.clone(), result, changed, delivery);
             }
-            let Some((result, delivery)) = decode_or_dead_letter::<TargetResult>(
-                "target result",
-                delivery,
-                &self.publisher,
-                &self.topics.dead_letter,
-                STAGE,
-                &self.stats.dead_letters,
-                &shutdown,
-            )
-            .await
-            else {
-                continue;
-            };
-            self.stats.results.fetch_add(1, Ordering::Relaxed);
-            let id = result.entry.id();
-            let states = self.state.entry(partition).or_default();
-            let state = states.entry(id.clone()).or_insert_with(|| {
-                let new = EntryState::new(result.entry.clone());
-                count_backlog(&new, 1);
-                new
-            });
-            count_backlog(state, -1);
-            let changed = state.apply(&result);
-            count_backlog(state, 1);
-            let state = state.clone();
-            let entry = &state.entry;
-            // Instrumented, not entered: the span must not be held across awaits.
-            let span = tracing::info_span!("entry", stage = STAGE, rule = %entry.rule, bucket = %entry.bucket, key = %entry.key, version = entry.version_id.as_deref().unwrap_or("null"), target = %result.target);
-            let published = self
-                .publish_effects(&state, &result, partition, &id, changed, &shutdown)
-                .instrument(span)
-                .await;
-            if !published {
+            if !self.publish_effects(batch, &shutdown).await {
                 break;
             }
-            delivery.ack();
         }
         self.subscription
             .commit()
@@ -141,86 +154,90 @@ impl StatusProcessor {
             })
     }
 
-    /// Publishes what a result led to: the GC task (transient source, COMPLETED), the new
-    /// state, the failed record. Returns false if shutdown stopped it (nothing acknowledged).
-    async fn publish_effects(
-        &self,
-        state: &EntryState,
-        result: &TargetResult,
-        partition: i32,
-        id: &str,
-        changed: bool,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let entry = &state.entry;
-
-        if state.overall == ReplicationStatus::Completed && entry.transient {
-            let task = GcTask {
-                schema: model::SCHEMA,
-                entry: entry.clone(),
-                copies: state.copies(),
-            };
-            if !publish_until_done(
-                &self.publisher,
-                &self.topics.gc,
-                None,
-                &entry.message_key(),
-                Some(&model::encode(&task)),
-                shutdown,
-            )
-            .await
-            {
-                return false;
+    /// Publishes what a batch of results led to — per entry, its GC task (transient source,
+    /// COMPLETED) and its new state; per result that failed its entry, the failed record —
+    /// then logs and acknowledges the results. Returns false if shutdown stopped it (nothing
+    /// acknowledged).
+    async fn publish_effects(&self, batch: Batch, shutdown: &CancellationToken) -> bool {
+        let mut messages: Vec<(&str, Option<i32>, String, Vec<u8>)> = Vec::new();
+        let mut gc_tasks = 0;
+        for pending in &batch.entries {
+            let (state, entry) = (&pending.state, &pending.state.entry);
+            if state.overall == ReplicationStatus::Completed && entry.transient {
+                let task = GcTask {
+                    schema: model::SCHEMA,
+                    entry: entry.clone(),
+                    copies: state.copies(),
+                };
+                messages.push((
+                    &self.topics.gc,
+                    None,
+                    entry.message_key(),
+                    model::encode(&task),
+                ));
+                gc_tasks += 1;
             }
-            self.stats.gc_tasks.fetch_add(1, Ordering::Relaxed);
+            if pending.changed {
+                messages.push((
+                    &self.topics.status_state,
+                    Some(pending.partition),
+                    pending.id.clone(),
+                    model::encode(state),
+                ));
+            }
         }
-        if changed {
-            if !publish_until_done(
-                &self.publisher,
-                &self.topics.status_state,
-                Some(partition),
-                id,
-                Some(&model::encode(&state)),
-                shutdown,
-            )
-            .await
-            {
-                return false;
+        for event in &batch.events {
+            if let Event::Failed(result) = event {
+                let key = serde_json::json!([
+                    result.entry.bucket,
+                    result.entry.key,
+                    result.entry.version_id,
+                    result.target
+                ])
+                .to_string();
+                messages.push((&self.topics.failed, None, key, model::encode(result)));
             }
-            match state.overall {
-                ReplicationStatus::Completed => {
+        }
+        let published = futures_util::future::join_all(messages.iter().map(
+            |(topic, partition, key, payload)| {
+                publish_until_done(
+                    &self.publisher,
+                    topic,
+                    *partition,
+                    key,
+                    Some(payload),
+                    shutdown,
+                )
+            },
+        ))
+        .await;
+        if !published.into_iter().all(|done| done) {
+            return false;
+        }
+        self.stats.gc_tasks.fetch_add(gc_tasks, Ordering::Relaxed);
+        for event in &batch.events {
+            let result = match event {
+                Event::Completed(r, _) | Event::Failed(r) => r,
+            };
+            let entry = &result.entry;
+            let span = tracing::info_span!("entry", stage = STAGE, rule = %entry.rule, bucket = %entry.bucket, key = %entry.key, version = entry.version_id.as_deref().unwrap_or("null"), target = %result.target);
+            let _entered = span.enter();
+            match event {
+                Event::Completed(_, latency) => {
                     self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                    let latency = state.completed_at_ms.unwrap_or(0) - entry.last_modified_ms;
                     let m = crate::metrics::metrics();
                     m.completed.inc();
-                    m.latency.observe(latency.max(0) as f64 / 1000.0);
+                    m.latency.observe((*latency).max(0) as f64 / 1000.0);
                     tracing::info!(latency_ms = latency, "COMPLETED on every target");
                 }
-                ReplicationStatus::Failed if result.status == ReplicationStatus::Failed => {
+                Event::Failed(result) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = result.error.as_deref().unwrap_or(""), "FAILED");
-                    let key = serde_json::json!([
-                        entry.bucket,
-                        entry.key,
-                        entry.version_id,
-                        result.target
-                    ])
-                    .to_string();
-                    if !publish_until_done(
-                        &self.publisher,
-                        &self.topics.failed,
-                        None,
-                        &key,
-                        Some(&model::encode(&result)),
-                        shutdown,
-                    )
-                    .await
-                    {
-                        return false;
-                    }
                 }
-                _ => {}
             }
+        }
+        for delivery in batch.deliveries {
+            delivery.ack();
         }
         true
     }
@@ -284,6 +301,78 @@ fn count_backlog(state: &EntryState, delta: i64) {
     for (target, t) in &state.targets {
         if !t.status.is_final() {
             m.backlog.get_or_create(&m.target(target)).inc_by(delta);
+        }
+    }
+}
+
+/// At most this many results are applied before their effects are published.
+const BATCH: usize = 256;
+
+/// The results of one batch, applied, with what must be published for them.
+#[derive(Default)]
+struct Batch {
+    /// The latest state of each entry the batch changed or touched, in first-touched order.
+    entries: Vec<Pending>,
+    by_id: HashMap<(i32, String), usize>,
+    /// What to log and count once the batch is durable, in result order.
+    events: Vec<Event>,
+    deliveries: Vec<Delivery>,
+}
+
+struct Pending {
+    partition: i32,
+    id: String,
+    state: EntryState,
+    /// Whether a result of the batch changed it (then its new state is published).
+    changed: bool,
+}
+
+enum Event {
+    /// The result that completed its entry, with the entry's lag in ms.
+    Completed(TargetResult, i64),
+    /// A result that failed its entry: also published to the failed topic.
+    Failed(TargetResult),
+}
+
+impl Batch {
+    fn add(
+        &mut self,
+        partition: i32,
+        id: String,
+        state: EntryState,
+        result: TargetResult,
+        changed: bool,
+        delivery: Delivery,
+    ) {
+        self.deliveries.push(delivery);
+        if changed {
+            match state.overall {
+                ReplicationStatus::Completed => {
+                    let latency = state.completed_at_ms.unwrap_or(0) - state.entry.last_modified_ms;
+                    self.events.push(Event::Completed(result, latency));
+                }
+                ReplicationStatus::Failed if result.status == ReplicationStatus::Failed => {
+                    self.events.push(Event::Failed(result));
+                }
+                _ => {}
+            }
+        }
+        match self.by_id.get(&(partition, id.clone())) {
+            Some(&i) => {
+                let pending = &mut self.entries[i];
+                pending.state = state;
+                pending.changed |= changed;
+            }
+            None => {
+                self.by_id
+                    .insert((partition, id.clone()), self.entries.len());
+                self.entries.push(Pending {
+                    partition,
+                    id,
+                    state,
+                    changed,
+                });
+            }
         }
     }
 }
