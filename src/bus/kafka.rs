@@ -338,6 +338,17 @@ struct SubscriptionInner {
 }
 
 impl Acker for SubscriptionInner {
+    fn owns(&self, topic: &str, partition: i32, generation: u64) -> bool {
+        // librdkafka marks the assignment lost as soon as it learns of an eviction (a failed
+        // heartbeat, a session it knows has expired), before the revocation is served.
+        !self.consumer.assignment_lost()
+            && self
+                .ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .owns(topic, partition, generation)
+    }
+
     fn ack(&self, topic: &str, partition: i32, offset: i64, generation: u64) {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(position) = ledger.done(topic, partition, offset, generation) {

@@ -68,6 +68,13 @@ impl OffsetLedger {
         })
     }
 
+    /// Whether `partition` of `topic` is held at the assignment `generation` (not revoked since).
+    pub fn owns(&self, topic: &str, partition: i32, generation: u64) -> bool {
+        self.partitions
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|l| l.generation == generation)
+    }
+
     /// Forgets a partition this consumer no longer owns; its pending acknowledgements are void.
     pub fn revoke(&mut self, topic: &str, partition: i32) {
         self.partitions.remove(&(topic.to_string(), partition));

@@ -6,6 +6,7 @@
 //! the stages cannot tell which. Kafka types stay inside `kafka.rs`, redb's inside `embedded/`.
 
 mod embedded;
+pub mod fence;
 mod kafka;
 pub mod ledger;
 
@@ -248,6 +249,8 @@ impl StateReader {
 /// Records that a delivery's work is done (the queue's side of [`Delivery::ack`]).
 trait Acker: Send + Sync {
     fn ack(&self, topic: &str, partition: i32, offset: i64, generation: u64);
+    /// Whether this member still holds `partition` of `topic` at the assignment `generation`.
+    fn owns(&self, topic: &str, partition: i32, generation: u64) -> bool;
 }
 
 /// One consumed message. Call [`Delivery::ack`] once its work is durably done; a delivery
@@ -258,8 +261,40 @@ pub struct Delivery {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    lease: Lease,
+}
+
+/// The claim a delivery's work has on its partition: cheap to clone, handed to the tasks that
+/// act for the delivery so each can check, right before an effect, that the partition is still
+/// this member's ([`Lease::still_owned`]).
+#[derive(Clone)]
+pub struct Lease {
+    topic: Arc<str>,
+    partition: i32,
     generation: u64,
+    /// When the message was received ([`fence::Fence::now`]).
+    received: u64,
     acker: Arc<dyn Acker>,
+}
+
+impl Lease {
+    /// Whether the partition is still this member's at the assignment the message came with.
+    /// After a freeze of this process (see [`fence`]) it first waits for the consumer to have
+    /// heard from the group coordinator, so a partition lost while frozen reads as not owned.
+    /// Work whose lease is gone must have no further effect: the new owner redoes it.
+    pub async fn still_owned(&self) -> bool {
+        let fence = fence::Fence::global();
+        if fence.frozen_since(self.received) {
+            fence.settle().await;
+        }
+        let owned = self
+            .acker
+            .owns(&self.topic, self.partition, self.generation);
+        if !owned {
+            tracing::warn!(topic = %self.topic, partition = self.partition, "partition no longer ours: this work's effects are dropped, its new owner redoes it");
+        }
+        owned
+    }
 }
 
 impl Delivery {
@@ -273,20 +308,39 @@ impl Delivery {
         acker: Arc<dyn Acker>,
     ) -> Self {
         Self {
+            lease: Lease {
+                topic: topic.as_str().into(),
+                partition,
+                generation,
+                received: fence::Fence::global().now(),
+                acker,
+            },
             topic,
             partition,
             offset,
             key,
             payload,
-            generation,
-            acker,
         }
+    }
+
+    /// The claim on this message's partition, for the tasks that act on it.
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
+    }
+
+    /// See [`Lease::still_owned`].
+    pub async fn still_owned(&self) -> bool {
+        self.lease.still_owned().await
     }
 
     /// Marks the work for this message done; its offset is committed once all earlier ones are.
     pub fn ack(self) {
-        self.acker
-            .ack(&self.topic, self.partition, self.offset, self.generation);
+        self.lease.acker.ack(
+            &self.topic,
+            self.partition,
+            self.offset,
+            self.lease.generation,
+        );
     }
 
     /// Where the message came from, for logs and dead letters.

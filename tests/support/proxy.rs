@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP/1.1 proxy for S3 traffic on loopback: passes requests through to an
 //! upstream server, or answers them with 503 SlowDown, or flips a byte of request bodies
-//! (uploads) or of object GET response bodies (downloads), as the test switches it.
+//! (uploads) or of object GET response bodies (downloads), or holds uploads on the wire, as
+//! the test switches it.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,10 @@ pub enum Fault {
     /// Answer 503 SlowDown to requests whose path contains the text set with
     /// [`FaultProxy::only_paths_with`]; pass the others.
     SlowDownSome = 4,
+    /// Take uploads (PUT requests) to paths containing the [`FaultProxy::only_paths_with`]
+    /// text in whole, and hold them — neither forwarded nor answered — until the fault is
+    /// switched off; then forward them. A request on the wire when its sender froze.
+    HoldSome = 5,
 }
 
 /// A running proxy; dropped, it stops accepting.
@@ -241,8 +246,23 @@ async fn serve(
         if flip_up {
             faulted.fetch_add(1, Ordering::Relaxed);
         }
-        server_write.write_all(&request.raw).await?;
-        relay_body(&mut client_read, server_write, body, flip_up).await?;
+        let held = mode == Fault::HoldSome as u8 && method == "PUT" && {
+            let text = filter.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            !text.is_empty() && request.first_line.contains(&text)
+        };
+        if held {
+            let mut data = Vec::new();
+            relay_body(&mut client_read, &mut data, body, false).await?;
+            faulted.fetch_add(1, Ordering::Relaxed);
+            while fault.load(Ordering::SeqCst) == Fault::HoldSome as u8 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            server_write.write_all(&request.raw).await?;
+            server_write.write_all(&data).await?;
+        } else {
+            server_write.write_all(&request.raw).await?;
+            relay_body(&mut client_read, server_write, body, flip_up).await?;
+        }
 
         let Some(response) = read_head(server_read).await? else {
             return Ok(());

@@ -124,6 +124,11 @@ impl GarbageCollector {
     async fn collect(&self, task: GcTask, delivery: Delivery, shutdown: &CancellationToken) {
         let mut backoff = Backoff::new(self.retry.retry.initial_delay, self.retry.retry.max_delay);
         loop {
+            // Each target's copy is verified before the delete whoever asks; a member that lost
+            // the partition leaves even that to the new owner.
+            if !delivery.still_owned().await {
+                return;
+            }
             match self.try_collect(&task).await {
                 Ok(Verdict::Delete) => {
                     self.stats.deleted.fetch_add(1, Ordering::Relaxed);

@@ -106,6 +106,45 @@ impl Copier<'_> {
         }
     }
 
+    /// After an attempt by a member that lost its partition meanwhile (frozen past its
+    /// session, with a write on the wire): if the key's latest version on the target is a copy
+    /// of `entry` while the target also holds a copy of a newer source version, that copy
+    /// landed out of order, after the new owner's newer one — it is deleted, so the newer copy
+    /// is the latest again. (The new owner writes a key's versions in order, so its own copy
+    /// of `entry` is never above its copy of a newer one.) Returns the deleted version, if any.
+    pub async fn undo_out_of_order(
+        &self,
+        entry: &ReplicationEntry,
+    ) -> Result<Option<String>, StorageError> {
+        let Head::Object(latest) = self.target.head(&entry.key, None).await? else {
+            return Ok(None);
+        };
+        if !is_copy_of(&latest, entry) {
+            return Ok(None);
+        }
+        let Some(ours) = latest.version_id else {
+            return Ok(None);
+        };
+        let versions = self.target.key_versions(&entry.key).await?;
+        for listed in versions
+            .iter()
+            .filter(|l| l.kind == EntryKind::Object && l.version_id.as_deref() != Some(&ours))
+            .take(SEARCH_LIMIT)
+        {
+            if let Head::Object(h) = self
+                .target
+                .head(&entry.key, listed.version_id.as_deref())
+                .await?
+            {
+                if stamped_mtime(&h).is_some_and(|m| m > entry.last_modified_ms) {
+                    self.target.delete_version(&entry.key, Some(&ours)).await?;
+                    return Ok(Some(ours));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The target shows something newer than `entry`: either this entry was copied before
     /// (a redelivery after a crash) — then say where — or it never will be in order.
     async fn search(&self, entry: &ReplicationEntry) -> Result<Outcome, StorageError> {

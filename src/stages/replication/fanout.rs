@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use super::copier::{hex, part_size_for, stamp_meta, Outcome, MAX_PART, MAX_PARTS, MIN_PART};
 use super::writer::Writer;
 use super::ReplicationStats;
+use crate::bus::fence::Fence;
 use crate::model::ReplicationEntry;
 use crate::storage::{
     encode_tagging, etag_is_md5, ErrorKind, ObjectBody, ObjectHead, StorageError, Store,
@@ -172,6 +173,7 @@ impl Fanout<'_> {
                 part_concurrency: self.part_concurrency,
                 stats: self.stats.clone(),
                 pending_aborts: self.pending_aborts.clone(),
+                started: Fence::global().now(),
             };
             writers.spawn(async move { (index, writer.write(rx).await) });
         }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::bus::{Delivery, Publisher, Subscription, Topics};
+use crate::bus::{Delivery, Lease, Publisher, Subscription, Topics};
 use crate::config::{LocationConfig, ReplicationConfig, RetryPolicy};
 use crate::control::Pauses;
 use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, RetryTask, TargetResult};
@@ -87,6 +87,9 @@ pub struct ReplicationStats {
     pub deferred: AtomicU64,
     pub pauses: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Copies written after this member lost the partition that landed over a newer version,
+    /// and were deleted.
+    pub undone: AtomicU64,
     /// Bytes read from sources (a version read for several targets counts each read).
     pub source_bytes: AtomicU64,
     /// Bytes written to targets, summed over targets.
@@ -291,6 +294,7 @@ impl ReplicationProcessor {
     ) {
         let entry = Arc::new(entry);
         let origin = delivery.offset;
+        let lease = delivery.lease();
         metrics().in_flight.inc();
         let _in_flight = InFlight;
         let joint = Arc::new(JointCopy::new(tickets.len()));
@@ -299,6 +303,7 @@ impl ReplicationProcessor {
             let worker = self.clone();
             let entry = entry.clone();
             let joint = joint.clone();
+            let lease = lease.clone();
             let shutdown = shutdown.clone();
             // Every field again: JSON logs show the innermost span, and each line about a copy
             // must say which object, version and target it is about.
@@ -306,7 +311,7 @@ impl ReplicationProcessor {
             per_target.spawn(
                 async move {
                     worker
-                        .replicate_to(&entry, origin, &target, ticket, &joint, &shutdown)
+                        .replicate_to(&entry, origin, &target, ticket, &joint, &lease, &shutdown)
                         .await
                 }
                 .instrument(span),
@@ -323,6 +328,7 @@ impl ReplicationProcessor {
 
     /// Copies `entry` to `target` and publishes the result, or defers the copy to the retry
     /// topic. Returns whether what it produced is durable (then the entry may be acknowledged).
+    #[allow(clippy::too_many_arguments)]
     async fn replicate_to(
         self: &Arc<Self>,
         entry: &ReplicationEntry,
@@ -330,6 +336,7 @@ impl ReplicationProcessor {
         target: &str,
         ticket: Ticket,
         joint: &JointCopy,
+        lease: &Lease,
         shutdown: &CancellationToken,
     ) -> bool {
         // Not cut short by shutdown: an entry received is finished (within shutdown_timeout),
@@ -362,7 +369,7 @@ impl ReplicationProcessor {
             }
         } else {
             match self
-                .copy_with_retries(entry, target, Some(joint), 0, shutdown)
+                .copy_with_retries(entry, target, Some(joint), 0, lease, shutdown)
                 .await
             {
                 Some(step) => step,
@@ -370,6 +377,11 @@ impl ReplicationProcessor {
             }
         };
         self.touch(target, &entry.key);
+        // A result or deferral from a member that lost the partition (frozen past its session)
+        // could land after the new owner's and undo it: dropped, the new owner redoes the copy.
+        if !lease.still_owned().await {
+            return false;
+        }
         let published = self
             .publish_step(entry, origin, target, step, &lane, shutdown)
             .await;
@@ -487,13 +499,16 @@ impl ReplicationProcessor {
 
     /// Copies `entry` to `target`, retrying transient failures in place up to `defer_after`
     /// attempts (counting `start_attempts` made before), then asks for deferral. `joint` is the
-    /// entry's group on its first attempt from the replication topic. `None` on shutdown.
+    /// entry's group on its first attempt from the replication topic. Each attempt first checks
+    /// that `lease` (the message's partition) is still this member's. `None` on shutdown or a
+    /// lost lease.
     async fn copy_with_retries(
         &self,
         entry: &ReplicationEntry,
         target: &str,
         joint: Option<&JointCopy>,
         start_attempts: u32,
+        lease: &Lease,
         shutdown: &CancellationToken,
     ) -> Option<Step> {
         let result = |status, target_version_id, error: Option<String>, attempts| {
@@ -564,13 +579,17 @@ impl ReplicationProcessor {
                 leave(&mut joint);
                 return None;
             }
+            if !lease.still_owned().await {
+                leave(&mut joint);
+                return None;
+            }
             let outcome = if let Some(group) = joint.take() {
                 let member = Member {
                     target: target.to_string(),
                     store: store.clone(),
                     limit: settings.limit.clone(),
                 };
-                match self.copy_jointly(entry, source, group, member).await {
+                match self.copy_jointly(entry, source, group, member, lease).await {
                     Some(outcome) => {
                         attempts += 1;
                         outcome
@@ -585,6 +604,10 @@ impl ReplicationProcessor {
                         return None;
                     };
                     permit = Some(p);
+                    // The wait may have been long.
+                    if !lease.still_owned().await {
+                        return None;
+                    }
                 }
                 attempts += 1;
                 match entry.kind {
@@ -596,6 +619,14 @@ impl ReplicationProcessor {
                     EntryKind::VersionDelete => copier.delete_copy(entry).await,
                 }
             };
+            // Lost meanwhile (frozen mid-copy): no result, and a write that landed after the
+            // new owner's newer one is undone, whatever this attempt's answer was.
+            if !lease.still_owned().await {
+                if entry.kind == EntryKind::Object {
+                    self.undo_out_of_order(entry, &copier).await;
+                }
+                return None;
+            }
             match outcome {
                 Ok(Outcome::Copied { target_version_id }) => {
                     self.stats.copied.fetch_add(1, Ordering::Relaxed);
@@ -707,11 +738,12 @@ impl ReplicationProcessor {
         source: &Store,
         group: &JointCopy,
         member: Member,
+        lease: &Lease,
     ) -> Option<Result<Outcome, StorageError>> {
         let store = member.store.clone();
         let answer = match group.join(member).await {
             Joined::Lead(members, mine) => {
-                self.lead(entry, source, members).await;
+                self.lead(entry, source, members, lease).await;
                 mine.await
             }
             Joined::Follow(mine) => mine.await,
@@ -723,9 +755,22 @@ impl ReplicationProcessor {
 
     /// Leads the joint copy of an entry's first attempt: takes the members' permits,
     /// pre-checks each target, reads the source once for the ones that need the copy, and
-    /// answers every member.
-    async fn lead(&self, entry: &ReplicationEntry, source: &Store, members: Vec<(Member, Reply)>) {
+    /// answers every member. If the lease is lost meanwhile, every member is told to go on
+    /// alone (each then finds the lease lost).
+    async fn lead(
+        &self,
+        entry: &ReplicationEntry,
+        source: &Store,
+        members: Vec<(Member, Reply)>,
+        lease: &Lease,
+    ) {
         let members = joint::take_permits(members).await;
+        if !lease.still_owned().await {
+            for (_, reply, _) in members {
+                let _ = reply.send(None);
+            }
+            return;
+        }
         let checks = futures_util::future::join_all(members.iter().map(|(member, _, _)| {
             let copier = Copier {
                 target: &member.store,
@@ -792,6 +837,21 @@ impl ReplicationProcessor {
             part_concurrency: self.config.part_concurrency,
             stats: self.stats.clone(),
             pending_aborts: self.pending_aborts.clone(),
+        }
+    }
+
+    /// An attempt made by a member that lost the partition: its write is undone if it landed
+    /// over the new owner's newer version ([`Copier::undo_out_of_order`]).
+    async fn undo_out_of_order(&self, entry: &ReplicationEntry, copier: &Copier<'_>) {
+        match copier.undo_out_of_order(entry).await {
+            Ok(Some(version)) => {
+                self.stats.undone.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target_version = %version, "a copy written after this member lost the partition landed over a newer version: deleted");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not check whether a copy written after losing the partition landed out of order")
+            }
         }
     }
 

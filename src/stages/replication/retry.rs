@@ -102,13 +102,24 @@ impl ReplicationProcessor {
         if !sleep_or_shutdown(wait, shutdown).await {
             return;
         }
+        let lease = delivery.lease();
         let Some(step) = self
-            .copy_with_retries(&task.entry, &task.target, None, task.attempts, shutdown)
+            .copy_with_retries(
+                &task.entry,
+                &task.target,
+                None,
+                task.attempts,
+                &lease,
+                shutdown,
+            )
             .await
         else {
             return;
         };
         self.touch(&task.target, &task.entry.key);
+        if !lease.still_owned().await {
+            return;
+        }
         let done = match step {
             Step::Done(result) => {
                 let published = publish_until_done(

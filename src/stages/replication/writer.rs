@@ -1,5 +1,7 @@
 //! `Writer`: one target's side of a fan-out copy — a buffered PUT, a streamed PUT, or a
-//! multipart upload — checked against the MD5 the bytes were sent with.
+//! multipart upload — checked against the MD5 the bytes were sent with. A streamed PUT or a
+//! multipart upload during which this process was frozen is abandoned at its commit point (the
+//! last chunk, the Complete request): see [`crate::bus::fence`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio::task::JoinSet;
 use super::copier::{base64, hex, Outcome};
 use super::fanout::{abort, JoinedPart, PendingAborts, Piece, UploadedPart, STREAM_QUEUE};
 use super::ReplicationStats;
+use crate::bus::fence::Fence;
 use crate::storage::{
     etag_is_md5, BodyAborted, ErrorKind, Head, ObjectMeta, StorageError, Store, Written,
 };
@@ -30,6 +33,9 @@ pub(super) struct Writer {
     pub(super) part_concurrency: usize,
     pub(super) stats: Arc<ReplicationStats>,
     pub(super) pending_aborts: PendingAborts,
+    /// When the copy began ([`Fence::now`]): a write this process was frozen during is not
+    /// finished (its partition may have moved, and a newer version been written meanwhile).
+    pub(super) started: u64,
 }
 
 impl Writer {
@@ -92,14 +98,21 @@ impl Writer {
             &self.meta,
             self.tagging.clone(),
         );
+        let started = self.started;
         let forward = async move {
             let mut last: Option<Bytes> = None;
             loop {
                 let next = match rx.recv().await {
                     Some(Piece::Chunk(data)) => last.replace(data).map(Ok),
                     Some(Piece::End) => {
-                        if let Some(data) = last.take() {
-                            let _ = tx.send(Ok(data)).await;
+                        let last = match last.take() {
+                            _ if Fence::global().frozen_since(started) => {
+                                Some(Err(BodyAborted(FROZEN.into())))
+                            }
+                            data => data.map(Ok),
+                        };
+                        if let Some(last) = last {
+                            let _ = tx.send(last).await;
                         }
                         return;
                     }
@@ -198,6 +211,14 @@ impl Writer {
         let parts: Vec<(i32, String)> = done.iter().map(|(n, e, ..)| (*n, e.clone())).collect();
         let digests: Vec<u8> = done.iter().flat_map(|(_, _, m, _)| *m).collect();
         let total: u64 = done.iter().map(|(.., l)| *l).sum();
+        if Fence::global().frozen_since(self.started) {
+            return Err(self.target.local_error(
+                "write",
+                &self.key,
+                ErrorKind::Transient,
+                FROZEN.into(),
+            ));
+        }
         let written = self
             .target
             .complete_multipart(&self.key, upload_id, &parts)
@@ -268,3 +289,6 @@ impl Writer {
             .local_error("verify copy", &self.key, ErrorKind::Transient, message)
     }
 }
+
+/// Why a write this process was frozen during is abandoned.
+const FROZEN: &str = "this process was frozen during the copy: not completing a write whose partition may have moved meanwhile";

@@ -158,7 +158,23 @@ impl StatusProcessor {
     /// COMPLETED) and its new state; per result that failed its entry, the failed record —
     /// then logs and acknowledges the results. Returns false if shutdown stopped it (nothing
     /// acknowledged).
-    async fn publish_effects(&self, batch: Batch, shutdown: &CancellationToken) -> bool {
+    async fn publish_effects(&self, mut batch: Batch, shutdown: &CancellationToken) -> bool {
+        // A member that lost partitions (frozen past its session) must not publish a state,
+        // GC task or failed record for them: its state is older than the new owner's, and a
+        // compacted changelog keeps the last record written. Their results are dropped
+        // unacknowledged; the new owner applies them.
+        let mut owned: HashMap<i32, bool> = HashMap::new();
+        for delivery in &batch.deliveries {
+            if let std::collections::hash_map::Entry::Vacant(e) = owned.entry(delivery.partition) {
+                e.insert(delivery.still_owned().await);
+            }
+        }
+        if owned.values().any(|o| !o) {
+            let keep = |p: &i32| owned.get(p).copied().unwrap_or(false);
+            batch.entries.retain(|e| keep(&e.partition));
+            batch.events.retain(|(p, _)| keep(p));
+            batch.deliveries.retain(|d| keep(&d.partition));
+        }
         let mut messages: Vec<(&str, Option<i32>, String, Vec<u8>)> = Vec::new();
         let mut gc_tasks = 0;
         for pending in &batch.entries {
@@ -186,7 +202,7 @@ impl StatusProcessor {
                 ));
             }
         }
-        for event in &batch.events {
+        for (_, event) in &batch.events {
             if let Event::Failed(result) = event {
                 let key = serde_json::json!([
                     result.entry.bucket,
@@ -215,7 +231,7 @@ impl StatusProcessor {
             return false;
         }
         self.stats.gc_tasks.fetch_add(gc_tasks, Ordering::Relaxed);
-        for event in &batch.events {
+        for (_, event) in &batch.events {
             let result = match event {
                 Event::Completed(r, _) | Event::Failed(r) => r,
             };
@@ -314,8 +330,8 @@ struct Batch {
     /// The latest state of each entry the batch changed or touched, in first-touched order.
     entries: Vec<Pending>,
     by_id: HashMap<(i32, String), usize>,
-    /// What to log and count once the batch is durable, in result order.
-    events: Vec<Event>,
+    /// What to log and count once the batch is durable, in result order, with the partition.
+    events: Vec<(i32, Event)>,
     deliveries: Vec<Delivery>,
 }
 
@@ -349,10 +365,11 @@ impl Batch {
             match state.overall {
                 ReplicationStatus::Completed => {
                     let latency = state.completed_at_ms.unwrap_or(0) - state.entry.last_modified_ms;
-                    self.events.push(Event::Completed(result, latency));
+                    self.events
+                        .push((partition, Event::Completed(result, latency)));
                 }
                 ReplicationStatus::Failed if result.status == ReplicationStatus::Failed => {
-                    self.events.push(Event::Failed(result));
+                    self.events.push((partition, Event::Failed(result)));
                 }
                 _ => {}
             }
