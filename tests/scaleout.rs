@@ -22,6 +22,25 @@ fn copies(log: &str) -> usize {
         .count()
 }
 
+/// "time assigned|revoked partitions" for the consumer groups whose name ends with `group`.
+fn rebalances(log: &str, group: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["group"].as_str().is_some_and(|g| g.ends_with(group)))
+        .filter_map(|v| {
+            let what = v["message"]
+                .as_str()?
+                .strip_prefix("partitions ")?
+                .to_string();
+            let at = v["timestamp"].as_str()?.get(11..23)?.to_string();
+            Some(format!(
+                "{at} {what} {}",
+                v["partitions"].as_str().unwrap_or("")
+            ))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "tansu 0.6 does not reliably rebalance a 3-member group (a member gets no partitions; \
             once the group stalled after a SIGKILL and restart): run with --ignored"]
@@ -127,6 +146,13 @@ async fn three_instances_split_the_work_and_absorb_a_sigkill() {
             held, written,
             "{bucket} holds exactly the source versions written"
         );
+    }
+    // How the replication group's partitions moved, per instance (all runs): what to look at
+    // when the work was not spread.
+    for (i, ferry) in instances.iter().enumerate() {
+        for line in rebalances(&ferry.logs(), ".replication") {
+            eprintln!("instance {i}: {line}");
+        }
     }
     for (i, ferry) in instances.iter_mut().enumerate() {
         assert!(ferry.running(), "instance {i} still running");

@@ -164,7 +164,10 @@ async fn a_frozen_instance_cannot_undo_the_new_owners_work() {
     let zombie_log = zombie.logs();
     eprintln!(
         "zombie: {} late copies undone, {} effects dropped; new owner: {} COMPLETED",
-        count(&zombie_log, "a copy written after this member lost the partition"),
+        count(
+            &zombie_log,
+            "a copy written after this member lost the partition"
+        ),
         count(&zombie_log, "partition no longer ours"),
         count(&owner.log(), "COMPLETED on every target")
     );

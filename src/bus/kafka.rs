@@ -603,6 +603,25 @@ fn log_kafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
 
 impl ConsumerContext for LogContext {}
 
+/// `topic:0,1 other:2` — which partitions a rebalance gave or took, for its log line.
+fn listed(partitions: &TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for p in partitions.elements() {
+        by_topic
+            .entry(p.topic().to_string())
+            .or_default()
+            .push(p.partition());
+    }
+    by_topic
+        .iter()
+        .map(|(topic, ps)| {
+            let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+            format!("{topic}:{}", ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Consumer context: log forwarding, plus ledger upkeep and a final commit on revocation.
 struct LedgerContext {
     ledger: Arc<Mutex<OffsetLedger>>,
@@ -655,13 +674,13 @@ impl ConsumerContext for LedgerContext {
                 ledger.revoke(p.topic(), p.partition());
             }
             self.revocations.fetch_add(1, Ordering::SeqCst);
-            tracing::info!(partitions = partitions.count(), "partitions revoked");
+            tracing::info!(group = %self.group, partitions = %listed(partitions), "partitions revoked");
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
-            tracing::info!(partitions = partitions.count(), "partitions assigned");
+            tracing::info!(group = %self.group, partitions = %listed(partitions), "partitions assigned");
         }
     }
 }
