@@ -12,4 +12,4 @@ export FERRY_SOAK_SECONDS=${FERRY_SOAK_SECONDS:-3600}
 export FERRY_SOAK_RATE=${FERRY_SOAK_RATE:-10}
 export FERRY_SOAK_FAULT_EVERY=${FERRY_SOAK_FAULT_EVERY:-240}
 echo "[soak] ${FERRY_SOAK_SECONDS} s at ${FERRY_SOAK_RATE} versions/s, a fault every ${FERRY_SOAK_FAULT_EVERY} s"
-exec bash scripts/test.sh --test soak -- --ignored --nocapture
+exec bash scripts/test.sh --test soak -- --nocapture

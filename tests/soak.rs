@@ -2,8 +2,7 @@
 //! two targets while a target is stopped and restarted and an instance is killed and restarted,
 //! in turn, every few minutes; then every invariant is checked and the figures printed.
 //!
-//! Short by default; `bash scripts/soak.sh` runs it for an hour. Not in the default test run
-//! yet (see the `ignore` reason): `cargo test --test soak -- --ignored` for the short mode.
+//! Short (100 s) in the default test run; `bash scripts/soak.sh` runs it for an hour.
 //! Knobs: `FERRY_SOAK_SECONDS` (default 100), `FERRY_SOAK_RATE` (versions per second, default
 //! 10), `FERRY_SOAK_FAULT_EVERY` (seconds between faults, default 30).
 
@@ -99,8 +98,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kills instances of a 3-member group, which tansu 0.6 does not reliably rebalance \
-            (see tests/scaleout.rs): run with --ignored or bash scripts/soak.sh"]
 async fn steady_writes_with_target_outages_and_instance_kills_lose_nothing() {
     let seconds = knob("FERRY_SOAK_SECONDS", 100);
     let rate = knob("FERRY_SOAK_RATE", 10).max(1);

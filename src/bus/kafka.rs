@@ -221,6 +221,13 @@ fn base_config(queue: &QueueConfig) -> ClientConfig {
         .set("bootstrap.servers", &queue.brokers)
         .set("client.id", "ferry")
         .set_log_level(RDKafkaLogLevel::Warning);
+    // Diagnostics: librdkafka's own debug contexts (e.g. `cgrp,fetch`), logged at debug level
+    // under the `librdkafka` target (`FERRY_LOG=info,librdkafka=debug`).
+    if let Ok(contexts) = std::env::var("FERRY_KAFKA_DEBUG") {
+        config
+            .set("debug", contexts)
+            .set_log_level(RDKafkaLogLevel::Debug);
+    }
     config
 }
 

@@ -110,7 +110,11 @@ impl Ferry {
         let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["--log-format", "json", "run", "--config"])
             .arg(&self.config)
-            .env("FERRY_LOG", "info,ferry=debug")
+            // The test runner's FERRY_LOG (e.g. with `librdkafka=debug`) wins.
+            .env(
+                "FERRY_LOG",
+                std::env::var("FERRY_LOG").unwrap_or_else(|_| "info,ferry=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -211,20 +215,25 @@ impl Ferry {
 
 impl Drop for Ferry {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let panicking = std::thread::panicking();
+        if panicking {
             eprintln!("{}", self.log_tail());
             let state = self.child.as_mut().map(Child::try_wait);
             eprintln!("--- ferry process: {state:?} (Ok(None): still running) ---");
-            // FERRY_TEST_KEEP_LOGS=DIR keeps a failed test's whole logs for a closer look.
-            if let Some(dir) = std::env::var_os("FERRY_TEST_KEEP_LOGS") {
-                let keep = Path::new(&dir).join(unique("ferry-logs"));
-                if std::fs::create_dir_all(&keep).is_ok() {
-                    for run in 0..self.runs {
-                        let name = format!("ferry-{run}.log");
-                        let _ = std::fs::copy(self.config.with_file_name(&name), keep.join(&name));
-                    }
-                    eprintln!("--- logs kept in {} ---", keep.display());
+        }
+        // FERRY_TEST_KEEP_LOGS=DIR keeps a failed test's whole logs for a closer look;
+        // FERRY_TEST_KEEP_ALL_LOGS=DIR every test's.
+        let keep = std::env::var_os("FERRY_TEST_KEEP_ALL_LOGS").or(panicking
+            .then(|| std::env::var_os("FERRY_TEST_KEEP_LOGS"))
+            .flatten());
+        if let Some(dir) = keep {
+            let keep = Path::new(&dir).join(unique("ferry-logs"));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for run in 0..self.runs {
+                    let name = format!("ferry-{run}.log");
+                    let _ = std::fs::copy(self.config.with_file_name(&name), keep.join(&name));
                 }
+                eprintln!("--- logs kept in {} ---", keep.display());
             }
         }
         self.kill();
