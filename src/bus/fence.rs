@@ -11,7 +11,7 @@
 //! evicted member's assignment lost and its partitions revoked ([`super::Delivery::still_owned`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How often the watchdog ticks.
@@ -37,13 +37,14 @@ pub struct Fence {
 impl Fence {
     /// The fence, its watchdog started on first use.
     pub fn global() -> &'static Fence {
-        static FENCE: OnceLock<&'static Fence> = OnceLock::new();
-        FENCE.get_or_init(|| {
-            let fence: &'static Fence = Box::leak(Box::new(Fence {
-                epoch: Instant::now(),
-                last_tick: AtomicU64::new(0),
-                last_freeze: AtomicU64::new(0),
-            }));
+        static FENCE: OnceLock<Fence> = OnceLock::new();
+        static WATCHDOG: Once = Once::new();
+        let fence = FENCE.get_or_init(|| Fence {
+            epoch: Instant::now(),
+            last_tick: AtomicU64::new(0),
+            last_freeze: AtomicU64::new(0),
+        });
+        WATCHDOG.call_once(|| {
             let spawned = std::thread::Builder::new()
                 .name("ferry-watchdog".into())
                 .spawn(move || loop {
@@ -53,8 +54,8 @@ impl Fence {
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "freeze watchdog not started: a frozen process is not fenced");
             }
-            fence
-        })
+        });
+        fence
     }
 
     /// Milliseconds since the fence started: the stamp of work beginning, for
