@@ -71,9 +71,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     };
 
     let stores = Stores::connect(&config).await;
-    for store in stores.iter() {
-        // Not fatal: a target may be down for a while; its copies wait and retry.
-        match store.check().await {
+    // All at once (each is a round trip). Not fatal: a target may be down for a while; its
+    // copies wait and retry.
+    let checks = futures_util::future::join_all(stores.iter().map(|s| s.check())).await;
+    for (store, check) in stores.iter().zip(checks) {
+        match check {
             Ok(()) => {
                 tracing::info!(location = %store.name(), bucket = %store.bucket(), "location reachable")
             }

@@ -52,17 +52,7 @@ async fn throttling_target_is_retried_until_it_recovers() {
         .replace(&env.rgw[2], &proxy.endpoint);
     let mut ferry = Ferry::start(&cfg);
     for i in 0..10u64 {
-        s3::put(
-            &buckets.clients[0],
-            &buckets.source,
-            &Put {
-                key: format!("t/{i}"),
-                seed: i,
-                size: 3000,
-                ..Put::default()
-            },
-        )
-        .await;
+        buckets.put_source(&format!("t/{i}"), i, 3000).await;
     }
     wait_until(TIMEOUT, "target a complete", || async {
         buckets.target_counts().await.0 == 10
@@ -115,40 +105,10 @@ async fn corrupted_uploads_are_never_completed_and_the_source_is_kept() {
         );
     let mut ferry = Ferry::start(&cfg);
     let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "small".into(),
-            seed: 1,
-            size: 100_000,
-            ..Put::default()
-        },
-    )
-    .await;
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "large".into(),
-            seed: 2,
-            size: 20 << 20,
-            ..Put::default()
-        },
-    )
-    .await;
+    buckets.put_source("small", 1, 100_000).await;
+    buckets.put_source("large", 2, 20 << 20).await;
     // Above one part, below the multipart threshold: streamed in one request.
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "streamed".into(),
-            seed: 3,
-            size: 6 << 20,
-            ..Put::default()
-        },
-    )
-    .await;
+    buckets.put_source("streamed", 3, 6 << 20).await;
 
     wait_until(TIMEOUT, "every entry FAILED for site-b", || async {
         failed_records(&bus, &buckets).await.len() >= 3
@@ -240,39 +200,9 @@ async fn corrupted_downloads_never_reach_a_target() {
     // ferry names the corruption. (A source uploaded in parts is checked against its multipart
     // ETag only where the server reports the part layout, which radosgw 16 does not: see the
     // issue notes.)
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "single".into(),
-            seed: 1,
-            size: 100_000,
-            ..Put::default()
-        },
-    )
-    .await;
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "another".into(),
-            seed: 2,
-            size: 3 << 20,
-            ..Put::default()
-        },
-    )
-    .await;
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "streamed".into(),
-            seed: 3,
-            size: 6 << 20,
-            ..Put::default()
-        },
-    )
-    .await;
+    buckets.put_source("single", 1, 100_000).await;
+    buckets.put_source("another", 2, 3 << 20).await;
+    buckets.put_source("streamed", 3, 6 << 20).await;
     let proxy = FaultProxy::start(&env.rgw[0]).await;
     proxy.set(Fault::FlipDownloads);
     let cfg = buckets
@@ -311,17 +241,7 @@ async fn target_lost_mid_multipart_leaves_no_orphaned_upload() {
         "part_size = \"5MiB\"\n",
         "part_size = \"5MiB\"\npart_concurrency = 1\n",
     );
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "big".into(),
-            seed: 9,
-            size: 200 << 20,
-            ..Put::default()
-        },
-    )
-    .await;
+    buckets.put_source("big", 9, 200 << 20).await;
     let mut ferry = Ferry::start(&cfg);
     wait_until(
         TIMEOUT,
@@ -361,17 +281,7 @@ async fn a_retrying_entry_does_not_hold_back_later_entries_of_its_partition() {
         .replace(&env.rgw[2], &proxy.endpoint)
         .replace("partitions = 4", "partitions = 1")
         + "max_attempts = 1000\n";
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "stuck".into(),
-            seed: 1,
-            size: 100,
-            ..Put::default()
-        },
-    )
-    .await;
+    buckets.put_source("stuck", 1, 100).await;
     let mut ferry = Ferry::start(&cfg);
     wait_until(
         TIMEOUT,
@@ -380,17 +290,7 @@ async fn a_retrying_entry_does_not_hold_back_later_entries_of_its_partition() {
     )
     .await;
     for i in 0..20u64 {
-        s3::put(
-            &buckets.clients[0],
-            &buckets.source,
-            &Put {
-                key: format!("later/{i}"),
-                seed: i,
-                size: 100,
-                ..Put::default()
-            },
-        )
-        .await;
+        buckets.put_source(&format!("later/{i}"), i, 100).await;
     }
     wait_until(
         TIMEOUT,
@@ -451,17 +351,7 @@ async fn versions_behind_a_deferred_one_reach_the_target_in_order() {
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: "other".into(),
-            seed: 9,
-            size: 10,
-            ..Put::default()
-        },
-    )
-    .await;
+    buckets.put_source("other", 9, 10).await;
     wait_until(
         TIMEOUT,
         "other keys flow to b meanwhile, the later versions queue",

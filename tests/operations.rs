@@ -10,24 +10,13 @@ use std::time::Duration;
 use serde_json::Value;
 use support::admin::{cli, cli_ok, get, get_json, port};
 use support::proxy::{Fault, FaultProxy};
-use support::s3::{self, Put};
 use support::{wait_until, Buckets, Ferry, TestEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 const TOKEN: &str = "ops-test-token";
 
 async fn put(buckets: &Buckets, key: &str, seed: u64) {
-    s3::put(
-        &buckets.clients[0],
-        &buckets.source,
-        &Put {
-            key: key.into(),
-            seed,
-            size: 20_000,
-            ..Put::default()
-        },
-    )
-    .await;
+    buckets.put_source(key, seed, 20_000).await;
 }
 
 /// The `targets` entry named `name` of a `/api/v1/targets` answer.
@@ -439,5 +428,40 @@ async fn backfill_enqueues_every_existing_version_once_and_resumes() {
         "versions enqueued twice are not copied twice"
     );
     ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_topics_with_another_partition_count_stop_ferry_naming_them() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "parts").await;
+    let config = buckets.config(&env, false);
+    // The first start creates the topics with 4 partitions...
+    let mut first = Ferry::start(&config);
+    wait_until(Duration::from_secs(60), "topics created", || async {
+        first.log().contains("\"topics ready\"")
+    })
+    .await;
+    first.terminate(Duration::from_secs(30));
+    // ...a second one configured for 8 must not run on them.
+    let changed = config.replace("partitions = 4", "partitions = 8");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, changed).expect("write config");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run ferry")
+    })
+    .await
+    .expect("ferry task");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(".replication") && stderr.contains("has 4 partitions, ferry needs 8"),
+        "names the topic and both counts: {stderr}"
+    );
     buckets.remove().await;
 }

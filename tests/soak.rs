@@ -209,18 +209,11 @@ async fn steady_writes_with_target_outages_and_instance_kills_lose_nothing() {
     let mut lost = Vec::new();
     let mut replicated = Vec::new();
     let mut duplicates = Vec::new();
-    for (n, bucket) in [(1, &buckets.a), (2, &buckets.b)] {
-        let mut index = TargetIndex::new(buckets.clients[n].clone(), bucket);
-        let held = index.sources().await.expect("target listing");
-        let objects = s3::versions(&buckets.clients[n], bucket)
-            .await
-            .expect("list")
-            .iter()
-            .filter(|v| !v.delete_marker)
-            .count();
+    for n in [1, 2] {
+        let (held, extra) = buckets.held(n).await;
         replicated.push(expected.intersection(&held).count());
         lost.push(expected.difference(&held).count());
-        duplicates.push(objects - held.len());
+        duplicates.push(extra);
     }
     let mut lags: Vec<f64> = instances
         .iter()

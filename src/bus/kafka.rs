@@ -69,16 +69,38 @@ impl KafkaBus {
         })
     }
 
-    /// Creates the topics that do not exist and checks the partition counts of those that do.
+    /// Creates the topics that do not exist and checks the partition counts of those that do:
+    /// one metadata request, and a create request only for what is missing.
     pub async fn ensure_topics(
         &self,
         specs: &[TopicSpec],
         replication_factor: i32,
     ) -> Result<(), BusError> {
+        let existing = self.partition_counts().await?;
+        let mut missing = Vec::new();
+        for spec in specs {
+            match existing.get(&spec.name) {
+                None => missing.push(spec),
+                Some(&found) if found != spec.partitions => {
+                    return Err(BusError::Topic {
+                        topic: spec.name.clone(),
+                        message: format!(
+                            "has {found} partitions, ferry needs {} (queue.partitions); \
+                             recreate it or set queue.partitions to match",
+                            spec.partitions
+                        ),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
         let admin: AdminClient<DefaultClientContext> = base_config(&self.queue)
             .create()
             .map_err(|e| BusError::Client(e.to_string()))?;
-        let new_topics: Vec<NewTopic<'_>> = specs
+        let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|s| {
                 let topic = NewTopic::new(
@@ -100,16 +122,32 @@ impl KafkaBus {
             .create_topics(new_topics.iter(), &options)
             .await
             .map_err(|e| BusError::Topic {
-                topic: specs
+                topic: missing
                     .iter()
                     .map(|s| s.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
                 message: format!("broker {} unreachable or refused: {e}", self.queue.brokers),
-            })?;
-        for result in results {
+            });
+        // Closing a client waits for its threads; not on the runtime's.
+        std::thread::spawn(move || drop(admin));
+        for result in results? {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) => {}
+                // Made by another instance in the meantime: check what it made.
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    let spec = missing.iter().find(|s| s.name == topic);
+                    let found = self.partition_count(&topic).await?;
+                    if let Some(spec) = spec.filter(|s| s.partitions != found) {
+                        return Err(BusError::Topic {
+                            topic,
+                            message: format!(
+                                "has {found} partitions, ferry needs {} (queue.partitions)",
+                                spec.partitions
+                            ),
+                        });
+                    }
+                }
                 Err((topic, code)) => {
                     return Err(BusError::Topic {
                         topic,
@@ -118,20 +156,29 @@ impl KafkaBus {
                 }
             }
         }
-        for spec in specs {
-            let found = self.partition_count(&spec.name).await?;
-            if found != spec.partitions {
-                return Err(BusError::Topic {
-                    topic: spec.name.clone(),
-                    message: format!(
-                        "has {found} partitions, ferry needs {} (queue.partitions); \
-                         recreate it or set queue.partitions to match",
-                        spec.partitions
-                    ),
-                });
-            }
-        }
         Ok(())
+    }
+
+    /// Every topic's partition count, per one metadata request for all of them.
+    async fn partition_counts(&self) -> Result<HashMap<String, i32>, BusError> {
+        let producer = self.producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, ADMIN_TIMEOUT)
+        })
+        .await
+        .map_err(|e| BusError::Client(e.to_string()))?
+        .map_err(|e| {
+            BusError::Client(format!(
+                "metadata from broker {} unreachable or refused: {e}",
+                self.queue.brokers
+            ))
+        })?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+            .collect())
     }
 
     /// Number of partitions of `topic` per the broker's metadata.
@@ -211,7 +258,9 @@ impl KafkaBus {
             .set("enable.auto.offset.store", "false")
             .create_with_context(LogContext)
             .map_err(|e| BusError::Client(e.to_string()))?;
-        Ok(StateReader { consumer })
+        Ok(StateReader {
+            consumer: Some(consumer),
+        })
     }
 }
 
@@ -220,6 +269,11 @@ fn base_config(queue: &QueueConfig) -> ClientConfig {
     config
         .set("bootstrap.servers", &queue.brokers)
         .set("client.id", "ferry")
+        // The first wait before (re)connecting, doubled up to reconnect.backoff.max.ms (10 s)
+        // while a broker stays away. librdkafka also spaces a client's first connections by
+        // half of it: at the default 100 ms every new client (producer, each consumer, each
+        // state reader) waited ~50 ms for its first request, ~0.2 s of a start on loopback.
+        .set("reconnect.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Warning);
     // Diagnostics: librdkafka's own debug contexts (e.g. `cgrp,fetch`), logged at debug level
     // under the `librdkafka` target (`FERRY_LOG=info,librdkafka=debug`).
@@ -446,7 +500,18 @@ impl Subscription {
 
 /// Replays compacted state topics partition by partition.
 pub struct StateReader {
-    consumer: StreamConsumer<LogContext>,
+    /// `None` only while being dropped.
+    consumer: Option<StreamConsumer<LogContext>>,
+}
+
+impl Drop for StateReader {
+    /// Closing a client waits for its threads to wind down (~0.1 s); a reader used once at
+    /// start-up would hold up the start by that much, so it closes on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            std::thread::spawn(move || drop(consumer));
+        }
+    }
 }
 
 impl StateReader {
@@ -473,7 +538,9 @@ impl StateReader {
             partition,
             message,
         };
-        let consumer = &self.consumer;
+        let Some(consumer) = &self.consumer else {
+            return Err(BusError::Client("state reader already closed".into()));
+        };
         // One round trip each, so in parallel (each blocks its thread until the broker answers).
         let watermarks: Vec<(i32, KafkaResult<(i64, i64)>)> = tokio::task::block_in_place(|| {
             std::thread::scope(|scope| {

@@ -6,6 +6,7 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{BucketVersioningStatus, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -155,19 +156,7 @@ impl S3Store {
     /// Every version and delete marker under `prefix` (versioned buckets), in listing order.
     pub async fn list_versions(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
         let mut listed = Vec::new();
-        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
-            let out = self
-                .client
-                .list_object_versions()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .max_keys(LIST_PAGE)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectVersions", prefix, e))?;
+        self.version_pages(prefix, |out| {
             for v in out.versions() {
                 listed.push(Listed {
                     key: v.key().unwrap_or_default().to_string(),
@@ -190,8 +179,51 @@ impl S3Store {
                     is_latest: m.is_latest().unwrap_or(false),
                 });
             }
-            if !out.is_truncated().unwrap_or(false) {
-                return Ok(listed);
+            true
+        })
+        .await?;
+        Ok(listed)
+    }
+
+    /// The keys that have any version or delete marker, or `None` if there are more than
+    /// `limit` (the caller then does without).
+    pub async fn keys_up_to(
+        &self,
+        limit: usize,
+    ) -> Result<Option<std::collections::HashSet<String>>, StorageError> {
+        let mut keys = std::collections::HashSet::new();
+        self.version_pages("", |out| {
+            let versions = out.versions().iter().filter_map(|v| v.key());
+            let markers = out.delete_markers().iter().filter_map(|m| m.key());
+            keys.extend(versions.chain(markers).map(str::to_string));
+            keys.len() <= limit
+        })
+        .await?;
+        Ok((keys.len() <= limit).then_some(keys))
+    }
+
+    /// Pages through ListObjectVersions under `prefix`, handing each page to `page` until the
+    /// listing ends or `page` returns false.
+    async fn version_pages(
+        &self,
+        prefix: &str,
+        mut page: impl FnMut(&ListObjectVersionsOutput) -> bool,
+    ) -> Result<(), StorageError> {
+        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let out = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .max_keys(LIST_PAGE)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error("ListObjectVersions", prefix, e))?;
+            if !page(&out) || !out.is_truncated().unwrap_or(false) {
+                return Ok(());
             }
             key_marker = out.next_key_marker().map(str::to_string);
             version_marker = out.next_version_id_marker().map(str::to_string);
@@ -202,39 +234,6 @@ impl S3Store {
                     ErrorKind::Transient,
                     "truncated listing without a next key marker".into(),
                 ));
-            }
-        }
-    }
-
-    /// The keys that have any version or delete marker, or `None` if there are more than
-    /// `limit` (the caller then does without).
-    pub async fn keys_up_to(
-        &self,
-        limit: usize,
-    ) -> Result<Option<std::collections::HashSet<String>>, StorageError> {
-        let mut keys = std::collections::HashSet::new();
-        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
-            let out = self
-                .client
-                .list_object_versions()
-                .bucket(&self.bucket)
-                .max_keys(LIST_PAGE)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectVersions", "", e))?;
-            let versions = out.versions().iter().filter_map(|v| v.key());
-            let markers = out.delete_markers().iter().filter_map(|m| m.key());
-            keys.extend(versions.chain(markers).map(str::to_string));
-            if keys.len() > limit {
-                return Ok(None);
-            }
-            key_marker = out.next_key_marker().map(str::to_string);
-            version_marker = out.next_version_id_marker().map(str::to_string);
-            if !out.is_truncated().unwrap_or(false) || key_marker.is_none() {
-                return Ok(Some(keys));
             }
         }
     }

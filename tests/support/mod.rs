@@ -460,6 +460,32 @@ impl Buckets {
         }
     }
 
+    /// What target `n` (1 or 2) holds: the source versions it has a copy of, and how many
+    /// copies it holds beyond one per source version (duplicates).
+    pub async fn held(&self, n: usize) -> (std::collections::HashSet<String>, usize) {
+        let mut index = s3::TargetIndex::new(self.clients[n].clone(), self.bucket(n));
+        let held = index.sources().await.expect("target listing");
+        let objects = s3::versions(&self.clients[n], self.bucket(n))
+            .await
+            .expect("target listing")
+            .iter()
+            .filter(|v| !v.delete_marker)
+            .count();
+        let duplicates = objects - held.len();
+        (held, duplicates)
+    }
+
+    /// Writes `size` bytes made from `seed` to `key` at the source; the version id.
+    pub async fn put_source(&self, key: &str, seed: u64, size: usize) -> Option<String> {
+        let put = s3::Put {
+            key: key.to_string(),
+            seed,
+            size,
+            ..s3::Put::default()
+        };
+        s3::put(&self.clients[0], &self.source, &put).await
+    }
+
     /// How many object versions each target holds.
     pub async fn target_counts(&self) -> (usize, usize) {
         (self.count(1).await.0, self.count(2).await.0)
