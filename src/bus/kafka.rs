@@ -82,14 +82,7 @@ impl KafkaBus {
             match existing.get(&spec.name) {
                 None => missing.push(spec),
                 Some(&found) if found != spec.partitions => {
-                    return Err(BusError::Topic {
-                        topic: spec.name.clone(),
-                        message: format!(
-                            "has {found} partitions, ferry needs {} (queue.partitions); \
-                             recreate it or set queue.partitions to match",
-                            spec.partitions
-                        ),
-                    })
+                    return Err(partitions_differ(spec, found))
                 }
                 Some(_) => {}
             }
@@ -129,23 +122,18 @@ impl KafkaBus {
                     .join(", "),
                 message: format!("broker {} unreachable or refused: {e}", self.queue.brokers),
             });
-        // Closing a client waits for its threads; not on the runtime's.
-        std::thread::spawn(move || drop(admin));
+        close_aside(admin);
         for result in results? {
             match result {
                 Ok(_) => {}
                 // Made by another instance in the meantime: check what it made.
                 Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    let spec = missing.iter().find(|s| s.name == topic);
                     let found = self.partition_count(&topic).await?;
-                    if let Some(spec) = spec.filter(|s| s.partitions != found) {
-                        return Err(BusError::Topic {
-                            topic,
-                            message: format!(
-                                "has {found} partitions, ferry needs {} (queue.partitions)",
-                                spec.partitions
-                            ),
-                        });
+                    if let Some(spec) = missing
+                        .iter()
+                        .find(|s| s.name == topic && s.partitions != found)
+                    {
+                        return Err(partitions_differ(spec, found));
                     }
                 }
                 Err((topic, code)) => {
@@ -505,12 +493,30 @@ pub struct StateReader {
 }
 
 impl Drop for StateReader {
-    /// Closing a client waits for its threads to wind down (~0.1 s); a reader used once at
-    /// start-up would hold up the start by that much, so it closes on a thread of its own.
+    /// A reader used once at start-up would hold up the start while it closes: see
+    /// [`close_aside`].
     fn drop(&mut self) {
         if let Some(consumer) = self.consumer.take() {
-            std::thread::spawn(move || drop(consumer));
+            close_aside(consumer);
         }
+    }
+}
+
+/// Drops a Kafka client on a thread of its own: closing one waits for librdkafka's threads to
+/// wind down (~0.1 s), which would otherwise hold up the task (and the start) that drops it.
+fn close_aside<T: Send + 'static>(client: T) {
+    std::thread::spawn(move || drop(client));
+}
+
+/// An existing topic whose partition count is not the configured one.
+fn partitions_differ(spec: &TopicSpec, found: i32) -> BusError {
+    BusError::Topic {
+        topic: spec.name.clone(),
+        message: format!(
+            "has {found} partitions, ferry needs {} (queue.partitions); \
+             recreate it or set queue.partitions to match",
+            spec.partitions
+        ),
     }
 }
 
