@@ -13,26 +13,27 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::ledger::OffsetLedger;
 use super::{Acker, BusError, Delivery, StateRecords, TopicSpec};
 use crate::config::QueueConfig;
 
-/// How long metadata and admin calls may take before start-up reports the broker unreachable:
-/// long enough for a broker that is still starting, short enough that a wrong address is
-/// reported while someone is still watching.
 /// See `fetch.wait.max.ms` in [`KafkaBus::subscribe`]: an idle consumer sends 20 fetches a
 /// second, a cost worth a stage that reacts within 50 ms.
 const FETCH_WAIT_MS: &str = "50";
+/// How long metadata and admin calls may take before start-up reports the broker unreachable:
+/// long enough for a broker that is still starting, short enough that a wrong address is
+/// reported while someone is still watching.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a new assignment waits for its committed offsets before leaving the lookup to
+/// librdkafka (see [`LedgerContext::assign`]).
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish may wait for the broker before it is reported as failed; callers retry.
 const DELIVERY_TIMEOUT_MS: &str = "60000";
 /// How often librdkafka reports a consumer's statistics (the consumer-lag metric): often
@@ -742,25 +743,73 @@ impl ClientContext for LedgerContext {
 }
 
 impl ConsumerContext for LedgerContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            // Hand over what is done: the next owner starts after it.
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => tracing::warn!(error = %e, "commit before revocation failed"),
+    /// librdkafka's own (eager) rebalance, except that an assignment starts at explicit
+    /// offsets; see [`LedgerContext::assign`].
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                return self.assign(consumer, tpl)
             }
-            let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            for p in partitions.elements() {
-                ledger.revoke(p.topic(), p.partition());
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            _ => {
+                let error = RDKafkaErrorCode::from(err);
+                tracing::warn!(group = %self.group, %error, "rebalance failed; assignment dropped");
             }
-            self.revocations.fetch_add(1, Ordering::SeqCst);
-            tracing::info!(group = %self.group, partitions = %listed(partitions), "partitions revoked");
+        }
+        if let Err(e) = consumer.unassign() {
+            tracing::warn!(group = %self.group, error = %e, "unassign failed");
         }
     }
+}
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(partitions) = rebalance {
-            tracing::info!(group = %self.group, partitions = %listed(partitions), "partitions assigned");
+impl LedgerContext {
+    /// Hands over what is done (the next owner starts after it) and forgets the partitions.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "commit before revocation failed"),
         }
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        for p in partitions.elements() {
+            ledger.revoke(p.topic(), p.partition());
+        }
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(group = %self.group, partitions = %listed(partitions), "partitions revoked");
+    }
+
+    /// Takes `partitions` from their committed offsets, or from the beginning where the group
+    /// has none (what `auto.offset.reset = earliest` would do). Left to librdkafka, a partition
+    /// without a committed offset waits a fixed 100 ms before its first offset lookup
+    /// (`rd_kafka_offset_reset` backs off from "no offset" as from an error): the first start
+    /// of every new group, ~0.1 s before the first copy. The lookup here is the OffsetFetch
+    /// librdkafka would send; if it fails, librdkafka sends its own.
+    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+        let start = match consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT) {
+            Ok(mut committed) => {
+                let fresh: Vec<(String, i32)> = committed
+                    .elements()
+                    .iter()
+                    .filter(|p| p.offset() == Offset::Invalid)
+                    .map(|p| (p.topic().to_owned(), p.partition()))
+                    .collect();
+                for (topic, partition) in fresh {
+                    let _ = committed.set_partition_offset(&topic, partition, Offset::Beginning);
+                }
+                committed
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "committed offsets unknown; librdkafka looks them up");
+                partitions.clone()
+            }
+        };
+        if let Err(e) = consumer.assign(&start) {
+            tracing::warn!(group = %self.group, error = %e, "assign failed");
+        }
+        tracing::info!(group = %self.group, partitions = %listed(&start), "partitions assigned");
     }
 }
