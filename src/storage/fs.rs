@@ -231,14 +231,7 @@ impl FsStore {
                 let md5 = disk::verify_md5(&body, &content_md5)?;
                 let mut temp = Temp::create(&layout.tmp_dir())?;
                 temp.write(&body)?;
-                let data = temp.sync()?;
-                Ok(Pending {
-                    temp,
-                    data,
-                    etag: disk::hex(&md5),
-                    parts: Vec::new(),
-                    description,
-                })
+                Pending::whole(temp, &md5, description)
             })
             .await?;
         self.commit(OP, key, comps, pending).await
@@ -279,14 +272,7 @@ impl FsStore {
                     ));
                 }
                 let md5 = disk::check_md5(&expected, md5.finalize().into())?;
-                let data = temp.sync()?;
-                Ok(Pending {
-                    temp,
-                    data,
-                    etag: disk::hex(&md5),
-                    parts: Vec::new(),
-                    description,
-                })
+                Pending::whole(temp, &md5, description)
             })
             .await?;
         self.commit(OP, key, comps, pending).await

@@ -26,6 +26,20 @@ pub struct Pending {
     pub description: Description,
 }
 
+impl Pending {
+    /// A whole object (one PutObject) written to `temp`: made durable, `md5` its ETag.
+    pub fn whole(mut temp: Temp, md5: &[u8], description: Description) -> Done<Self> {
+        let data = temp.sync()?;
+        Ok(Self {
+            temp,
+            data,
+            etag: super::disk::hex(md5),
+            parts: Vec::new(),
+            description,
+        })
+    }
+}
+
 /// Puts `pending` in place as the object `comps`: the data file, then its sidecar (the commit
 /// record), each renamed into place and made durable. A key that collides with another in
 /// either tree is refused before anything changes. Returns the sidecar written.
