@@ -562,11 +562,12 @@ impl Ferry {
 }
 
 /// Starts ferry on the scan feed of `source` into `targets`, and waits for its admin server.
+/// `scan_interval`: how often the feed lists the source again (`None`: ferry's default).
 async fn start_ferry(
     env: &TestEnv,
     source: &str,
     targets: &[(usize, String)],
-    scan_interval: &str,
+    scan_interval: Option<&str>,
     started: Instant,
 ) -> Ferry {
     let id = unique("bench");
@@ -581,8 +582,7 @@ replication_factor = 1
 
 [populator]
 feeds = ["scan"]
-scan_interval = "{scan_interval}"
-{replication}
+{scan_interval}{replication}
 [admin]
 listen = "127.0.0.1:0"
 
@@ -594,6 +594,9 @@ access_key_id = "{ak}"
 secret_access_key = "{sk}"
 "#,
         kafka = env.kafka,
+        scan_interval = scan_interval
+            .map(|i| format!("scan_interval = \"{i}\"\n"))
+            .unwrap_or_default(),
         // FERRY_BENCH_REPLICATION: extra `[replication]` settings, to try some out.
         replication = std::env::var("FERRY_BENCH_REPLICATION")
             .map(|r| format!("\n[replication]\n{r}\n"))
@@ -655,7 +658,9 @@ async fn run_ferry(env: &TestEnv, source: &str, w: &Workload) -> Run {
     let servers_before = cpu_by_command();
     let marks = log_marks();
     let started = Instant::now();
-    let ferry = start_ferry(env, source, &targets, "2s", started).await;
+    // The objects are all there when ferry starts: its first scan finds them, and the run
+    // lists the source again only as often as ferry does by default.
+    let ferry = start_ferry(env, source, &targets, None, started).await;
     ferry.wait_completed(w.count, started).await;
     let seconds = started.elapsed().as_secs_f64();
     let rss_mib = peak_rss_mib(ferry.child.id());
@@ -700,7 +705,7 @@ async fn run_steady(env: &TestEnv, s: &Steady) -> (Vec<(f64, f64)>, f64) {
     s3::create_bucket(&src, &source, true).await;
     let targets = targets(env, s.targets).await;
     let started = Instant::now();
-    let ferry = start_ferry(env, &source, &targets, "1s", started).await;
+    let ferry = start_ferry(env, &source, &targets, Some("1s"), started).await;
     // Let the consumers join before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let count = s.rate * s.seconds;
