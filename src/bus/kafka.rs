@@ -787,14 +787,16 @@ impl LedgerContext {
     /// without a committed offset waits a fixed 100 ms before its first offset lookup
     /// (`rd_kafka_offset_reset` backs off from "no offset" as from an error): the first start
     /// of every new group, ~0.1 s before the first copy. The lookup here is the OffsetFetch
-    /// librdkafka would send; if it fails, librdkafka sends its own.
+    /// librdkafka would send (the polling task waits for it, as for the commit on revocation);
+    /// if it fails, for the request or for a partition, librdkafka sends its own.
     fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
         let start = match consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT) {
             Ok(mut committed) => {
                 let fresh: Vec<(String, i32)> = committed
                     .elements()
                     .iter()
-                    .filter(|p| p.offset() == Offset::Invalid)
+                    // No committed offset, as opposed to one the broker could not give.
+                    .filter(|p| p.offset() == Offset::Invalid && p.error().is_ok())
                     .map(|p| (p.topic().to_owned(), p.partition()))
                     .collect();
                 for (topic, partition) in fresh {
