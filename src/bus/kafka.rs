@@ -791,16 +791,12 @@ impl LedgerContext {
     /// if it fails, for the request or for a partition, librdkafka sends its own.
     fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
         let start = match consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT) {
-            Ok(mut committed) => {
-                let fresh: Vec<(String, i32)> = committed
-                    .elements()
-                    .iter()
+            Ok(committed) => {
+                for mut p in committed.elements() {
                     // No committed offset, as opposed to one the broker could not give.
-                    .filter(|p| p.offset() == Offset::Invalid && p.error().is_ok())
-                    .map(|p| (p.topic().to_owned(), p.partition()))
-                    .collect();
-                for (topic, partition) in fresh {
-                    let _ = committed.set_partition_offset(&topic, partition, Offset::Beginning);
+                    if p.offset() == Offset::Invalid && p.error().is_ok() {
+                        let _ = p.set_offset(Offset::Beginning);
+                    }
                 }
                 committed
             }
