@@ -1,5 +1,9 @@
-//! `S3Store`: one bucket on an S3-compatible server, through aws-sdk-s3.
+//! `S3Store`: one bucket on an S3-compatible server, through aws-sdk-s3 (object data through
+//! [`wire`], its lean signed requests).
 
+mod wire;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::{
@@ -19,6 +23,7 @@ use super::{
 };
 use crate::config::{ChecksumCalculation, LocationConfig};
 use crate::model::EntryKind;
+use wire::Wire;
 
 /// A connection that cannot be made in this long is down; retry later rather than hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +41,8 @@ pub struct S3Store {
     pub name: String,
     pub bucket: String,
     client: Client,
+    /// GetObject and PutObject without the SDK's orchestrator, where the endpoint allows.
+    wire: Option<Arc<Wire>>,
 }
 
 impl S3Store {
@@ -78,11 +85,75 @@ impl S3Store {
         if let Some(endpoint) = &location.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
+        let wire = Self::wire(location, &shared).await;
         Self {
             name: location.name.clone(),
             bucket: location.bucket.clone(),
             client: Client::from_conf(builder.build()),
+            wire,
         }
+    }
+
+    /// The direct path for object data, with the endpoint the SDK client would use: the
+    /// location's, else `AWS_ENDPOINT_URL_S3` or the profile's (as the SDK loads them), else
+    /// AWS's for the region. `None` (logged) where only the SDK can make the requests.
+    async fn wire(location: &LocationConfig, shared: &aws_config::SdkConfig) -> Option<Arc<Wire>> {
+        let configured = || {
+            let key = aws_types::service_config::ServiceConfigKey::builder()
+                .service_id("S3")
+                .env("AWS_ENDPOINT_URL")
+                .profile("endpoint_url")
+                .build()
+                .ok()?;
+            shared.service_config()?.load_config(key)
+        };
+        let url = location
+            .endpoint
+            .clone()
+            .or_else(configured)
+            .or_else(|| shared.endpoint_url().map(str::to_string));
+        let endpoint = wire::Endpoint {
+            bucket: &location.bucket,
+            region: &location.region,
+            url,
+            path_style: location.path_style,
+            use_fips: shared.use_fips().unwrap_or(false),
+            use_dual_stack: shared.use_dual_stack().unwrap_or(false),
+        };
+        let settings = aws_smithy_runtime_api::client::http::HttpConnectorSettings::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build();
+        let direct = location.checksum_calculation == ChecksumCalculation::WhenRequired;
+        let wire = match direct {
+            true => Wire::new(endpoint, shared.credentials_provider(), &settings).await,
+            false => Err("checksum_calculation = \"when_supported\" (the SDK adds them)".into()),
+        };
+        match wire {
+            Ok(wire) => Some(Arc::new(wire)),
+            Err(reason) => {
+                tracing::info!(
+                    location = %location.name,
+                    "object data goes through the S3 SDK's full request path: {reason}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether GetObject and PutObject go over the direct path ([`wire`]) rather than the SDK.
+    pub fn direct(&self) -> bool {
+        self.wire.is_some()
+    }
+
+    /// A [`wire`] failure as this store's error.
+    fn wire_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        (kind, message): wire::Failure,
+    ) -> StorageError {
+        self.local_error(op, key, kind, message)
     }
 
     fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -344,6 +415,18 @@ impl S3Store {
         key: &str,
         version_id: Option<&str>,
     ) -> Result<(ObjectHead, ObjectBody), StorageError> {
+        if let Some(wire) = &self.wire {
+            let (head, stream) = wire
+                .get(key, version_id)
+                .await
+                .map_err(|e| self.wire_error("GetObject", key, e))?;
+            let body = S3Body {
+                stream,
+                store: self.clone(),
+                key: key.to_string(),
+            };
+            return Ok((head, ObjectBody::from(body)));
+        }
         let out = self
             .client
             .get_object()
@@ -417,6 +500,12 @@ impl S3Store {
         meta: &ObjectMeta,
         tagging: Option<String>,
     ) -> Result<Written, StorageError> {
+        if let Some(wire) = &self.wire {
+            return wire
+                .put(key, body, content_md5, meta, tagging.as_deref())
+                .await
+                .map_err(|e| self.wire_error("PutObject", key, e));
+        }
         let length = body.len() as u64;
         let body = ByteStream::from(body);
         self.put_object(key, length, content_md5, body, meta, tagging, None)
@@ -687,30 +776,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             } else {
                 format!("HTTP {status} {code}: {detail}")
             };
-            let kind = match (status, code) {
-                (_, "NoSuchBucket") => ErrorKind::Config,
-                (
-                    _,
-                    "AccessDenied"
-                    | "InvalidAccessKeyId"
-                    | "SignatureDoesNotMatch"
-                    | "AllAccessDisabled",
-                ) => ErrorKind::Config,
-                (
-                    _,
-                    "SlowDown"
-                    | "RequestTimeout"
-                    | "BadDigest"
-                    | "InternalError"
-                    | "XAmzContentSHA256Mismatch",
-                ) => ErrorKind::Transient,
-                (404, _) => ErrorKind::NotFound,
-                (401 | 403, _) => ErrorKind::Config,
-                (408 | 429, _) => ErrorKind::Transient,
-                (500.., _) => ErrorKind::Transient,
-                _ => ErrorKind::Permanent,
-            };
-            (kind, message)
+            (kind_for(status, code), message)
         }
         SdkError::TimeoutError(_) => (ErrorKind::Unreachable, "timed out".into()),
         SdkError::DispatchFailure(_) => (
@@ -723,6 +789,30 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             format!("cannot build the request: {}", DisplayErrorContext(err)),
         ),
         _ => (ErrorKind::Transient, DisplayErrorContext(err).to_string()),
+    }
+}
+
+/// What an S3 error response (its HTTP status and error code) means for the caller.
+fn kind_for(status: u16, code: &str) -> ErrorKind {
+    match (status, code) {
+        (_, "NoSuchBucket") => ErrorKind::Config,
+        (
+            _,
+            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled",
+        ) => ErrorKind::Config,
+        (
+            _,
+            "SlowDown"
+            | "RequestTimeout"
+            | "BadDigest"
+            | "InternalError"
+            | "XAmzContentSHA256Mismatch",
+        ) => ErrorKind::Transient,
+        (404, _) => ErrorKind::NotFound,
+        (401 | 403, _) => ErrorKind::Config,
+        (408 | 429, _) => ErrorKind::Transient,
+        (500.., _) => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
     }
 }
 
