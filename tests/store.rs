@@ -142,6 +142,26 @@ async fn object_data_round_trips_with_the_sdk_and_failures_name_what_failed() {
     assert_eq!(head.tag_count, 0);
     assert!(head.meta.user.is_empty());
 
+    // The SDK writes, ferry reads.
+    let written = s3::Put {
+        key: "from the sdk/ä".into(),
+        seed: 9,
+        size: 70_000,
+        content_type: Some("text/plain".into()),
+        cache_control: Some("no-cache".into()),
+        metadata: HashMap::from([("written-by".to_string(), "sdk".to_string())]),
+        tagging: Some("k=v".into()),
+        ..Default::default()
+    };
+    let sdk_version = s3::put(&client, &bucket, &written).await;
+    let (head, bytes) = read_all(&store, &written.key, sdk_version.as_deref()).await;
+    assert_eq!(bytes, s3::data(9, 70_000));
+    assert_eq!(head.version_id, sdk_version);
+    assert_eq!(head.meta.content_type, written.content_type);
+    assert_eq!(head.meta.cache_control, written.cache_control);
+    assert_eq!(head.meta.user, written.metadata);
+    assert_eq!(head.tag_count, 1);
+
     // Bytes that are not what Content-MD5 says are refused, and nothing is written.
     let wrong = store
         .put(

@@ -7,6 +7,9 @@
 //! per bucket by the SDK's S3 resolver, each request is signed by its SigV4 signer and sent by
 //! its HTTP connector (the same TLS, connection pool and timeouts). Every other request stays
 //! on the SDK, and so does any bucket whose endpoint asks for something other than plain SigV4.
+//! Unlike the SDK, this path does not correct its signing time for a skewed clock: a host more
+//! than 15 minutes off gets `RequestTimeTooSkewed` (a configuration error) until its clock is
+//! right.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -242,9 +245,15 @@ impl Wire {
         if (200..300).contains(&status) {
             return Ok(response);
         }
-        let body = ByteStream::new(response.into_body()).collect().await;
-        let body = body.map(|b| b.into_bytes()).unwrap_or_default();
-        let body = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_MAX)]);
+        let mut stream = ByteStream::new(response.into_body());
+        let mut body = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            body.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_MAX - body.len())]);
+            if body.len() == ERROR_BODY_MAX {
+                break;
+            }
+        }
+        let body = String::from_utf8_lossy(&body);
         let code = xml_field(&body, "Code").unwrap_or("");
         let detail = xml_field(&body, "Message").unwrap_or("");
         let message = if code.is_empty() {
