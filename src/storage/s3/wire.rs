@@ -82,8 +82,8 @@ pub struct Endpoint<'a> {
 }
 
 impl Wire {
-    /// The direct path for `endpoint`, or `None` (with the reason) where it does not apply and
-    /// the SDK must make these requests too: no credentials provider, no HTTPS connector, or an
+    /// The direct path for `endpoint`, or the reason it does not apply and the SDK must make
+    /// these requests too: no credentials provider, no tokio runtime, or an
     /// endpoint whose signing is not SigV4 for `s3` (S3 Express, multi-region access points).
     pub async fn new(
         endpoint: Endpoint<'_>,
@@ -107,11 +107,19 @@ impl Wire {
         let signing_region = signing_region(resolved.properties().get("authSchemes"))
             .ok_or("the endpoint asks for a signing scheme other than SigV4 for s3")?
             .unwrap_or_else(|| endpoint.region.to_string());
-        let connector = aws_smithy_http_client::default_connector(
-            settings,
-            aws_smithy_async::rt::sleep::default_async_sleep(),
-        )
-        .ok_or("no HTTPS connector in this build")?;
+        // Built as the SDK builds its default client's (behaviour version 2025-08-07 on):
+        // rustls with aws-lc, and the proxy from HTTP(S)_PROXY / NO_PROXY.
+        let sleep = aws_smithy_async::rt::sleep::default_async_sleep()
+            .ok_or("no async sleep (not in a tokio runtime)")?;
+        let connector = aws_smithy_http_client::Connector::builder()
+            .connector_settings(settings.clone())
+            .sleep_impl(sleep)
+            .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env())
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build();
+        let connector = SharedHttpConnector::new(connector);
         Ok(Self {
             base: resolved.url().trim_end_matches('/').to_string(),
             signing_region,
