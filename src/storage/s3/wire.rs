@@ -83,8 +83,8 @@ pub struct Endpoint<'a> {
 
 impl Wire {
     /// The direct path for `endpoint`, or the reason it does not apply and the SDK must make
-    /// these requests too: no credentials provider, no tokio runtime, or an
-    /// endpoint whose signing is not SigV4 for `s3` (S3 Express, multi-region access points).
+    /// these requests too: no credentials provider, no tokio runtime, or an endpoint whose
+    /// signing is not SigV4 for `s3` (S3 Express, multi-region access points). Makes no request.
     pub async fn new(
         endpoint: Endpoint<'_>,
         provider: Option<SharedCredentialsProvider>,
