@@ -12,6 +12,10 @@ use aws_sdk_s3::Client;
 
 use super::TestEnv;
 
+/// The longest a test's own S3 request may take (a 256 MiB object on a loaded machine takes
+/// seconds).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A client for gateway `n` of the test environment.
 pub fn client(env: &TestEnv, n: usize) -> Client {
     let config = aws_sdk_s3::config::Builder::new()
@@ -28,6 +32,13 @@ pub fn client(env: &TestEnv, n: usize) -> Client {
         ))
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        // A request the servers never answer (an OSD that believes itself full holds every
+        // write) fails the test with a timeout rather than hanging it without a word.
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(REQUEST_TIMEOUT)
+                .build(),
+        )
         .build();
     Client::from_conf(config)
 }
