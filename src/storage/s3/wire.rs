@@ -136,9 +136,10 @@ impl Wire {
         key: &str,
         version_id: Option<&str>,
     ) -> Result<(ObjectHead, ByteStream), Failure> {
+        let url = self.url(key, version_id);
         let request = http::Request::builder()
             .method("GET")
-            .uri(self.url(key, version_id))
+            .uri(&url)
             .body(SdkBody::empty())
             .map_err(|e| {
                 (
@@ -146,7 +147,7 @@ impl Wire {
                     format!("cannot build the request: {e}"),
                 )
             })?;
-        let response = self.send(request, SignableBody::Bytes(&[])).await?;
+        let response = self.send(&url, request, SignableBody::Bytes(&[])).await?;
         let head = object_head(response.headers())?;
         Ok((head, ByteStream::new(response.into_body())))
     }
@@ -161,9 +162,10 @@ impl Wire {
         meta: &ObjectMeta,
         tagging: Option<&str>,
     ) -> Result<Written, Failure> {
+        let url = self.url(key, None);
         let mut request = http::Request::builder()
             .method("PUT")
-            .uri(self.url(key, None))
+            .uri(&url)
             .header("content-length", body.len())
             .header("content-md5", content_md5);
         let fixed = [
@@ -187,7 +189,9 @@ impl Wire {
             let message = format!("cannot build the request (metadata or headers): {e}");
             (ErrorKind::Permanent, message)
         })?;
-        let response = self.send(request, SignableBody::UnsignedPayload).await?;
+        let response = self
+            .send(&url, request, SignableBody::UnsignedPayload)
+            .await?;
         let headers = response.headers();
         Ok(Written {
             version_id: headers.get("x-amz-version-id").map(str::to_string),
@@ -205,10 +209,11 @@ impl Wire {
         url
     }
 
-    /// Signs and sends `request`; any answer but 2xx becomes a [`Failure`] with the server's
-    /// error code and message.
+    /// Signs and sends `request` (whose URI is `url`); any answer but 2xx becomes a
+    /// [`Failure`] with the server's error code and message.
     async fn send(
         &self,
+        url: &str,
         mut request: http::Request<SdkBody>,
         payload: SignableBody<'_>,
     ) -> Result<aws_smithy_runtime_api::client::orchestrator::HttpResponse, Failure> {
@@ -232,12 +237,11 @@ impl Wire {
             .build()
             .map_err(|e| unsignable(&e))?
             .into();
-        let uri = request.uri().to_string();
         let headers = request
             .headers()
             .iter()
             .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
-        let signable = SignableRequest::new(request.method().as_str(), &uri, headers, payload)
+        let signable = SignableRequest::new(request.method().as_str(), url, headers, payload)
             .map_err(|e| unsignable(&e))?;
         let (instructions, _signature) = sign(signable, &params)
             .map_err(|e| unsignable(&e))?
