@@ -61,9 +61,13 @@ pub fn describe(config: &Config) -> String {
                 credentials,
                 l.checksum_calculation,
             ),
-            LocationKind::Fs { path } => {
-                writeln!(out, "  {}: directory {}{transient}", l.name, path.display())
-            }
+            LocationKind::Fs { path, stable_after } => writeln!(
+                out,
+                "  {}: directory {} (ordinary files once unchanged for {}){transient}",
+                l.name,
+                path.display(),
+                humantime::format_duration(*stable_after)
+            ),
         };
     }
     let _ = writeln!(out, "\nrules:");

@@ -101,6 +101,9 @@ pub enum LocationKind {
     /// A directory on local disk.
     Fs {
         path: PathBuf,
+        /// An ordinary file (one ferry did not write) is an object once it has not changed for
+        /// this long (`stable_after`, default 5 s): one still being written waits.
+        stable_after: Duration,
     },
 }
 

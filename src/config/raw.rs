@@ -91,6 +91,8 @@ pub struct RawLocation {
     pub kind: String,
     /// Directory used as the bucket (`kind = "fs"`).
     pub path: Option<String>,
+    /// `kind = "fs"`: how long an ordinary file must be unchanged before it is listed.
+    pub stable_after: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub bucket: Option<String>,

@@ -202,7 +202,10 @@ fn location(
         ));
     }
     match raw.kind.as_str() {
-        "s3" => only_for(&key("path"), raw.path.is_some(), "fs")?,
+        "s3" => {
+            only_for(&key("path"), raw.path.is_some(), "fs")?;
+            only_for(&key("stable_after"), raw.stable_after.is_some(), "fs")?;
+        }
         "fs" => return fs_location(name, raw, defaults),
         other => {
             return Err(ConfigError::invalid(
@@ -304,6 +307,7 @@ fn fs_location(
         name: name.to_string(),
         kind: LocationKind::Fs {
             path: directory(&key("path"), raw.path.as_deref())?,
+            stable_after: duration(&key("stable_after"), raw.stable_after.as_deref(), "5s")?,
         },
         endpoint: None,
         region: "us-east-1".into(),
@@ -537,7 +541,7 @@ fn rules(
 
 fn same_bucket(a: &LocationConfig, b: &LocationConfig) -> bool {
     match (&a.kind, &b.kind) {
-        (LocationKind::Fs { path: p }, LocationKind::Fs { path: q }) => p == q,
+        (LocationKind::Fs { path: p, .. }, LocationKind::Fs { path: q, .. }) => p == q,
         (LocationKind::S3, LocationKind::S3) => {
             a.endpoint == b.endpoint && a.bucket == b.bucket && a.region == b.region
         }

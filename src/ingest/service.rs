@@ -137,7 +137,8 @@ impl Ingest {
     }
 }
 
-/// A storage failure as the S3 error a client understands.
+/// A storage failure as the S3 error a client understands. What went wrong inside (paths,
+/// the buffer's own errors) is logged, not sent: a client is told what it can act on.
 fn s3(e: StorageError, not_found: impl FnOnce(String) -> S3Error) -> S3Error {
     tracing::warn!(error = %e, "ingest request failed");
     let message = e.message.clone();
@@ -147,9 +148,24 @@ fn s3(e: StorageError, not_found: impl FnOnce(String) -> S3Error) -> S3Error {
         ErrorKind::Transient if message.contains("BadDigest") || message.contains("MD5") => {
             s3_error!(BadDigest, "{message}")
         }
-        ErrorKind::Transient | ErrorKind::Unreachable => s3_error!(ServiceUnavailable, "{message}"),
-        ErrorKind::Config => s3_error!(InternalError, "{message}"),
+        ErrorKind::Transient | ErrorKind::Unreachable => s3_error!(
+            ServiceUnavailable,
+            "the buffer could not complete the request just now; retry"
+        ),
+        ErrorKind::Config => s3_error!(
+            InternalError,
+            "the buffer is not usable (see the server's log); retry later"
+        ),
     }
+}
+
+/// For writes and listings, where "not found" can only mean something vanished under the
+/// request (a directory removed meanwhile): worth a retry, never a 404.
+fn retry_later(_: String) -> S3Error {
+    s3_error!(
+        ServiceUnavailable,
+        "the buffer changed under the request; retry"
+    )
 }
 
 fn no_key(message: String) -> S3Error {
@@ -238,7 +254,7 @@ impl S3 for Ingest {
             .store
             .put(&input.key, body, &md5, &meta, input.tagging)
             .await
-            .map_err(|e| s3(e, no_key))?;
+            .map_err(|e| s3(e, retry_later))?;
         self.enqueue(rule, &input.key, &written, size).await?;
         Ok(S3Response::new(dto::PutObjectOutput {
             e_tag: etag(written.etag),
@@ -266,7 +282,7 @@ impl S3 for Ingest {
             .store
             .create_multipart(&input.key, &meta, input.tagging)
             .await
-            .map_err(|e| s3(e, no_key))?;
+            .map_err(|e| s3(e, retry_later))?;
         Ok(S3Response::new(dto::CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -337,7 +353,7 @@ impl S3 for Ingest {
                     "the completed object is not there"
                 ))
             }
-            Err(e) => return Err(s3(e, no_key)),
+            Err(e) => return Err(s3(e, retry_later)),
         };
         self.enqueue(rule, &input.key, &written, size).await?;
         Ok(S3Response::new(dto::CompleteMultipartUploadOutput {
@@ -475,7 +491,7 @@ impl S3 for Ingest {
             .store
             .list_current(&prefix)
             .await
-            .map_err(|e| s3(e, no_key))?;
+            .map_err(|e| s3(e, retry_later))?;
         let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
         let after = input
             .continuation_token

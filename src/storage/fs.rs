@@ -9,9 +9,15 @@
 //! The store keeps one version per key, but every write gets a fresh version id, so a reader
 //! (or the garbage collector) can ask for exactly the object it saw and is told NotFound once
 //! it was overwritten. Writes are atomic and durable: temporary file, MD5 check, fsync,
-//! rename, fsync of the directory — data first, then the sidecar. A data file that no longer
-//! matches its sidecar (size, mtime, inode) reads as missing, so it is copied again.
+//! rename, fsync of the directory — the sidecar first (naming the object it replaces), then
+//! the data file, so a failed write leaves the previous object intact ([`meta::Sidecar`]).
+//!
+//! Files that another program (or an operator) put there are objects too: a data file that no
+//! sidecar describes is an *ordinary file*, whose version id is derived from its modification
+//! time, inode and size; listings show it once it has not changed for `stable_after`, and the
+//! first complete read records its MD5 as its ETag. A read that sees the file change fails.
 
+mod dirs;
 mod disk;
 mod keys;
 mod locks;
@@ -67,13 +73,14 @@ struct Inner {
 }
 
 impl FsStore {
-    /// The store for the directory `root`; touches nothing on disk ([`Self::check`] does).
-    pub fn new(name: &str, bucket: &str, root: PathBuf) -> Self {
+    /// The store for the directory `root`, which lists ordinary files once they have not
+    /// changed for `stable_after`; touches nothing on disk ([`Self::check`] does).
+    pub fn new(name: &str, bucket: &str, root: PathBuf, stable_after: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 name: name.to_string(),
                 bucket: bucket.to_string(),
-                layout: Layout { root },
+                layout: Layout::new(root, stable_after),
                 locks: KeyLocks::default(),
             }),
         }
@@ -156,7 +163,7 @@ impl FsStore {
         Ok((listed.len() <= limit).then(|| listed.into_iter().map(|l| l.key).collect()))
     }
 
-    /// Every committed object under `prefix`, sorted by key.
+    /// Every object under `prefix`, sorted by key (ordinary files once stable).
     pub async fn list_current(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
         let owned = prefix.to_string();
         self.blocking("ListObjects", prefix, move |layout| {
@@ -197,6 +204,8 @@ impl FsStore {
             file,
             store: self.clone(),
             key: key.to_string(),
+            md5: sidecar.is_ordinary().then(Md5::new),
+            seen: sidecar.clone(),
         };
         Ok((sidecar.head(), ObjectBody::from(body)))
     }
@@ -433,7 +442,14 @@ impl FsStore {
         let _guard = self.inner.locks.lock(key).await;
         let sidecar = self
             .blocking(op, key, move |layout| {
-                objects::commit(layout, &comps, pending)
+                // Something on the way vanished under the write (removed by another program):
+                // worth another try, never a "no such key" for a write.
+                objects::commit(layout, &comps, pending).map_err(|mut fault| {
+                    if fault.kind == ErrorKind::NotFound {
+                        fault.kind = ErrorKind::Transient;
+                    }
+                    fault
+                })
             })
             .await?;
         Ok(Written {
@@ -465,8 +481,26 @@ impl FsStore {
         Ok(Description::new(meta, tags))
     }
 
+    /// Records the ETag of the ordinary file `key` read whole as `seen` (best effort: a
+    /// read-only directory keeps its files as they are, and they are hashed on every read).
+    async fn adopt(&self, key: &str, seen: Sidecar, md5: [u8; 16]) {
+        let Ok(comps) = keys::components(key) else {
+            return;
+        };
+        let _guard = self.inner.locks.lock(key).await;
+        let recorded = self
+            .blocking("GetObject (record the ETag)", key, move |layout| {
+                objects::adopt(layout, &comps, &seen, &md5)
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::debug!(error = %e, "cannot record an ordinary file's ETag");
+        }
+    }
+
     /// Runs `work` on the blocking pool. A NotFound while ferry's own directories are missing
-    /// means the store is not set up (removed under us): a configuration problem.
+    /// means the store is not set up (removed under us): a configuration problem. Messages
+    /// name paths relative to the root (the error names the location).
     async fn blocking<T, F>(&self, op: &'static str, key: &str, work: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
@@ -479,9 +513,8 @@ impl FsStore {
                 if fault.kind == ErrorKind::NotFound && !layout.tmp_dir().is_dir() {
                     fault.kind = ErrorKind::Config;
                     fault.message = format!(
-                        "{}; the store's directory {} is not set up (the location check creates it)",
+                        "{}; the store's directory is not set up (the location check creates it)",
                         fault.message,
-                        layout.root.display()
                     );
                 }
                 fault
@@ -490,7 +523,11 @@ impl FsStore {
         .await;
         match joined {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(fault)) => Err(self.local_error(op, key, fault.kind, fault.message)),
+            Ok(Err(fault)) => {
+                let root = format!("{}/", self.root().display());
+                let message = fault.message.replace(&root, "");
+                Err(self.local_error(op, key, fault.kind, message))
+            }
             Err(e) => Err(self.local_error(
                 op,
                 key,
@@ -514,11 +551,17 @@ fn missing(current: Option<&Sidecar>, wanted: Option<&str>) -> Fault {
 }
 
 /// The body of a GET from a directory: the data file opened when the object was looked up
-/// (a later write renames a new file into place and leaves this one as it was).
+/// (a later write renames a new file into place and leaves this one as it was). At the end
+/// the file must still be what was looked up: an ordinary file written to while it was read
+/// fails the read rather than giving a mix of two contents.
 pub struct FsBody {
     file: Option<File>,
     store: FsStore,
     key: String,
+    /// What the read started from.
+    seen: Sidecar,
+    /// The MD5 of what was read, for an ordinary file (recorded as its ETag at the end).
+    md5: Option<Md5>,
 }
 
 impl FsBody {
@@ -528,39 +571,67 @@ impl FsBody {
             return Ok(None);
         };
         let read = tokio::task::spawn_blocking(move || {
-            let mut buffer = vec![0u8; READ_CHUNK];
-            let mut filled = 0;
-            while filled < READ_CHUNK {
-                match file.read(&mut buffer[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return (file, Err(e)),
-                }
-            }
-            buffer.truncate(filled);
-            if filled < READ_CHUNK {
-                buffer.shrink_to_fit();
-            }
-            (file, Ok(buffer))
+            let piece = read_piece(&mut file);
+            (file, piece)
         })
         .await;
-        let fail = |message| {
-            Err(self.store.local_error(
-                "GetObject (body)",
-                &self.key,
-                ErrorKind::Transient,
-                message,
-            ))
-        };
         match read {
-            Ok((_, Ok(buffer))) if buffer.is_empty() => Ok(None),
+            Ok((file, Ok(buffer))) if buffer.is_empty() => {
+                self.finish(&file).await?;
+                Ok(None)
+            }
             Ok((file, Ok(buffer))) => {
+                if let Some(md5) = self.md5.as_mut() {
+                    md5.update(&buffer);
+                }
                 self.file = Some(file);
                 Ok(Some(Bytes::from(buffer)))
             }
-            Ok((_, Err(e))) => fail(format!("reading the data file failed: {e}")),
-            Err(e) => fail(format!("the read task failed: {e}")),
+            Ok((_, Err(e))) => Err(self.fail(format!("reading the data file failed: {e}"))),
+            Err(e) => Err(self.fail(format!("the read task failed: {e}"))),
         }
     }
+
+    /// At the end of the file: checks it did not change, records an ordinary file's ETag.
+    async fn finish(&mut self, file: &File) -> Result<(), StorageError> {
+        let unchanged = file.metadata().is_ok_and(|data| self.seen.describes(&data));
+        if !unchanged {
+            return Err(self.fail(
+                "the file changed while it was read (another program is writing it); \
+                 it is read again once it is stable"
+                    .into(),
+            ));
+        }
+        if let Some(md5) = self.md5.take() {
+            let seen = self.seen.clone();
+            self.store
+                .adopt(&self.key, seen, md5.finalize().into())
+                .await;
+        }
+        Ok(())
+    }
+
+    fn fail(&self, message: String) -> StorageError {
+        self.store
+            .local_error("GetObject (body)", &self.key, ErrorKind::Transient, message)
+    }
+}
+
+/// Up to [`READ_CHUNK`] bytes from `file`; empty at the end.
+fn read_piece(file: &mut File) -> io::Result<Vec<u8>> {
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut filled = 0;
+    while filled < READ_CHUNK {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buffer.truncate(filled);
+    if filled < READ_CHUNK {
+        buffer.shrink_to_fit();
+    }
+    Ok(buffer)
 }

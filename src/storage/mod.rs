@@ -148,9 +148,12 @@ impl Stores {
         for (name, location) in &config.locations {
             let store = match &location.kind {
                 LocationKind::S3 => Store::S3(S3Store::connect(location).await),
-                LocationKind::Fs { path } => {
-                    Store::Fs(FsStore::new(&location.name, &location.bucket, path.clone()))
-                }
+                LocationKind::Fs { path, stable_after } => Store::Fs(FsStore::new(
+                    &location.name,
+                    &location.bucket,
+                    path.clone(),
+                    *stable_after,
+                )),
             };
             stores.insert(name.clone(), store);
         }

@@ -126,7 +126,12 @@ mod tests {
 
     async fn store_holding(keys: &[&str]) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::Fs(FsStore::new("t", "t", dir.path().join("store")));
+        let store = Store::Fs(FsStore::new(
+            "t",
+            "t",
+            dir.path().join("store"),
+            std::time::Duration::ZERO,
+        ));
         store.check().await.expect("the store sets itself up");
         for key in keys {
             let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(b"x"));
@@ -172,7 +177,12 @@ mod tests {
     async fn a_target_that_cannot_be_listed_is_never_new() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         std::fs::write(dir.path().join("file"), b"").expect("write");
-        let store = Store::Fs(FsStore::new("t", "t", dir.path().join("file/sub")));
+        let store = Store::Fs(FsStore::new(
+            "t",
+            "t",
+            dir.path().join("file/sub"),
+            std::time::Duration::ZERO,
+        ));
         assert!(!KeyIndex::default().claim_new(&store, "k", 0).await);
     }
 }

@@ -7,11 +7,13 @@
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use md5::{Digest, Md5};
 
+use super::dirs::{ancestors, DirPins, Pinned};
 use super::keys::{RESERVED, SIDECAR_SUFFIX};
 use crate::storage::ErrorKind;
 
@@ -46,10 +48,14 @@ impl Fault {
     }
 }
 
-/// Where things are under a location's root.
+/// Where things are under a location's root, and what the store's operations share.
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub root: PathBuf,
+    /// The directories operations are working in, which pruning leaves alone.
+    pub pins: Arc<DirPins>,
+    /// An ordinary file (not written by ferry) is listed once it has not changed for this long.
+    pub stable_after: Duration,
 }
 
 /// Which tree a path is in, to name what a collision is with.
@@ -62,6 +68,21 @@ pub enum Tree {
 }
 
 impl Layout {
+    pub fn new(root: PathBuf, stable_after: Duration) -> Self {
+        Self {
+            root,
+            pins: Arc::default(),
+            stable_after,
+        }
+    }
+
+    /// Pins the directories that hold key `comps` in both trees, for a write or a delete.
+    pub fn pin_key(&self, comps: &[String]) -> Pinned {
+        let mut dirs = ancestors(&self.base(Tree::Meta), comps);
+        dirs.extend(ancestors(&self.base(Tree::Data), comps));
+        self.pins.pin(dirs)
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join(RESERVED).join("tmp")
     }
@@ -90,10 +111,14 @@ impl Layout {
 
 /// A fresh identifier: nanoseconds since the epoch and 64 random bits, in hex (sorts by time).
 pub fn new_id() -> String {
-    let nanos = SystemTime::now()
+    format!("{:016x}{:016x}", now_ns(), fastrand::u64(..))
+}
+
+/// Nanoseconds since the epoch, by the system clock (as file modification times are).
+pub fn now_ns() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("{nanos:016x}{:016x}", fastrand::u64(..))
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

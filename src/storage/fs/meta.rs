@@ -31,14 +31,21 @@ pub struct Description {
     pub tags: Vec<(String, String)>,
 }
 
-/// The commit record of one object: written after its data file is in place, and only
-/// believed while the data file is still the one it describes (size, mtime, inode).
+/// The commit record of one object, only believed while the data file is still the one it
+/// describes (size, mtime, inode).
+///
+/// A write puts its sidecar in place *before* its data file, naming the object it replaces
+/// as `prior`: until the data file is renamed over the old one, the old file still matches
+/// `prior`, and once it is, the new one matches the record itself. So at every instant the
+/// data file is described (or is an ordinary file ferry never wrote), a failed write leaves
+/// the previous version readable, and a reader needs no lock to tell which version it sees.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sidecar {
     pub schema: u32,
     /// Fresh for every write, so a reader can ask for exactly the object it saw.
     pub version_id: String,
-    /// Unquoted: hex MD5, or `<hex MD5 of the part MD5s>-<parts>` after a multipart upload.
+    /// Unquoted: hex MD5, or `<hex MD5 of the part MD5s>-<parts>` after a multipart upload;
+    /// empty for an ordinary file ferry has not read yet ([`Sidecar::ordinary`]).
     pub etag: String,
     pub size: u64,
     pub last_modified_ms: i64,
@@ -52,6 +59,9 @@ pub struct Sidecar {
     pub parts: Vec<u64>,
     #[serde(flatten)]
     pub description: Description,
+    /// The object this write replaces, while its data file may still be in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<Box<Sidecar>>,
 }
 
 impl Description {
@@ -105,7 +115,51 @@ impl Sidecar {
             data_inode: data.ino(),
             parts,
             description,
+            prior: None,
         }
+    }
+
+    /// An ordinary file (one no ferry write describes) seen as an object: its version id is
+    /// derived from what identifies its content (modification time, inode, size), so it stays
+    /// the same while the file does and changes when the file is replaced or written to; its
+    /// ETag is not known until the file is read; no headers, metadata or tags.
+    pub fn ordinary(data: &Metadata) -> Self {
+        let mtime_ns = mtime_ns(data);
+        Self {
+            schema: SIDECAR_SCHEMA,
+            version_id: format!("{:016x}-{:x}-{:x}", mtime_ns, data.ino(), data.len()),
+            etag: String::new(),
+            size: data.len(),
+            last_modified_ms: mtime_ns.div_euclid(1_000_000),
+            data_mtime_ns: mtime_ns,
+            data_inode: data.ino(),
+            parts: Vec::new(),
+            description: Description::default(),
+            prior: None,
+        }
+    }
+
+    /// The record that describes `data`: this one, or the object it replaces, if either does.
+    pub fn matching(self, data: &Metadata) -> Option<Sidecar> {
+        if self.describes(data) {
+            return Some(Self {
+                prior: None,
+                ..self
+            });
+        }
+        self.prior
+            .filter(|prior| prior.describes(data))
+            .map(|prior| *prior)
+    }
+
+    /// Whether this is an ordinary file ferry has not read (no ETag known).
+    pub fn is_ordinary(&self) -> bool {
+        self.etag.is_empty()
+    }
+
+    /// Whether the data file's modification time is at least `age` before `now_ns`.
+    pub fn settled(&self, now_ns: i64, age_ns: i64) -> bool {
+        now_ns.saturating_sub(self.data_mtime_ns) >= age_ns
     }
 
     /// Whether `data` (metadata of the data file, not following links) is the file this
@@ -118,10 +172,14 @@ impl Sidecar {
             && data.ino() == self.data_inode
     }
 
+    fn etag(&self) -> Option<String> {
+        (!self.etag.is_empty()).then(|| self.etag.clone())
+    }
+
     pub fn head(&self) -> ObjectHead {
         ObjectHead {
             size: self.size,
-            etag: Some(self.etag.clone()),
+            etag: self.etag(),
             version_id: Some(self.version_id.clone()),
             last_modified_ms: self.last_modified_ms,
             meta: self.description.meta(),
@@ -135,14 +193,14 @@ impl Sidecar {
             version_id: Some(self.version_id.clone()),
             kind: EntryKind::Object,
             size: self.size,
-            etag: Some(self.etag.clone()),
+            etag: self.etag(),
             last_modified_ms: self.last_modified_ms,
             is_latest: true,
         }
     }
 }
 
-fn mtime_ns(data: &Metadata) -> i64 {
+pub fn mtime_ns(data: &Metadata) -> i64 {
     data.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(data.mtime_nsec())

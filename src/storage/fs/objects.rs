@@ -1,11 +1,15 @@
-//! One object on disk: committing a write (data file, then sidecar, each renamed into place
-//! and made durable), looking an object up, removing one. Keys that collide with other keys,
-//! and links on the way, are refused here.
+//! One object on disk: committing a write (sidecar, then data file, each renamed into place
+//! and made durable), looking an object up (a ferry write or an ordinary file), recording an
+//! ordinary file's ETag once read, removing one. Keys that collide with other keys, and links
+//! on the way, are refused here. Every operation pins the directories it works in
+//! ([`super::dirs`]), so concurrent writes and deletes of keys sharing them cannot undo each
+//! other.
 //!
 //! Blocking, like [`super::disk`].
 
 use std::fs::{self, File, Metadata};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::disk::{absent, new_id, sync_dir, Done, Fault, Layout, Temp, Tree};
@@ -40,22 +44,51 @@ impl Pending {
     }
 }
 
-/// Puts `pending` in place as the object `comps`: the data file, then its sidecar (the commit
-/// record), each renamed into place and made durable. A key that collides with another in
-/// either tree is refused before anything changes. Returns the sidecar written.
+/// Puts `pending` in place as the object `comps`: its sidecar first (naming the object it
+/// replaces as `prior`), then the data file, each renamed into place and made durable (see
+/// [`Sidecar`]). A key that collides with another in either tree is refused before anything
+/// changes; a write that fails leaves the previous object as it was. Returns the sidecar
+/// written. The caller holds the key's lock.
 pub fn commit(layout: &Layout, comps: &[String], pending: Pending) -> Done<Sidecar> {
+    let _pinned = layout.pin_key(comps);
     plan(layout, Tree::Meta, comps)?;
-    plan(layout, Tree::Data, comps)?;
-    place(layout, Tree::Data, comps, pending.temp)?;
-    let sidecar = Sidecar::new(
+    let path = plan(layout, Tree::Data, comps)?;
+    let prior = described(layout, comps)?;
+    let mut sidecar = Sidecar::new(
         new_id(),
         pending.etag,
         &pending.data,
         pending.parts,
         pending.description,
     );
+    sidecar.prior = prior.map(Box::new);
     write_sidecar(layout, comps, &sidecar)?;
+    if let Err(fault) = place(layout, &path, pending.temp) {
+        if sidecar.prior.is_none() {
+            // Nothing of ferry's was there before: take the record of the failed write away.
+            let _ = remove_file(layout, Tree::Meta, comps);
+        }
+        return Err(fault);
+    }
+    sidecar.prior = None;
     Ok(sidecar)
+}
+
+/// Records an ordinary file at `comps` that ferry has read whole, as it was (`seen`), with
+/// the MD5 of its bytes as ETag: its version id stays the one derived from the file. Does
+/// nothing if the file has changed or is described meanwhile. The caller holds the key's lock.
+pub fn adopt(layout: &Layout, comps: &[String], seen: &Sidecar, md5: &[u8]) -> Done<()> {
+    let _pinned = layout.pin_key(comps);
+    match lookup(layout, comps, false)? {
+        Some((current, _)) if current.is_ordinary() && current.version_id == seen.version_id => {}
+        _ => return Ok(()),
+    }
+    plan(layout, Tree::Meta, comps)?;
+    let sidecar = Sidecar {
+        etag: super::disk::hex(md5),
+        ..seen.clone()
+    };
+    write_sidecar(layout, comps, &sidecar)
 }
 
 /// The key whose `tree` path is `comps` (a sidecar path names its key plus the suffix).
@@ -139,7 +172,9 @@ fn plan(layout: &Layout, tree: Tree, comps: &[String]) -> Done<PathBuf> {
                 )))
             }
             // Only empty directories left behind: they hold nothing, take them away.
-            Ok(None) => remove_empty_dirs(&path)
+            Ok(None) => layout
+                .pins
+                .remove_empty_tree(&path)
                 .map(|()| path.clone())
                 .map_err(|e| Fault::io("remove the empty directories", &path, e)),
             Err(e) => Err(Fault::io("inspect", &path, e)),
@@ -168,43 +203,17 @@ fn first_file_under(dir: &Path) -> io::Result<Option<Vec<String>>> {
     Ok(None)
 }
 
-/// Removes `dir` and the directories under it, which hold nothing else; fails (and leaves
-/// anything that appeared meanwhile alone) if one is not empty.
-fn remove_empty_dirs(dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            remove_empty_dirs(&entry.path())?;
-        }
+/// Renames `temp` to `path` and makes the rename durable. The caller has pinned the
+/// directories on the way.
+fn place(layout: &Layout, path: &Path, mut temp: Temp) -> Done<()> {
+    match temp.rename(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(&layout.root)),
+        Err(e) => Err(Fault::io(
+            &format!("rename {} to", temp.path().display()),
+            path,
+            e,
+        )),
     }
-    fs::remove_dir(dir)
-}
-
-/// Renames `temp` to the path of `comps` in `tree` and makes the rename durable.
-fn place(layout: &Layout, tree: Tree, comps: &[String], mut temp: Temp) -> Done<()> {
-    // A concurrent delete of a neighbouring key may prune a directory just made: plan again.
-    for attempt in 0..3 {
-        let retry = attempt < 2;
-        let path = match plan(layout, tree, comps) {
-            Err(fault) if fault.kind == ErrorKind::NotFound && retry => continue,
-            planned => planned?,
-        };
-        match temp.rename(&path) {
-            Ok(()) => return sync_dir(path.parent().unwrap_or(&layout.root)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && retry => continue,
-            Err(e) => {
-                return Err(Fault::io(
-                    &format!("rename {} to", temp.path().display()),
-                    &path,
-                    e,
-                ))
-            }
-        }
-    }
-    Err(Fault::new(
-        ErrorKind::Transient,
-        "the directory for the key kept disappearing",
-    ))
 }
 
 /// Writes `sidecar` as the commit record of `comps`.
@@ -218,7 +227,14 @@ fn write_sidecar(layout: &Layout, comps: &[String], sidecar: &Sidecar) -> Done<(
     let mut temp = Temp::create(&layout.tmp_dir())?;
     temp.write(&json)?;
     temp.sync()?;
-    place(layout, Tree::Meta, comps, temp)
+    place(layout, &layout.path(Tree::Meta, comps), temp)
+}
+
+/// The sidecar record that describes the data file at `comps` now, if there is one.
+fn described(layout: &Layout, comps: &[String]) -> Done<Option<Sidecar>> {
+    Ok(lookup(layout, comps, false)?
+        .map(|(sidecar, _)| sidecar)
+        .filter(|s| !s.is_ordinary()))
 }
 
 /// The sidecar of `comps`, if there is a readable one.
@@ -251,27 +267,28 @@ fn no_links_on_the_way(layout: &Layout, tree: Tree, comps: &[String]) -> Done<bo
     Ok(true)
 }
 
-/// The committed object at `comps`: its sidecar, and (with `open`) its data file opened for
-/// reading. `None` when there is none, or the data file is not the one the sidecar describes.
+/// The object at `comps`: the sidecar record that describes its data file, or, for an
+/// ordinary file no ferry write describes, [`Sidecar::ordinary`]; with `open`, the data file
+/// opened for reading. `None` when there is no data file (or a link or directory stands
+/// there). The caller holds the key's lock, so no write of the key is half done.
 pub fn lookup(
     layout: &Layout,
     comps: &[String],
     open: bool,
 ) -> Done<Option<(Sidecar, Option<File>)>> {
-    if !no_links_on_the_way(layout, Tree::Meta, comps)?
-        || !no_links_on_the_way(layout, Tree::Data, comps)?
-    {
+    if !no_links_on_the_way(layout, Tree::Data, comps)? {
         return Ok(None);
     }
-    let Some(sidecar) = read_sidecar(layout, comps)? else {
-        return Ok(None);
-    };
     let path = layout.path(Tree::Data, comps);
     let (data, file) = if open {
-        // The inode check below also refuses a link swapped in for the last component.
-        let file = match File::open(&path) {
+        // O_NOFOLLOW: a link swapped in for the last component is no object of the store.
+        let file = match File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
             Ok(file) => file,
-            Err(e) if absent(&e) => return Ok(None),
+            Err(e) if absent(&e) || e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
             Err(e) => return Err(Fault::io("open", &path, e)),
         };
         let data = file.metadata().map_err(|e| Fault::io("stat", &path, e))?;
@@ -283,19 +300,30 @@ pub fn lookup(
             Err(e) => return Err(Fault::io("stat", &path, e)),
         }
     };
-    if !sidecar.describes(&data) {
-        tracing::debug!(path = %path.display(), "data file differs from its metadata; the object counts as missing");
+    if !data.is_file() {
         return Ok(None);
     }
-    Ok(Some((sidecar, file)))
+    // No sidecar directory (or a link there, which is not followed): an ordinary file.
+    let sidecar = match no_links_on_the_way(layout, Tree::Meta, comps)? {
+        true => read_sidecar(layout, comps)?,
+        false => None,
+    };
+    let record = sidecar
+        .and_then(|sidecar| sidecar.matching(&data))
+        .unwrap_or_else(|| Sidecar::ordinary(&data));
+    Ok(Some((record, file)))
 }
 
-/// Removes the object at `comps` (sidecar first: without its commit record the data file is
-/// no object), then the directories its removal left empty. Nothing there is success.
+/// Removes the object at `comps` (data file first: a sidecar without its data file is no
+/// object), then the directories its removal left empty. Nothing there is success. The
+/// caller holds the key's lock.
 pub fn remove(layout: &Layout, comps: &[String]) -> Done<()> {
-    for tree in [Tree::Meta, Tree::Data] {
-        if no_links_on_the_way(layout, tree, comps)? {
-            remove_file(layout, tree, comps)?;
+    {
+        let _pinned = layout.pin_key(comps);
+        for tree in [Tree::Data, Tree::Meta] {
+            if no_links_on_the_way(layout, tree, comps)? {
+                remove_file(layout, tree, comps)?;
+            }
         }
     }
     prune(layout, Tree::Meta, comps);
@@ -318,16 +346,13 @@ fn remove_file(layout: &Layout, tree: Tree, comps: &[String]) -> Done<()> {
     }
 }
 
-/// Removes the directories of `comps` that are empty now, deepest first.
+/// Removes the directories of `comps` that are empty now and not in use, deepest first.
 fn prune(layout: &Layout, tree: Tree, comps: &[String]) {
     for depth in (1..comps.len()).rev() {
         let mut dir = layout.base(tree);
         dir.extend(&comps[..depth]);
-        if fs::remove_dir(&dir).is_err() {
+        if !layout.pins.remove_if_unused(&dir) {
             return;
-        }
-        if let Some(parent) = dir.parent() {
-            let _ = sync_dir(parent);
         }
     }
 }

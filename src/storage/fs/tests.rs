@@ -13,7 +13,12 @@ use crate::storage::{encode_tagging, ErrorKind, Head, ObjectBody, ObjectMeta, St
 /// A store in `<tempdir>/store`, set up; the tempdir around it shows anything written outside.
 async fn store() -> (tempfile::TempDir, FsStore) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = FsStore::new("local", "local", dir.path().join("store"));
+    let store = FsStore::new(
+        "local",
+        "local",
+        dir.path().join("store"),
+        std::time::Duration::ZERO,
+    );
     store.check().await.expect("the store sets itself up");
     (dir, store)
 }
@@ -462,56 +467,204 @@ async fn keys_that_collide_with_existing_objects_are_refused() {
     assert_eq!(keys, ["a", "c", "m"]);
 }
 
+/// Sets the modification time of `path` to `secs` after the epoch.
+fn set_mtime(path: &Path, secs: u64) {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(at))
+        .expect("set the modification time");
+}
+
 #[tokio::test]
-async fn a_data_file_changed_behind_the_sidecar_reads_as_missing() {
+async fn a_data_file_changed_behind_the_sidecar_is_a_new_ordinary_version() {
     let (_dir, store) = store().await;
-    put(&store, "k", b"original").await.unwrap();
+    let v1 = put(&store, "k", b"original").await.unwrap();
     // Same size, new content (and a modification time that surely differs: file-system
     // clocks may tick coarser than two writes in a test).
     let path = store.root().join("k");
     std::fs::write(&path, b"tampered").unwrap();
-    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .and_then(|f| f.set_modified(old))
-        .unwrap();
-    assert!(matches!(
-        store.head("k", None).await.unwrap(),
-        Head::Missing
-    ));
+    set_mtime(&path, 1_000_000);
+    let Head::Object(h) = store.head("k", None).await.unwrap() else {
+        panic!("the changed file is an object");
+    };
+    assert_ne!(h.version_id, v1, "a new version");
+    assert_eq!(h.etag, None, "not read yet");
     assert_eq!(
-        store.get("k", None).await.err().expect("refused").kind,
+        h.meta,
+        ObjectMeta::default(),
+        "ferry's metadata was for the old bytes"
+    );
+    assert_eq!(
+        store
+            .get("k", v1.as_deref())
+            .await
+            .err()
+            .expect("gone")
+            .kind,
         ErrorKind::NotFound
     );
-    assert!(store.list_current("").await.unwrap().is_empty());
-    // Rewritten in place (same inode, other size): still missing.
-    put(&store, "j", b"original").await.unwrap();
-    std::fs::write(store.root().join("j"), b"longer content").unwrap();
-    assert!(matches!(
-        store.head("j", None).await.unwrap(),
-        Head::Missing
-    ));
-    // Writing it again makes it whole.
-    put(&store, "k", b"copied again").await.unwrap();
-    let (_, body) = store.get("k", None).await.unwrap();
+    let (_, body) = store.get("k", h.version_id.as_deref()).await.unwrap();
+    assert_eq!(read_all(body).await, b"tampered");
+    // The read recorded its MD5: the same version, now with an ETag.
+    let Head::Object(after) = store.head("k", None).await.unwrap() else {
+        panic!("still there");
+    };
+    assert_eq!(after.version_id, h.version_id);
+    assert_eq!(after.etag.as_deref(), Some(md5_hex(b"tampered").as_str()));
+    // Writing it again makes it ferry's object.
+    let v3 = put(&store, "k", b"copied again").await.unwrap();
+    let (head, body) = store.get("k", None).await.unwrap();
+    assert_eq!(head.version_id, v3);
     assert_eq!(read_all(body).await, b"copied again");
-    // Data without a sidecar is no object either.
-    std::fs::write(store.root().join("stray"), b"x").unwrap();
+}
+
+#[tokio::test]
+async fn ordinary_files_are_objects_once_stable() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let root = dir.path().join("store");
+    let store = FsStore::new(
+        "local",
+        "local",
+        root.clone(),
+        std::time::Duration::from_secs(60),
+    );
+    store.check().await.unwrap();
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    std::fs::write(root.join("a/b/old.txt"), b"settled").unwrap();
+    set_mtime(&root.join("a/b/old.txt"), 1_000_000);
+    std::fs::write(root.join("a/new.txt"), b"still being written").unwrap();
+    std::os::unix::fs::symlink(root.join("a/b/old.txt"), root.join("a/link")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("a/fifo").to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: a valid C string naming a path in the test's own directory.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let listed = store.list_current("").await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|l| l.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["a/b/old.txt"],
+        "links, FIFOs and unsettled files wait or are skipped"
+    );
+    assert_eq!(listed[0].size, 7);
+    assert_eq!(listed[0].etag, None);
+    assert_eq!(listed[0].last_modified_ms, 1_000_000_000);
+    // A HEAD or GET of the unsettled file finds it (only listings wait).
     assert!(matches!(
-        store.head("stray", None).await.unwrap(),
+        store.head("a/new.txt", None).await.unwrap(),
+        Head::Object(_)
+    ));
+    assert!(matches!(
+        store.head("a/fifo", None).await.unwrap(),
         Head::Missing
     ));
+    assert!(store.get("a/fifo", None).await.is_err());
+    // Deleting exactly the listed version removes the file and prunes nothing still used.
+    store
+        .delete_version("a/b/old.txt", listed[0].version_id.as_deref())
+        .await
+        .unwrap();
+    assert!(
+        !root.join("a/b").exists(),
+        "the emptied directory is pruned"
+    );
+    assert!(root.join("a/new.txt").exists());
+    // A version that is not the file's current one is not deleted.
+    let e = store
+        .delete_version("a/new.txt", Some("0000000000000000-1-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(root.join("a/new.txt").exists());
+}
+
+#[tokio::test]
+async fn a_file_written_while_it_is_read_fails_the_read() {
+    let (_dir, store) = store().await;
+    let path = store.root().join("growing");
+    let big = vec![7u8; 3 * super::READ_CHUNK];
+    std::fs::write(&path, &big).unwrap();
+    set_mtime(&path, 1_000_000);
+    let (_, mut body) = store.get("growing", None).await.unwrap();
+    let first = body.chunk().await.unwrap().expect("a first piece");
+    assert_eq!(first.len(), super::READ_CHUNK);
+    // Another program appends while ferry reads.
+    use std::io::Write;
+    std::fs::File::options()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(b"more"))
+        .unwrap();
+    let mut failed = None;
+    loop {
+        match body.chunk().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failed.expect("the read fails instead of mixing two contents");
+    assert_eq!(e.kind, ErrorKind::Transient);
+    assert!(e.message.contains("changed while it was read"), "{e}");
+}
+
+#[tokio::test]
+async fn a_failed_overwrite_leaves_the_previous_object() {
+    let (_dir, store) = store().await;
+    let v1 = put(&store, "d/k", b"first").await.unwrap();
+    // The state a crash (or a failed rename) between a write's two renames leaves: the new
+    // sidecar in place, naming the old object as its prior, and the old data file.
+    let comps: Vec<String> = vec!["d".into(), "k".into()];
+    let layout = &store.inner.layout;
+    let old = super::objects::read_sidecar(layout, &comps)
+        .unwrap()
+        .unwrap();
+    let mut temp = super::disk::Temp::create(&layout.tmp_dir()).unwrap();
+    temp.write(b"second").unwrap();
+    let data = temp.sync().unwrap();
+    let mut next = super::meta::Sidecar::new(
+        "next".into(),
+        md5_hex(b"second"),
+        &data,
+        Vec::new(),
+        Default::default(),
+    );
+    next.prior = Some(Box::new(old));
+    std::fs::write(
+        layout.path(super::disk::Tree::Meta, &comps),
+        serde_json::to_vec(&next).unwrap(),
+    )
+    .unwrap();
+    drop(temp);
+    let (head, body) = store.get("d/k", None).await.unwrap();
+    assert_eq!(head.version_id, v1, "the previous object, as it was");
+    assert_eq!(read_all(body).await, b"first");
+    let listed = store.list_current("").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].version_id, v1);
 }
 
 #[tokio::test]
 async fn check_creates_the_directory_or_names_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::new("local", "local", dir.path().join("a/b"));
+    let store = FsStore::new(
+        "local",
+        "local",
+        dir.path().join("a/b"),
+        std::time::Duration::ZERO,
+    );
     store.check().await.unwrap();
     assert!(dir.path().join("a/b/.ferry/tmp").is_dir());
     std::fs::write(dir.path().join("file"), b"x").unwrap();
-    let blocked = FsStore::new("local", "local", dir.path().join("file/sub"));
+    let blocked = FsStore::new(
+        "local",
+        "local",
+        dir.path().join("file/sub"),
+        std::time::Duration::ZERO,
+    );
     let e = blocked.check().await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Config);
     assert!(e.message.contains("file/sub"), "{e}");
@@ -570,4 +723,269 @@ async fn a_streamed_put_is_checked_and_an_aborted_or_short_one_leaves_nothing() 
         assert!(e.message.contains(named), "{named}: {e}");
     }
     assert_eq!(tree(store.root()), tree_of_empty_store());
+}
+
+/// What the concurrency tests write under one prefix: keys in one directory and in a few
+/// subdirectories, so writes and deletes share (and prune) directories all the time.
+fn crowded_key(i: usize) -> String {
+    match i % 4 {
+        0 | 1 => format!("round0/f{i:06}"),
+        n => format!("round0/sub{}/deeper/f{i:06}", n + i % 3),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_deleters_and_listings_on_one_prefix_lose_nothing() {
+    use std::sync::Arc;
+    const WRITERS: usize = 16;
+    const PER_WRITER: usize = 150;
+    let (_dir, store) = store().await;
+    let (acked, mut to_delete) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let listing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lister = {
+        let (store, listing) = (store.clone(), listing.clone());
+        tokio::spawn(async move {
+            let mut lists = 0;
+            while listing.load(std::sync::atomic::Ordering::Relaxed) {
+                store
+                    .list_current("round0/")
+                    .await
+                    .expect("a listing never fails");
+                lists += 1;
+            }
+            lists
+        })
+    };
+    let deleter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut deletes = Vec::new();
+            while let Some((key, version)) = to_delete.recv().await {
+                let store = store.clone();
+                deletes.push(tokio::spawn(async move {
+                    store
+                        .delete_version(&key, Some(&version))
+                        .await
+                        .map_err(|e| format!("{key} {version}: {e}"))?;
+                    match store.head(&key, None).await {
+                        Ok(Head::Missing) => Ok(()),
+                        other => Err(format!("{key}: still there after its delete: {other:?}")),
+                    }
+                }));
+            }
+            let mut failures = Vec::new();
+            for delete in deletes {
+                if let Err(e) = delete.await.expect("the delete task") {
+                    failures.push(e);
+                }
+            }
+            failures
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (store, acked) = (store.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 0..PER_WRITER {
+                let key = crowded_key(n * WRITERS + w);
+                // Every key is written twice (an overwrite), and its second version deleted
+                // by exactly that version, as the garbage collector does.
+                put(&store, &key, b"first")
+                    .await
+                    .map_err(|e| format!("{key}: {e}"))?;
+                let second = put(&store, &key, key.as_bytes())
+                    .await
+                    .map_err(|e| format!("{key}: {e}"))?
+                    .expect("a version id");
+                let (head, body) = store
+                    .get(&key, Some(&second))
+                    .await
+                    .map_err(|e| format!("{key}: {e}"))?;
+                assert_eq!(head.size, key.len() as u64);
+                assert_eq!(read_all(body).await, key.as_bytes());
+                acked.send((key, second)).expect("the deleter listens");
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    drop(acked);
+    for writer in writers {
+        writer
+            .await
+            .expect("the writer task")
+            .expect("every write is acknowledged");
+    }
+    let failures = deleter.await.expect("the deleter task");
+    listing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let lists = lister.await.expect("the lister task");
+    assert!(
+        failures.is_empty(),
+        "{} deletes failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(lists > 0);
+    assert!(store.list_current("").await.unwrap().is_empty());
+    assert_eq!(
+        tree(store.root()),
+        tree_of_empty_store(),
+        "no data file, sidecar or directory left"
+    );
+}
+
+mod interleavings {
+    //! Property tests: rounds of operations on keys that share directories, each round run
+    //! concurrently, must leave exactly what a sequential model says.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const KEYS: [&str; 6] = ["a/b/c", "a/b/d", "a/e", "a/f/g/h", "i", "a/f/j"];
+
+    /// How often a round repeats each operation, so the operations of a round overlap.
+    const REPEAT: usize = 8;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Writes the key `REPEAT` times (overwrites).
+        Put(u8),
+        /// Deletes the key.
+        Delete,
+        /// Deletes exactly the version the model knows, as the garbage collector does.
+        DeleteListed,
+        /// Writes the key and deletes that version, `REPEAT` times: directories come and go.
+        Churn(u8),
+        List,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => any::<u8>().prop_map(Op::Put),
+            1 => Just(Op::Delete),
+            2 => Just(Op::DeleteListed),
+            3 => any::<u8>().prop_map(Op::Churn),
+            1 => Just(Op::List),
+        ]
+    }
+
+    async fn put_repeatedly(
+        store: &FsStore,
+        key: &str,
+        data: &[u8],
+    ) -> Result<Option<String>, StorageError> {
+        let mut version = None;
+        for _ in 0..REPEAT {
+            version = put(store, key, data).await?;
+        }
+        Ok(version)
+    }
+
+    async fn churn(store: &FsStore, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        for _ in 0..REPEAT {
+            let version = put(store, key, data).await?;
+            store.delete_version(key, version.as_deref()).await?;
+        }
+        Ok(())
+    }
+
+    /// Each round gives every key at most one operation (so its outcome does not depend on
+    /// the order the round's operations interleave in).
+    fn rounds() -> impl Strategy<Value = Vec<Vec<Option<Op>>>> {
+        prop::collection::vec(
+            prop::collection::vec(prop::option::of(op()), KEYS.len()),
+            1..12,
+        )
+    }
+
+    async fn run(rounds: Vec<Vec<Option<Op>>>) -> Result<(), TestCaseError> {
+        let (_dir, store) = store().await;
+        let mut model: BTreeMap<&str, (Vec<u8>, Option<String>)> = BTreeMap::new();
+        for round in rounds {
+            let mut tasks = Vec::new();
+            for (key, op) in KEYS.iter().zip(round) {
+                let Some(op) = op else { continue };
+                let store = store.clone();
+                let known = model.get(key).and_then(|(_, v)| v.clone());
+                tasks.push(tokio::spawn(async move {
+                    let outcome = match op {
+                        Op::Put(byte) => {
+                            let data = vec![byte; 1 + byte as usize % 7];
+                            put_repeatedly(&store, key, &data)
+                                .await
+                                .map(|v| Some((data, v)))
+                        }
+                        Op::Churn(byte) => churn(&store, key, &[byte]).await.map(|()| None),
+                        Op::Delete => store.delete_version(key, None).await.map(|()| None),
+                        Op::DeleteListed => match known {
+                            Some(v) => store.delete_version(key, Some(&v)).await.map(|()| None),
+                            None => Ok(None),
+                        },
+                        Op::List => store
+                            .list_current("a/")
+                            .await
+                            .map(|_| Some((Vec::new(), None))),
+                    };
+                    (*key, outcome)
+                }));
+            }
+            for task in tasks {
+                let (key, outcome) = task.await.expect("the task");
+                match outcome {
+                    Ok(Some((data, Some(version)))) => {
+                        model.insert(key, (data, Some(version)));
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        model.remove(key);
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("{key}: {e}"))),
+                }
+            }
+            let listed: BTreeMap<String, Option<String>> = store
+                .list_current("")
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?
+                .into_iter()
+                .map(|l| (l.key, l.version_id))
+                .collect();
+            let expected: BTreeMap<String, Option<String>> = model
+                .iter()
+                .map(|(k, (_, v))| (k.to_string(), v.clone()))
+                .collect();
+            prop_assert_eq!(listed, expected);
+            for (key, (data, version)) in &model {
+                let (head, body) = store
+                    .get(key, None)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("{key}: {e}")))?;
+                prop_assert_eq!(&head.version_id, version);
+                prop_assert_eq!(&read_all(body).await, data);
+            }
+        }
+        for key in KEYS {
+            store
+                .delete_version(key, None)
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        prop_assert_eq!(tree(store.root()), tree_of_empty_store());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn concurrent_rounds_match_the_sequential_model(rounds in rounds()) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(run(rounds))?;
+        }
+    }
 }

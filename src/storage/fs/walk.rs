@@ -1,5 +1,5 @@
-//! Walks over an `fs` store: listing its committed objects, sweeping what crashed processes
-//! left in ferry's own directories.
+//! Walks over an `fs` store: listing its objects (ferry's writes and ordinary files), sweeping
+//! what crashed processes left in ferry's own directories.
 //!
 //! Blocking, like [`super::disk`].
 
@@ -7,20 +7,39 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use super::disk::{absent, Done, Fault, Layout};
+use super::disk::{absent, now_ns, Done, Fault, Layout};
 use super::keys::{self, RESERVED};
+use super::meta::Sidecar;
 use super::objects::read_sidecar;
 use crate::storage::Listed;
 
-/// Every committed object whose key starts with `prefix`, sorted by key.
+/// Every object whose key starts with `prefix`, sorted by key: ferry's writes, and ordinary
+/// files that have not changed for `layout.stable_after` (one still being written waits).
 pub fn list(layout: &Layout, prefix: &str) -> Done<Vec<Listed>> {
     let mut listed = Vec::new();
-    walk(layout, &layout.root, "", prefix, &mut listed)?;
+    let now = Stamp {
+        now_ns: now_ns() as i64,
+        settle_ns: layout.stable_after.as_nanos().min(i64::MAX as u128) as i64,
+    };
+    walk(layout, &now, &layout.root, "", prefix, &mut listed)?;
     listed.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(listed)
 }
 
-fn walk(layout: &Layout, dir: &Path, rel: &str, prefix: &str, out: &mut Vec<Listed>) -> Done<()> {
+/// When a listing looks, and how old an ordinary file must be to be listed.
+struct Stamp {
+    now_ns: i64,
+    settle_ns: i64,
+}
+
+fn walk(
+    layout: &Layout,
+    now: &Stamp,
+    dir: &Path,
+    rel: &str,
+    prefix: &str,
+    out: &mut Vec<Listed>,
+) -> Done<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         // A directory emptied and pruned while we walked holds nothing.
@@ -42,22 +61,43 @@ fn walk(layout: &Layout, dir: &Path, rel: &str, prefix: &str, out: &mut Vec<List
         if kind.is_dir() {
             let sub = format!("{key}/");
             if sub.starts_with(prefix) || prefix.starts_with(&sub) {
-                walk(layout, &entry.path(), &sub, prefix, out)?;
+                walk(layout, now, &entry.path(), &sub, prefix, out)?;
             }
         } else if kind.is_file() && key.starts_with(prefix) {
             let Ok(comps) = keys::components(&key) else {
                 continue;
             };
-            let Some(sidecar) = read_sidecar(layout, &comps)? else {
-                continue;
-            };
-            // DirEntry::metadata does not follow links.
-            if entry.metadata().is_ok_and(|data| sidecar.describes(&data)) {
-                out.push(sidecar.listed(&key));
+            if let Some(record) = object_at(layout, &entry.path(), &comps)? {
+                if !record.is_ordinary() || record.settled(now.now_ns, now.settle_ns) {
+                    out.push(record.listed(&key));
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The object whose data file is `path` (key `comps`), without the key's lock: the data
+/// file is looked at before its sidecar, so a write that completes in between is seen through
+/// the sidecar's `prior` (see [`super::meta::Sidecar`]). If the file matches no record and has
+/// changed since it was looked at, a write is under way: the next listing sees its outcome.
+fn object_at(layout: &Layout, path: &Path, comps: &[String]) -> Done<Option<Sidecar>> {
+    let stat = |path: &Path| match fs::symlink_metadata(path) {
+        Ok(data) if data.is_file() => Ok(Some(data)),
+        Ok(_) => Ok(None),
+        Err(e) if absent(&e) => Ok(None),
+        Err(e) => Err(Fault::io("stat", path, e)),
+    };
+    let Some(data) = stat(path)? else {
+        return Ok(None);
+    };
+    if let Some(record) = read_sidecar(layout, comps)?.and_then(|s| s.matching(&data)) {
+        return Ok(Some(record));
+    }
+    let ordinary = Sidecar::ordinary(&data);
+    Ok(stat(path)?
+        .map(|again| Sidecar::ordinary(&again))
+        .filter(|again| again.version_id == ordinary.version_id))
 }
 
 /// Removes entries of `dir` not modified for `age`: what a crashed process left behind.
