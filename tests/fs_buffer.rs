@@ -109,6 +109,9 @@ fn body_of(key: &str, round: usize) -> Vec<u8> {
     line.repeat(1024 / line.len() + 1).into_bytes()
 }
 
+/// The last acknowledged write of each key: its bytes and version id.
+type Acked = BTreeMap<String, (Vec<u8>, String)>;
+
 fn key_of(i: usize) -> String {
     match i % 4 {
         0 | 1 => format!("round0/f{i:06}"),
@@ -193,7 +196,7 @@ retry_max_delay = "2s"
     .await;
 
     // Each writer owns its keys, so the last acknowledged write of each is known.
-    let acked: Arc<Mutex<BTreeMap<String, (Vec<u8>, String)>>> = Arc::default();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let refused: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..WRITERS {
