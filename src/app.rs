@@ -177,6 +177,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             topics.clone(),
             bus.subscribe("status", &[&topics.status])?,
             bus.state_reader()?,
+            &config.status,
         );
         spawn("status", Box::pin(processor.run(stages.clone())));
     }

@@ -76,20 +76,42 @@ pub async fn object(
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<VersionQuery>,
 ) -> Answer {
+    let wanted = |version: Option<&str>| {
+        q.version_id
+            .as_deref()
+            .is_none_or(|v| version.unwrap_or("null") == v)
+    };
     let states = query::states(&admin.bus, &admin.topics, |s| {
-        s.entry.bucket == bucket
-            && s.entry.key == key
-            && q.version_id
-                .as_ref()
-                .is_none_or(|v| s.entry.version_id.as_deref() == Some(v.as_str()))
+        s.entry.bucket == bucket && s.entry.key == key && wanted(s.entry.version_id.as_deref())
     })
     .await?;
-    if states.is_empty() {
+    // Versions whose records are gone (completed and retired): the targets' copies say.
+    let live: Vec<String> = states
+        .values()
+        .map(|s| s.entry.version_id.clone().unwrap_or_else(|| "null".into()))
+        .collect();
+    let held = query::held_by_targets(&admin.config, &admin.stores, &bucket, &key)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let mut versions: Vec<(i64, Value)> = states
+        .values()
+        .map(|s| (s.entry.last_modified_ms, version_json(s)))
+        .collect();
+    for (version, copies) in held {
+        if live.contains(&version) || !wanted(Some(&version)) {
+            continue;
+        }
+        versions.push((
+            copies.last_modified_ms.unwrap_or(0),
+            held_json(&admin.config, &version, &copies),
+        ));
+    }
+    if versions.is_empty() {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!(
-                "no replication status for {bucket}/{key}{}: not enqueued yet, or not reached \
-                 by the replication processor yet",
+                "no replication status for {bucket}/{key}{}: not enqueued yet, not reached \
+                 by the replication processor yet, or no target holds a copy",
                 q.version_id
                     .as_deref()
                     .map(|v| format!(" version {v}"))
@@ -97,13 +119,42 @@ pub async fn object(
             ),
         ));
     }
-    let mut versions: Vec<&EntryState> = states.values().collect();
-    versions.sort_by_key(|s| std::cmp::Reverse(s.entry.last_modified_ms));
+    versions.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
     Ok(Json(json!({
         "bucket": bucket,
         "key": key,
-        "versions": versions.into_iter().map(version_json).collect::<Vec<_>>(),
+        "versions": versions.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
     })))
+}
+
+/// A version known from the targets' copies only: COMPLETED where a target holds it; the
+/// others of its rule hold no copy of it now.
+fn held_json(config: &crate::config::Config, version: &str, copies: &query::HeldVersion) -> Value {
+    let rule = config.rules.iter().find(|r| r.name == copies.rule);
+    let all = rule.map(|r| r.targets.clone()).unwrap_or_default();
+    let targets: BTreeMap<&String, Value> = all
+        .iter()
+        .map(|t| {
+            let state = match copies.targets.get(t) {
+                Some(copy) => json!({"status": model::ReplicationStatus::Completed, "target_version_id": copy}),
+                None => json!({"status": "MISSING", "error": "the target holds no copy of this version"}),
+            };
+            (t, state)
+        })
+        .collect();
+    let complete = all.iter().all(|t| copies.targets.contains_key(t));
+    json!({
+        "version_id": (version != "null").then_some(version),
+        "kind": "object",
+        "size": copies.size,
+        "etag": copies.etag,
+        "rule": copies.rule,
+        "source": rule.map(|r| r.source.clone()),
+        "status": if complete { json!(model::ReplicationStatus::Completed) } else { json!("MISSING") },
+        "last_modified_ms": copies.last_modified_ms,
+        "from": "target copies (the status record was retired after completion)",
+        "targets": targets,
+    })
 }
 
 fn version_json(state: &EntryState) -> Value {

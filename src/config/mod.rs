@@ -29,6 +29,7 @@ pub struct Config {
     pub populator: PopulatorConfig,
     pub replication: ReplicationConfig,
     pub gc: GcConfig,
+    pub status: StatusConfig,
     /// The S3 endpoint writing into a transient location, if configured.
     pub ingest: Option<IngestConfig>,
     pub admin: AdminConfig,
@@ -247,6 +248,15 @@ pub struct IngestConfig {
 pub struct GcConfig {
     /// GC tasks checked and executed at once.
     pub concurrency: usize,
+}
+
+/// `[status]`: the status processor.
+#[derive(Debug, Clone)]
+pub struct StatusConfig {
+    /// A COMPLETED entry's state record is deleted (tombstoned) this long after it completed,
+    /// so the state and its changelog hold the entries in flight and the recently completed,
+    /// not the whole history; a duplicate result arriving within it changes nothing.
+    pub completed_retention: Duration,
 }
 
 /// A configuration problem, naming the key it is about.

@@ -31,6 +31,9 @@ pub struct RawConfig {
     /// Garbage collector settings.
     #[serde(default)]
     pub gc: RawGc,
+    /// Status processor settings.
+    #[serde(default)]
+    pub status: RawStatus,
     /// The S3 endpoint that writes into a transient location.
     pub ingest: Option<RawIngest>,
     /// The admin HTTP server.
@@ -172,6 +175,14 @@ pub struct RawReplication {
 #[serde(deny_unknown_fields)]
 pub struct RawGc {
     pub concurrency: Option<i64>,
+}
+
+/// `[status]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    /// How long a COMPLETED entry's state record is kept before it is deleted.
+    pub completed_retention: Option<String>,
 }
 
 /// A byte size written either as a number of bytes or as text such as `"8MiB"`.

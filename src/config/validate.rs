@@ -36,6 +36,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let gc = GcConfig {
         concurrency: positive("gc.concurrency", raw.gc.concurrency, 16, 4096)?,
     };
+    let status = StatusConfig {
+        completed_retention: duration(
+            "status.completed_retention",
+            raw.status.completed_retention.as_deref(),
+            "10m",
+        )?,
+    };
     let shutdown_timeout = duration("shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s")?;
     if let QueueKind::Embedded { .. } = queue.kind {
         for (stage, on) in [
@@ -78,6 +85,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         populator,
         replication,
         gc,
+        status,
         ingest,
         admin,
         shutdown_timeout,

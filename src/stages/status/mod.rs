@@ -10,13 +10,22 @@
 //! applied together and their effects published at once (one round trip for the batch, not
 //! one per result). A crash in between replays the results, which changes nothing but
 //! republishes the GC tasks — harmless, never lost.
+//!
+//! Only live state is kept: a COMPLETED entry's record is deleted (a tombstone in the
+//! changelog, and from memory) `status.completed_retention` after it completed, once its GC
+//! task, if any, is durable. Memory, the changelog and its replay hold the entries in flight
+//! and the recently completed, not the history. Within the retention a duplicated result (a
+//! redelivered entry whose copy the pre-check recognises) finds the record and changes
+//! nothing; the status of a version whose record is gone is read from the targets' copy
+//! stamps ([`query`]). FAILED entries stay: they are work an operator still has to act on.
 
 pub mod failed;
 pub mod query;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +38,11 @@ use super::{decode_or_dead_letter, publish_until_done, receive, StageError};
 
 const STAGE: &str = "status";
 
+/// How often, while no result arrives, records past their retention are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// At most this many records are tombstoned in one sweep (one round trip).
+const SWEEP_BATCH: usize = 1024;
+
 /// Counters tests and operators read.
 #[derive(Debug, Default)]
 pub struct StatusStats {
@@ -37,6 +51,8 @@ pub struct StatusStats {
     pub failed: AtomicU64,
     pub gc_tasks: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// COMPLETED records deleted after their retention.
+    pub expired: AtomicU64,
 }
 
 /// The status stage.
@@ -48,6 +64,10 @@ pub struct StatusProcessor {
     /// Entry states by status partition, then by entry id; a partition is present once its
     /// changelog has been replayed.
     state: HashMap<i32, HashMap<String, EntryState>>,
+    /// Per status partition, COMPLETED entries in completion order: (completed at ms, id).
+    expiring: HashMap<i32, VecDeque<(i64, String)>>,
+    /// How long a COMPLETED record is kept.
+    retention: Duration,
     pub stats: Arc<StatusStats>,
 }
 
@@ -57,6 +77,7 @@ impl StatusProcessor {
         topics: Topics,
         subscription: Subscription,
         reader: StateReader,
+        config: &crate::config::StatusConfig,
     ) -> Self {
         Self {
             publisher,
@@ -64,6 +85,8 @@ impl StatusProcessor {
             subscription,
             reader,
             state: HashMap::new(),
+            expiring: HashMap::new(),
+            retention: config.completed_retention,
             stats: Arc::default(),
         }
     }
@@ -76,7 +99,17 @@ impl StatusProcessor {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StageError> {
         let mut loaded: HashSet<i32> = HashSet::new();
         let mut revocations = self.subscription.revocations();
-        while let Some(first) = receive(&self.subscription, STAGE, &shutdown).await {
+        loop {
+            let received = tokio::select! {
+                received = receive(&self.subscription, STAGE, &shutdown) => received,
+                () = tokio::time::sleep(SWEEP_EVERY) => {
+                    if !self.sweep(revocations, &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = received else { break };
             let mut ready = vec![first];
             while ready.len() < BATCH {
                 match self.subscription.recv().now_or_never() {
@@ -99,6 +132,7 @@ impl StatusProcessor {
                         count_backlog(state, -1);
                     }
                     self.state.clear();
+                    self.expiring.clear();
                 }
                 let partition = delivery.partition;
                 if !loaded.contains(&partition) {
@@ -142,7 +176,22 @@ impl StatusProcessor {
                 count_backlog(state, 1);
                 batch.add(partition, id, state.clone(), result, changed, delivery);
             }
+            let completed: Vec<(i32, i64, String)> = batch
+                .entries
+                .iter()
+                .filter(|p| p.changed && p.state.overall == ReplicationStatus::Completed)
+                .map(|p| (p.partition, completed_at(&p.state), p.id.clone()))
+                .collect();
             if !self.publish_effects(batch, &shutdown).await {
+                break;
+            }
+            for (partition, at, id) in completed {
+                self.expiring
+                    .entry(partition)
+                    .or_default()
+                    .push_back((at, id));
+            }
+            if !self.sweep(revocations, &shutdown).await {
                 break;
             }
         }
@@ -258,6 +307,56 @@ impl StatusProcessor {
         true
     }
 
+    /// Deletes the records of entries COMPLETED longer than the retention ago, in the
+    /// partitions this process still owns (as of `revocations`): a tombstone in the
+    /// changelog, then from memory. Returns false if shutdown stopped it.
+    async fn sweep(&mut self, revocations: u64, shutdown: &CancellationToken) -> bool {
+        if self.subscription.revocations() != revocations {
+            return true;
+        }
+        let horizon = model::now_ms() - self.retention.as_millis().min(i64::MAX as u128) as i64;
+        let mut due: Vec<(i32, String)> = Vec::new();
+        for (partition, queue) in &mut self.expiring {
+            while due.len() < SWEEP_BATCH && queue.front().is_some_and(|(at, _)| *at <= horizon) {
+                if let Some((_, id)) = queue.pop_front() {
+                    let completed = self
+                        .state
+                        .get(partition)
+                        .and_then(|states| states.get(&id))
+                        .is_some_and(|s| s.overall == ReplicationStatus::Completed);
+                    if completed {
+                        due.push((*partition, id));
+                    }
+                }
+            }
+        }
+        if due.is_empty() {
+            return true;
+        }
+        let topic = &self.topics.status_state;
+        let published = futures_util::future::join_all(due.iter().map(|(partition, id)| {
+            publish_until_done(&self.publisher, topic, Some(*partition), id, None, shutdown)
+        }))
+        .await;
+        if !published.iter().all(|done| *done) {
+            return false;
+        }
+        for (partition, id) in &due {
+            if let Some(states) = self.state.get_mut(partition) {
+                states.remove(id);
+            }
+        }
+        self.stats
+            .expired
+            .fetch_add(due.len() as u64, Ordering::Relaxed);
+        tracing::debug!(
+            stage = STAGE,
+            records = due.len(),
+            "completed entries' records deleted after their retention"
+        );
+        true
+    }
+
     /// Loads the state of these status partitions from their changelog partitions.
     async fn replay(&mut self, partitions: &[i32]) -> Result<(), StageError> {
         let read = self
@@ -301,6 +400,13 @@ impl StatusProcessor {
         for state in states.values() {
             count_backlog(state, 1);
         }
+        let mut completed: Vec<(i64, String)> = states
+            .iter()
+            .filter(|(_, s)| s.overall == ReplicationStatus::Completed)
+            .map(|(id, s)| (completed_at(s), id.clone()))
+            .collect();
+        completed.sort();
+        self.expiring.insert(partition, completed.into());
         tracing::info!(
             stage = STAGE,
             partition,
@@ -309,6 +415,11 @@ impl StatusProcessor {
             "state replayed"
         );
     }
+}
+
+/// When `state` completed (ms), for its retention; now if it does not say.
+fn completed_at(state: &EntryState) -> i64 {
+    state.completed_at_ms.unwrap_or_else(model::now_ms)
 }
 
 /// Adds `delta` to the backlog gauge of every target whose copy of `state` is not done.
