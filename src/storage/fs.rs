@@ -154,13 +154,12 @@ impl FsStore {
         self.list_current(prefix).await
     }
 
-    /// The keys of every committed object, or `None` if there are more than `limit`.
-    pub async fn keys_up_to(
-        &self,
-        limit: usize,
-    ) -> Result<Option<std::collections::HashSet<String>>, StorageError> {
-        let listed = self.list_current("").await?;
-        Ok((listed.len() <= limit).then(|| listed.into_iter().map(|l| l.key).collect()))
+    /// Hands the key of every object to `key`.
+    pub async fn each_key(&self, mut key: impl FnMut(&str)) -> Result<(), StorageError> {
+        for listed in self.list_current("").await? {
+            key(&listed.key);
+        }
+        Ok(())
     }
 
     /// Every object under `prefix`, sorted by key (ordinary files once stable).

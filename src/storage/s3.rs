@@ -256,21 +256,16 @@ impl S3Store {
         Ok(listed)
     }
 
-    /// The keys that have any version or delete marker, or `None` if there are more than
-    /// `limit` (the caller then does without).
-    pub async fn keys_up_to(
-        &self,
-        limit: usize,
-    ) -> Result<Option<std::collections::HashSet<String>>, StorageError> {
-        let mut keys = std::collections::HashSet::new();
+    /// Hands each key that has a version or delete marker to `key`, page by page (a key with
+    /// several versions comes once per page it appears on).
+    pub async fn each_key(&self, mut key: impl FnMut(&str)) -> Result<(), StorageError> {
         self.version_pages("", |out| {
             let versions = out.versions().iter().filter_map(|v| v.key());
             let markers = out.delete_markers().iter().filter_map(|m| m.key());
-            keys.extend(versions.chain(markers).map(str::to_string));
-            keys.len() <= limit
+            versions.chain(markers).for_each(&mut key);
+            true
         })
-        .await?;
-        Ok((keys.len() <= limit).then_some(keys))
+        .await
     }
 
     /// Pages through ListObjectVersions under `prefix`, handing each page to `page` until the

@@ -75,13 +75,10 @@ impl Store {
         delegate!(self.list_versions(prefix).await)
     }
 
-    /// The keys the store holds anything under (a version, a delete marker), or `None` if
-    /// there are more than `limit`.
-    pub async fn keys_up_to(
-        &self,
-        limit: usize,
-    ) -> Result<Option<std::collections::HashSet<String>>, StorageError> {
-        delegate!(self.keys_up_to(limit).await)
+    /// Hands every key the store holds anything under (a version, a delete marker) to `key`,
+    /// a listing page at a time (memory O(page)); a key may come more than once.
+    pub async fn each_key(&self, key: impl FnMut(&str)) -> Result<(), StorageError> {
+        delegate!(self.each_key(key).await)
     }
 
     /// Every current object under `prefix`.

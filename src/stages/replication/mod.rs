@@ -7,6 +7,7 @@
 //! the status topic, the entry is acknowledged; its offset is committed once every earlier
 //! entry of its partition is too.
 
+mod bloom;
 mod copier;
 mod fanout;
 pub mod gate;
