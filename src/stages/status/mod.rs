@@ -16,8 +16,12 @@
 //! task, if any, is durable. Memory, the changelog and its replay hold the entries in flight
 //! and the recently completed, not the history. Within the retention a duplicated result (a
 //! redelivered entry whose copy the pre-check recognises) finds the record and changes
-//! nothing; the status of a version whose record is gone is read from the targets' copy
-//! stamps ([`query`]). FAILED entries stay: they are work an operator still has to act on.
+//! nothing, and so does one that a restart or rebalance brings (replayed records get a whole
+//! retention again). A duplicate later than that would find no record and start a new one
+//! that waits for targets that already finished; nothing is copied twice for it (the pre-check
+//! recognises the copies) and nothing is deleted early (the GC re-checks every target). The
+//! status of a version whose record is gone is read from the targets' copy stamps ([`query`]).
+//! FAILED entries stay: they are work an operator still has to act on.
 
 pub mod failed;
 pub mod query;
@@ -400,13 +404,16 @@ impl StatusProcessor {
         for state in states.values() {
             count_backlog(state, 1);
         }
-        let mut completed: Vec<(i64, String)> = states
+        // Replayed records get a whole retention from now, not from when they completed: the
+        // redeliveries a restart or a rebalance brings (a retry task whose commit was lost, say)
+        // come right after it, and must find their entry's record.
+        let now = model::now_ms();
+        let completed: VecDeque<(i64, String)> = states
             .iter()
             .filter(|(_, s)| s.overall == ReplicationStatus::Completed)
-            .map(|(id, s)| (completed_at(s), id.clone()))
+            .map(|(id, _)| (now, id.clone()))
             .collect();
-        completed.sort();
-        self.expiring.insert(partition, completed.into());
+        self.expiring.insert(partition, completed);
         tracing::info!(
             stage = STAGE,
             partition,
