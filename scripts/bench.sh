@@ -72,6 +72,12 @@ if ! $quick; then
         echo "radosgw's memory. ferry's numbers come from its default settings."
         echo
         cat "$tables"
+        # Sections measured by other benchmarks (e.g. benches/history.rs), kept across runs.
+        for section in docs/benchmarks/*.md; do
+            [[ -f $section ]] || continue
+            echo
+            cat "$section"
+        done
     } >BENCHMARKS.md
     echo "[bench] wrote BENCHMARKS.md"
 fi
