@@ -122,8 +122,8 @@ fn key_of(i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_writers_through_the_endpoint_while_scan_and_gc_run_lose_nothing() {
     const WRITERS: usize = 16;
-    const KEYS_PER_WRITER: usize = 560;
-    /// Every fourth key is written a second time (an overwrite): 11,200 PUTs in all.
+    const KEYS_PER_WRITER: usize = 640;
+    /// Every fourth key is written a second time (an overwrite): 10,240 objects, 12,800 PUTs.
     const OVERWRITE_EVERY: usize = 4;
     let env = TestEnv::get();
     let target = unique("fsbuf");
@@ -492,6 +492,20 @@ retry_max_delay = "1s"
         in_buffer, want,
         "nothing leaves the buffer before every target holds it"
     );
+    // A buffer file replaced in place while s3-buf is paused: its first version, which fs-buf
+    // holds, is never deleted in its place; the new one is replicated to both, then deleted.
+    let rewritten = b"the buffer's top.txt, written again in place".to_vec();
+    write_in_place(&path("buffer").join("top.txt"), &rewritten);
+    expected.insert("top.txt", rewritten.clone());
+    wait_until(TIMEOUT, "the rewritten buffer file on fs-buf", || async {
+        std::fs::read(path("fs-buf").join("top.txt")).ok().as_ref() == Some(&rewritten)
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(path("buffer").join("top.txt")).ok().as_ref(),
+        Some(&rewritten),
+        "the new version stays in the buffer while s3-buf is paused"
+    );
     cli_ok(admin, &["targets", "resume", "s3-buf"]).await;
     wait_until(
         TIMEOUT,
@@ -514,6 +528,14 @@ retry_max_delay = "1s"
         fs.as_ref() == Some(&replaced) && s3.as_ref() == Some(&replaced)
     })
     .await;
+    // Nothing FAILED: the buffer's first top.txt, gone when it was written again, is
+    // superseded at the source, not a failure.
+    let failed = support::admin::get_json(admin, "/api/v1/failed").await;
+    assert_eq!(
+        failed["entries"].as_array().map(Vec::len),
+        Some(0),
+        "{failed}"
+    );
     // Each S3 target version of the growing file is the whole file: never a partial copy.
     let versions = s3::versions(&s3_client, &bucket_src)
         .await

@@ -33,7 +33,7 @@ use crate::bus::{Delivery, Lease, Publisher, Subscription, Topics};
 use crate::config::{LocationConfig, ReplicationConfig, RetryPolicy};
 use crate::control::Pauses;
 use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, RetryTask, TargetResult};
-use crate::storage::{ErrorKind, StorageError, Store, Stores};
+use crate::storage::{ErrorKind, Head, StorageError, Store, Stores};
 
 use self::copier::Copier;
 use self::fanout::{BufferBudget, Fanout, PendingAborts};
@@ -50,6 +50,19 @@ struct InFlight;
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics().in_flight.dec();
+    }
+}
+
+/// Whether the source version `entry` names is gone because the key was written again: the
+/// source keeps one version per key (a directory, an unversioned bucket) and now holds another.
+/// Such a version is superseded, not failed: its newer version has an entry of its own.
+async fn replaced_at_source(source: &Store, entry: &ReplicationEntry) -> bool {
+    if entry.kind != EntryKind::Object || !matches!(source.is_versioned().await, Ok(false)) {
+        return false;
+    }
+    match source.head(&entry.key, None).await {
+        Ok(Head::Object(current)) => current.version_id != entry.version_id,
+        _ => false,
     }
 }
 
@@ -694,6 +707,21 @@ impl ReplicationProcessor {
                     if !sleep_or_shutdown(delay, shutdown).await {
                         return None;
                     }
+                }
+                Err(e)
+                    if e.kind == ErrorKind::NotFound
+                        && e.location == entry.source
+                        && replaced_at_source(source, entry).await =>
+                {
+                    self.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                    completed_metric(target, 0);
+                    tracing::warn!(attempt = attempts, "the source key was overwritten since (it keeps one version); the newer version is replicated by its own entry");
+                    return Some(result(
+                        ReplicationStatus::Completed,
+                        None,
+                        Some("superseded at the source by a newer version of the key".into()),
+                        attempts,
+                    ));
                 }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
