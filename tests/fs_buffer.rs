@@ -16,16 +16,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 
 use support::admin::{cli_ok, port};
-use support::{s3, unique, wait_until, Ferry, TestEnv};
+use support::{files, free_port, s3, unique, wait_until, Ferry, TestEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A client of the ingest endpoint on `port`.
 fn endpoint_client(port: u16) -> Client {
@@ -37,30 +30,6 @@ fn endpoint_client(port: u16) -> Client {
         .credentials_provider(Credentials::new("k", "s", None, None, "test"))
         .build();
     Client::from_conf(config)
-}
-
-/// The files under `root` (relative paths), ferry's `.ferry` directory left out.
-fn files(root: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if dir == root && path.file_name().is_some_and(|n| n == ".ferry") {
-                continue;
-            }
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
 }
 
 /// Every path under `dir` (directories too).

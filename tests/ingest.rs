@@ -12,17 +12,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
-use support::{wait_until, Ferry};
+use support::{files, free_port, wait_until, Ferry};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A free port on 127.0.0.1 (bound and released; the race with other processes is harmless).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 struct Site {
     dir: tempfile::TempDir,
@@ -116,30 +108,6 @@ retry_max_delay = "2s"
         })
         .await;
     }
-}
-
-/// The object files under `root` (relative paths), ignoring ferry's own `.ferry` directory.
-fn files(root: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.file_name().is_some_and(|n| n == ".ferry") {
-                continue;
-            }
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
 }
 
 fn data(seed: u64, size: usize) -> Vec<u8> {
