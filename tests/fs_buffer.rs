@@ -329,13 +329,13 @@ partitions = 4
 [locations.plain]
 kind = "fs"
 path = "{plain}"
-stable_after = "2s"
+stable_after = "4s"
 
 [locations.buffer]
 kind = "fs"
 path = "{buffer}"
 transient = true
-stable_after = "2s"
+stable_after = "4s"
 
 [locations.fs-src]
 kind = "fs"
