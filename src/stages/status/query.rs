@@ -14,7 +14,7 @@ use crate::bus::{Bus, BusError, Topics};
 use crate::config::Config;
 use crate::model::EntryKind;
 use crate::model::{self, EntryState};
-use crate::stages::replication::{STAMP_MTIME, STAMP_VERSION};
+use crate::stages::replication::{STAMP_ETAG, STAMP_MTIME, STAMP_VERSION};
 use crate::storage::{Head, StorageError, Stores};
 
 /// The latest state of every entry `keep` selects, by entry id.
@@ -58,6 +58,10 @@ pub fn backlog(states: &BTreeMap<String, EntryState>) -> BTreeMap<String, u64> {
     backlog
 }
 
+/// The most versions of one key a status answer HEADs on each target, so its cost does not
+/// grow with the key's history (older copies are not reported).
+const VERSIONS_ASKED: usize = 100;
+
 /// One source version as the targets hold it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeldVersion {
@@ -74,7 +78,7 @@ pub struct HeldVersion {
 
 /// Per source version id (`"null"` for an unversioned source), what the targets of the rules
 /// covering `bucket/key` hold of it, read from ferry's stamps on each copy: one listing of the
-/// key's versions and a HEAD per version, per target.
+/// key's versions and a HEAD per version (the newest [`VERSIONS_ASKED`]), per target.
 pub async fn held_by_targets(
     config: &Config,
     stores: &Stores,
@@ -94,10 +98,9 @@ pub async fn held_by_targets(
             let Some(store) = stores.get(target) else {
                 continue;
             };
-            for listed in store.key_versions(key).await? {
-                if listed.kind != EntryKind::Object {
-                    continue;
-                }
+            let versions = store.key_versions(key).await?;
+            let objects = versions.into_iter().filter(|l| l.kind == EntryKind::Object);
+            for listed in objects.take(VERSIONS_ASKED) {
                 let Head::Object(head) = store.head(key, listed.version_id.as_deref()).await?
                 else {
                     continue;
@@ -113,7 +116,7 @@ pub async fn held_by_targets(
                         etag: head
                             .meta
                             .user
-                            .get(crate::stages::replication::STAMP_ETAG)
+                            .get(STAMP_ETAG)
                             .filter(|e| !e.is_empty())
                             .cloned(),
                         last_modified_ms: head
