@@ -314,11 +314,10 @@ fn backfill(config: Config, rule: &str, restart: bool) -> ExitCode {
     };
     let terminal = std::io::stderr().is_terminal();
     let mut shown = std::time::Instant::now();
-    let progress = |handled: u64, total: u64| {
-        if terminal && (shown.elapsed().as_millis() >= 100 || handled == total) {
+    let progress = |handled: u64| {
+        if terminal && shown.elapsed().as_millis() >= 100 {
             shown = std::time::Instant::now();
-            let percent = handled * 100 / total.max(1);
-            eprint!("\rbackfill {rule}: {handled}/{total} versions ({percent}%)");
+            eprint!("\rbackfill {rule}: {handled} versions listed");
             let _ = std::io::stderr().flush();
         }
     };

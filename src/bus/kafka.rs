@@ -540,6 +540,46 @@ impl StateReader {
         topic: &str,
         partitions: &[i32],
     ) -> Result<HashMap<i32, StateRecords>, BusError> {
+        let mut out: HashMap<i32, StateRecords> =
+            partitions.iter().map(|&p| (p, Vec::new())).collect();
+        let starts: Vec<(i32, i64)> = partitions.iter().map(|&p| (p, 0)).collect();
+        self.replay_into(topic, &starts, |p, _, key, payload| {
+            if let Some(records) = out.get_mut(&p) {
+                records.push((key.to_vec(), payload.map(<[u8]>::to_vec)));
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Hands every record of `topic`/`partition` from offset `from` (or the partition's start,
+    /// if that is later) to its end as of now to `sink`, in order, as `(offset, key, payload)`;
+    /// returns that end (the offset after the last record).
+    pub async fn replay(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        mut sink: impl FnMut(i64, &[u8], Option<&[u8]>),
+    ) -> Result<i64, BusError> {
+        let ends = self
+            .replay_into(topic, &[(partition, from)], |_, offset, key, payload| {
+                sink(offset, key, payload)
+            })
+            .await?;
+        Ok(ends.get(&partition).copied().unwrap_or(0))
+    }
+
+    /// Reads each `(partition, from)` to the high watermark it has now, handing each record to
+    /// `sink(partition, offset, key, payload)`; returns the high watermarks.
+    async fn replay_into(
+        &self,
+        topic: &str,
+        starts: &[(i32, i64)],
+        mut sink: impl FnMut(i32, i64, &[u8], Option<&[u8]>),
+    ) -> Result<HashMap<i32, i64>, BusError> {
+        let partitions: Vec<i32> = starts.iter().map(|&(p, _)| p).collect();
+        let from: HashMap<i32, i64> = starts.iter().copied().collect();
         let error = |partition: i32, message: String| BusError::ReadState {
             topic: topic.to_string(),
             partition,
@@ -571,21 +611,22 @@ impl StateReader {
                     .collect()
             })
         });
-        let mut out: HashMap<i32, StateRecords> = HashMap::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
         // Partitions still to read to the end → their high watermark.
         let mut pending: HashMap<i32, i64> = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for (partition, answer) in watermarks {
             let (low, high) = answer.map_err(|e| error(partition, format!("watermarks: {e}")))?;
-            out.insert(partition, Vec::new());
-            if high > low {
+            ends.insert(partition, high);
+            let start = from.get(&partition).copied().unwrap_or(0).max(low);
+            if high > start {
                 pending.insert(partition, high);
-                tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+                tpl.add_partition_offset(topic, partition, Offset::Offset(start))
                     .map_err(|e| error(partition, e.to_string()))?;
             }
         }
         if pending.is_empty() {
-            return Ok(out);
+            return Ok(ends);
         }
         let first = *pending.keys().next().unwrap_or(&0);
         consumer
@@ -627,8 +668,8 @@ impl StateReader {
             if message.topic() != topic {
                 continue;
             }
-            if let (Some(records), Some(key)) = (out.get_mut(&p), message.key()) {
-                records.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+            if let Some(key) = message.key() {
+                sink(p, message.offset(), key, message.payload());
             }
             if pending
                 .get(&p)
@@ -640,18 +681,18 @@ impl StateReader {
         // tansu reports a watermark inside the last batch when that batch holds several
         // records: take what follows at once (the rest of the batch), until a short silence.
         while let Ok(Ok(message)) = tokio::time::timeout(BATCH_TAIL, consumer.recv()).await {
-            if message.topic() == topic {
-                if let (Some(records), Some(key)) =
-                    (out.get_mut(&message.partition()), message.key())
-                {
-                    records.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+            if let (true, Some(key)) = (message.topic() == topic, message.key()) {
+                let p = message.partition();
+                if let Some(end) = ends.get_mut(&p) {
+                    *end = (*end).max(message.offset() + 1);
+                    sink(p, message.offset(), key, message.payload());
                 }
             }
         }
         consumer
             .assign(&TopicPartitionList::new())
             .map_err(|e| error(first, format!("unassign: {e}")))?;
-        Ok(out)
+        Ok(ends)
     }
 }
 

@@ -244,6 +244,24 @@ impl StateReader {
                 .collect(),
         }
     }
+
+    /// Hands the records of `topic`/`partition` from offset `from` (or the partition's start,
+    /// if compaction or retention removed what came before) to its end as of now to `sink`, in
+    /// order, as `(offset, key, payload)`, without holding them; returns that end (the offset
+    /// the next record will get). A state store that checkpoints the end replays only what
+    /// came after it on its next start.
+    pub async fn replay(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        sink: impl FnMut(i64, &[u8], Option<&[u8]>),
+    ) -> Result<i64, BusError> {
+        match self {
+            Self::Kafka(r) => r.replay(topic, partition, from, sink).await,
+            Self::Embedded(r) => r.replay(topic, partition, from, sink),
+        }
+    }
 }
 
 /// Records that a delivery's work is done (the queue's side of [`Delivery::ack`]).

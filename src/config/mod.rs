@@ -189,6 +189,9 @@ pub struct PopulatorConfig {
     pub scan_interval: Duration,
     /// Topic the S3 server sends its event notifications to (not prefixed).
     pub events_topic: String,
+    /// Where the scan feed keeps its progress store (a cache of the populator-state topic);
+    /// `None`: a temporary file, rebuilt from the topic at every start.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -152,6 +152,7 @@ pub struct RawPopulator {
     pub feeds: Option<Vec<String>>,
     pub scan_interval: Option<String>,
     pub events_topic: Option<String>,
+    pub state_dir: Option<String>,
 }
 
 /// `[replication]`.

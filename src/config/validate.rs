@@ -32,7 +32,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .map(|(name, loc)| location(name, loc, &replication).map(|l| (name.clone(), l)))
         .collect::<Result<BTreeMap<_, _>, _>>()?;
     let rules = rules(&raw, &locations)?;
-    let populator = populator(&raw)?;
+    let populator = populator(&raw, &queue)?;
     let gc = GcConfig {
         concurrency: positive("gc.concurrency", raw.gc.concurrency, 16, 4096)?,
     };
@@ -557,7 +557,7 @@ fn same_bucket(a: &LocationConfig, b: &LocationConfig) -> bool {
     }
 }
 
-fn populator(raw: &RawConfig) -> Result<PopulatorConfig, ConfigError> {
+fn populator(raw: &RawConfig, queue: &QueueConfig) -> Result<PopulatorConfig, ConfigError> {
     let feeds = match &raw.populator.feeds {
         None => vec![Feed::Scan],
         Some(list) if list.is_empty() => {
@@ -592,6 +592,12 @@ fn populator(raw: &RawConfig) -> Result<PopulatorConfig, ConfigError> {
             "10s",
         )?,
         events_topic,
+        state_dir: match (&raw.populator.state_dir, &queue.kind) {
+            (Some(dir), _) => Some(directory("populator.state_dir", Some(dir))?),
+            // The embedded queue's directory is this process's own already.
+            (None, QueueKind::Embedded { path }) => Some(path.clone()),
+            (None, QueueKind::Kafka) => None,
+        },
     })
 }
 

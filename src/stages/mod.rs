@@ -34,6 +34,12 @@ pub enum StageError {
         #[source]
         source: StorageError,
     },
+    /// A stage's local state store (on this host's disk) failed.
+    #[error("{stage}: {message}")]
+    State {
+        stage: &'static str,
+        message: String,
+    },
 }
 
 /// Pause after a failed receive from the broker before trying again: long enough not to spin

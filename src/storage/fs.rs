@@ -24,6 +24,7 @@ mod locks;
 mod meta;
 mod multipart;
 mod objects;
+mod pages;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -46,6 +47,7 @@ use disk::{Done, Fault, Layout, Temp, Tree};
 use locks::KeyLocks;
 use meta::{decode_tagging, Description, Sidecar};
 use objects::Pending;
+pub use pages::FsPages;
 
 /// A GET body is read from the data file in pieces of this size: large enough that the
 /// blocking-pool hop per piece costs little, small enough to keep memory flat.
@@ -156,10 +158,16 @@ impl FsStore {
 
     /// Hands the key of every object to `key`.
     pub async fn each_key(&self, mut key: impl FnMut(&str)) -> Result<(), StorageError> {
-        for listed in self.list_current("").await? {
-            key(&listed.key);
+        let mut pages = self.pages("");
+        while let Some(page) = pages.next().await? {
+            page.iter().for_each(|l| key(&l.key));
         }
         Ok(())
+    }
+
+    /// The objects under `prefix` a page at a time, keys ascending ([`walk::each`]).
+    pub fn pages(&self, prefix: &str) -> FsPages {
+        FsPages::new(self.clone(), prefix)
     }
 
     /// Every object under `prefix`, sorted by key (ordinary files once stable).
@@ -497,9 +505,7 @@ impl FsStore {
         }
     }
 
-    /// Runs `work` on the blocking pool. A NotFound while ferry's own directories are missing
-    /// means the store is not set up (removed under us): a configuration problem. Messages
-    /// name paths relative to the root (the error names the location).
+    /// Runs `work` on the blocking pool; its failures as [`unset`] and [`Self::fault`] say.
     async fn blocking<T, F>(&self, op: &'static str, key: &str, work: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
@@ -508,25 +514,12 @@ impl FsStore {
         let store = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let layout = &store.inner.layout;
-            work(layout).map_err(|mut fault| {
-                if fault.kind == ErrorKind::NotFound && !layout.tmp_dir().is_dir() {
-                    fault.kind = ErrorKind::Config;
-                    fault.message = format!(
-                        "{}; the store's directory is not set up (the location check creates it)",
-                        fault.message,
-                    );
-                }
-                fault
-            })
+            work(layout).map_err(|fault| unset(layout, fault))
         })
         .await;
         match joined {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(fault)) => {
-                let root = format!("{}/", self.root().display());
-                let message = fault.message.replace(&root, "");
-                Err(self.local_error(op, key, fault.kind, message))
-            }
+            Ok(Err(fault)) => Err(self.fault(op, key, fault)),
             Err(e) => Err(self.local_error(
                 op,
                 key,
@@ -535,6 +528,26 @@ impl FsStore {
             )),
         }
     }
+
+    /// The error of a failed `op`, naming paths relative to the root.
+    fn fault(&self, op: &'static str, key: &str, fault: Fault) -> StorageError {
+        let root = format!("{}/", self.root().display());
+        let message = fault.message.replace(&root, "");
+        self.local_error(op, key, fault.kind, message)
+    }
+}
+
+/// A NotFound while ferry's own directories are missing means the store is not set up
+/// (removed under us): a configuration problem.
+fn unset(layout: &Layout, mut fault: Fault) -> Fault {
+    if fault.kind == ErrorKind::NotFound && !layout.tmp_dir().is_dir() {
+        fault.kind = ErrorKind::Config;
+        fault.message = format!(
+            "{}; the store's directory is not set up (the location check creates it)",
+            fault.message,
+        );
+    }
+    fault
 }
 
 /// NotFound: there is no committed object, or `current` is not the version `wanted`.

@@ -11,7 +11,7 @@ mod store;
 
 pub use fs::FsStore;
 pub use s3::{encode_tagging, S3Store};
-pub use store::{ObjectBody, Store};
+pub use store::{ObjectBody, Pages, Store};
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,6 +1,7 @@
 //! `S3Store`: one bucket on an S3-compatible server, through aws-sdk-s3 (object data through
 //! [`wire`], its lean signed requests).
 
+mod pages;
 mod wire;
 
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{BucketVersioningStatus, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -22,7 +22,7 @@ use super::{
     Written,
 };
 use crate::config::{ChecksumCalculation, LocationConfig};
-use crate::model::EntryKind;
+pub use pages::S3Pages;
 use wire::Wire;
 
 /// A connection that cannot be made in this long is down; retry later rather than hang.
@@ -224,117 +224,38 @@ impl S3Store {
         ))
     }
 
+    /// A listing of `prefix` a page at a time: every version and delete marker when
+    /// `versions`, else the current objects.
+    pub fn pages(&self, prefix: &str, versions: bool) -> S3Pages {
+        S3Pages::new(self.clone(), prefix, versions)
+    }
+
     /// Every version and delete marker under `prefix` (versioned buckets), in listing order.
     pub async fn list_versions(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
-        let mut listed = Vec::new();
-        self.version_pages(prefix, |out| {
-            for v in out.versions() {
-                listed.push(Listed {
-                    key: v.key().unwrap_or_default().to_string(),
-                    version_id: v.version_id().map(str::to_string),
-                    kind: EntryKind::Object,
-                    size: v.size().unwrap_or(0).max(0) as u64,
-                    etag: v.e_tag().map(unquote),
-                    last_modified_ms: millis(v.last_modified()),
-                    is_latest: v.is_latest().unwrap_or(false),
-                });
-            }
-            for m in out.delete_markers() {
-                listed.push(Listed {
-                    key: m.key().unwrap_or_default().to_string(),
-                    version_id: m.version_id().map(str::to_string),
-                    kind: EntryKind::DeleteMarker,
-                    size: 0,
-                    etag: None,
-                    last_modified_ms: millis(m.last_modified()),
-                    is_latest: m.is_latest().unwrap_or(false),
-                });
-            }
-            true
-        })
-        .await?;
-        Ok(listed)
+        self.collect(self.pages(prefix, true)).await
     }
 
     /// Hands each key that has a version or delete marker to `key`, page by page (a key with
-    /// several versions comes once per page it appears on).
+    /// several versions comes once per version).
     pub async fn each_key(&self, mut key: impl FnMut(&str)) -> Result<(), StorageError> {
-        self.version_pages("", |out| {
-            let versions = out.versions().iter().filter_map(|v| v.key());
-            let markers = out.delete_markers().iter().filter_map(|m| m.key());
-            versions.chain(markers).for_each(&mut key);
-            true
-        })
-        .await
-    }
-
-    /// Pages through ListObjectVersions under `prefix`, handing each page to `page` until the
-    /// listing ends or `page` returns false.
-    async fn version_pages(
-        &self,
-        prefix: &str,
-        mut page: impl FnMut(&ListObjectVersionsOutput) -> bool,
-    ) -> Result<(), StorageError> {
-        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
-            let out = self
-                .client
-                .list_object_versions()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .max_keys(LIST_PAGE)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectVersions", prefix, e))?;
-            if !page(&out) || !out.is_truncated().unwrap_or(false) {
-                return Ok(());
-            }
-            key_marker = out.next_key_marker().map(str::to_string);
-            version_marker = out.next_version_id_marker().map(str::to_string);
-            if key_marker.is_none() {
-                return Err(self.local_error(
-                    "ListObjectVersions",
-                    prefix,
-                    ErrorKind::Transient,
-                    "truncated listing without a next key marker".into(),
-                ));
-            }
+        let mut pages = self.pages("", true);
+        while let Some(page) = pages.next().await? {
+            page.iter().for_each(|l| key(&l.key));
         }
+        Ok(())
     }
 
     /// Every current object under `prefix` (unversioned buckets).
     pub async fn list_current(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        self.collect(self.pages(prefix, false)).await
+    }
+
+    async fn collect(&self, mut pages: S3Pages) -> Result<Vec<Listed>, StorageError> {
         let mut listed = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .max_keys(LIST_PAGE)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectsV2", prefix, e))?;
-            for o in out.contents() {
-                listed.push(Listed {
-                    key: o.key().unwrap_or_default().to_string(),
-                    version_id: None,
-                    kind: EntryKind::Object,
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: o.e_tag().map(unquote),
-                    last_modified_ms: millis(o.last_modified()),
-                    is_latest: true,
-                });
-            }
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
-                _ => return Ok(listed),
-            }
+        while let Some(page) = pages.next().await? {
+            listed.extend(page);
         }
+        Ok(listed)
     }
 
     /// HEAD of `key` (its current version, or `version_id`).

@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 
-use super::fs::{FsBody, FsStore};
-use super::s3::{S3Body, S3Store};
+use super::fs::{FsBody, FsPages, FsStore};
+use super::s3::{S3Body, S3Pages, S3Store};
 use super::{BodyChunks, ErrorKind, Head, Listed, ObjectHead, ObjectMeta, StorageError, Written};
 
 /// One location's store. Cheap to clone.
@@ -73,6 +73,16 @@ impl Store {
     /// Every version and delete marker under `prefix`.
     pub async fn list_versions(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
         delegate!(self.list_versions(prefix).await)
+    }
+
+    /// A listing of `prefix` a page (one LIST request) at a time, keys ascending: every
+    /// version and delete marker when `versions` (and the store keeps them), else the current
+    /// objects. Memory O(page) however large the bucket.
+    pub fn pages(&self, prefix: &str, versions: bool) -> Pages {
+        match self {
+            Store::S3(store) => Pages::S3(store.pages(prefix, versions)),
+            Store::Fs(store) => Pages::Fs(store.pages(prefix)),
+        }
     }
 
     /// Hands every key the store holds anything under (a version, a delete marker) to `key`,
@@ -239,6 +249,30 @@ impl From<FsBody> for ObjectBody {
     fn from(body: FsBody) -> Self {
         Self {
             inner: Body::Fs(body),
+        }
+    }
+}
+
+/// A paged listing of one store ([`Store::pages`]).
+pub enum Pages {
+    S3(S3Pages),
+    Fs(FsPages),
+}
+
+impl Pages {
+    /// The next page, or `None` once the listing ended.
+    pub async fn next(&mut self) -> Result<Option<Vec<Listed>>, StorageError> {
+        match self {
+            Pages::S3(pages) => pages.next().await,
+            Pages::Fs(pages) => pages.next().await,
+        }
+    }
+
+    /// LIST requests (pages) so far.
+    pub fn requests(&self) -> u64 {
+        match self {
+            Pages::S3(pages) => pages.requests,
+            Pages::Fs(pages) => pages.requests,
         }
     }
 }

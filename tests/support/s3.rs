@@ -189,6 +189,18 @@ pub async fn delete(client: &Client, bucket: &str, key: &str) -> Option<String> 
     out.version_id().map(String::from)
 }
 
+/// Deletes exactly `version_id` of `key` (for good, no delete marker).
+pub async fn delete_version(client: &Client, bucket: &str, key: &str, version_id: Option<&str>) {
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .set_version_id(version_id.map(str::to_string))
+        .send()
+        .await
+        .expect("delete version");
+}
+
 /// One version or delete marker in a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {

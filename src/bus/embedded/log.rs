@@ -149,6 +149,16 @@ impl Log {
         Ok(records)
     }
 
+    /// The offset the next record of `topic`/`partition` will get (its high watermark).
+    pub fn end(&self, topic: &str, partition: i32) -> Result<i64, String> {
+        let txn = self.db.begin_read().map_err(text)?;
+        let table = txn.open_table(NEXT).map_err(text)?;
+        Ok(table
+            .get((topic, partition as u32))
+            .map_err(text)?
+            .map_or(0, |v| v.value() as i64))
+    }
+
     /// The committed position of `group` on `topic`/`partition`, if it committed one.
     pub fn committed(
         &self,

@@ -403,20 +403,36 @@ impl StateReader {
     /// Every live record of `topic`/`partition`, in order, as `(key, payload)`.
     pub fn read_partition(&self, topic: &str, partition: i32) -> Result<StateRecords, BusError> {
         let mut records = Vec::new();
-        let mut at = 0;
-        loop {
-            let batch = self
-                .log
-                .read(topic, partition, at, 4096)
-                .map_err(|message| BusError::ReadState {
-                    topic: topic.to_string(),
-                    partition,
-                    message,
-                })?;
+        self.replay(topic, partition, 0, |_, key, payload| {
+            records.push((key.to_vec(), payload.map(<[u8]>::to_vec)))
+        })?;
+        Ok(records)
+    }
+
+    /// Hands every live record of `topic`/`partition` from offset `from` on to `sink`, in
+    /// order, as `(offset, key, payload)`; returns the partition's end (the next offset).
+    pub fn replay(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        mut sink: impl FnMut(i64, &[u8], Option<&[u8]>),
+    ) -> Result<i64, BusError> {
+        let error = |message| BusError::ReadState {
+            topic: topic.to_string(),
+            partition,
+            message,
+        };
+        let end = self.log.end(topic, partition).map_err(error)?;
+        let mut at = from;
+        while at < end {
+            let batch = self.log.read(topic, partition, at, 4096).map_err(error)?;
             let Some(last) = batch.last() else { break };
             at = last.offset + 1;
-            records.extend(batch.into_iter().map(|r| (r.key, r.payload)));
+            for r in batch.iter().filter(|r| r.offset < end) {
+                sink(r.offset, &r.key, r.payload.as_deref());
+            }
         }
-        Ok(records)
+        Ok(end)
     }
 }

@@ -140,6 +140,30 @@ async fn compacted_topics_keep_the_latest_value_per_key() {
         .await
         .expect_err("no such topic");
     assert!(err.to_string().contains("missing"), "{err}");
+    // A replay from a checkpoint hands only what came at or after it, with offsets, and
+    // says where the partition ends.
+    let (_, at) = p.send("state", None, "d", Some(b"1")).await.expect("d1");
+    p.send("state", None, "a", Some(b"3")).await.expect("a3");
+    let mut seen = Vec::new();
+    let end = bus
+        .state_reader()
+        .replay("state", 0, at, |offset, key, payload| {
+            seen.push((offset, key.to_vec(), payload.map(<[u8]>::to_vec)))
+        })
+        .expect("replay from a checkpoint");
+    assert_eq!(end, at + 2);
+    assert_eq!(
+        seen,
+        vec![
+            (at, b"d".to_vec(), Some(b"1".to_vec())),
+            (at + 1, b"a".to_vec(), Some(b"3".to_vec()))
+        ]
+    );
+    let end_again = bus
+        .state_reader()
+        .replay("state", 0, end, |_, _, _| panic!("nothing after the end"))
+        .expect("replay at the end");
+    assert_eq!(end_again, end);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

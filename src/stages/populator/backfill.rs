@@ -15,7 +15,7 @@ use super::{entry_for, wanted, Observed};
 use crate::bus::{Bus, BusError, Topics};
 use crate::config::Config;
 use crate::model::{self, ReplicationEntry};
-use crate::storage::{StorageError, Stores};
+use crate::storage::{Listed, StorageError, Stores};
 
 /// How often progress is recorded: at most this much work is redone after an interruption.
 const RECORD_EVERY: Duration = Duration::from_secs(2);
@@ -54,12 +54,13 @@ pub struct Backfilled {
     pub skipped: u64,
 }
 
-/// Runs the backfill of `rule`; `progress` is called with (versions handled, versions listed).
+/// Runs the backfill of `rule`, listing the source a page at a time; `progress` is called
+/// with the versions handled so far after each page.
 pub async fn backfill(
     config: &Config,
     rule: &str,
     restart: bool,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(u64),
 ) -> Result<Backfilled, BackfillError> {
     let rule = config
         .rules
@@ -89,13 +90,8 @@ pub async fn backfill(
     let Some(store) = stores.get(&source.name) else {
         return Err(BackfillError::UnknownRule(rule.name.clone()));
     };
-    let mut listed = if store.is_versioned().await? {
-        store.list_versions(&rule.prefix).await?
-    } else {
-        store.list_current(&rule.prefix).await?
-    };
-    super::scan::order_oldest_first(&mut listed);
-    let total = listed.len() as u64;
+    let versioned = store.is_versioned().await?;
+    let mut pages = store.pages(&rule.prefix, versioned);
     let resume_after = state.after_key.clone();
     let mut done = Backfilled {
         enqueued: 0,
@@ -103,39 +99,80 @@ pub async fn backfill(
     };
     let mut last_record = Instant::now();
     let mut batch: Vec<ReplicationEntry> = Vec::new();
-    for (i, l) in listed.iter().enumerate() {
-        let handled = i as u64 + 1;
-        if resume_after.as_ref().is_some_and(|after| l.key <= *after) {
-            done.skipped += 1;
-            progress(handled, total);
-            continue;
+    let mut handled = 0u64;
+    let mut keys = KeyGroups::default();
+    let mut last_key: Option<String> = None;
+    loop {
+        let page = pages.next().await?;
+        let end = page.is_none();
+        let group = match page {
+            Some(page) => keys.add(page),
+            None => keys.finish(),
+        };
+        for l in &group {
+            handled += 1;
+            if resume_after.as_ref().is_some_and(|after| l.key <= *after) {
+                done.skipped += 1;
+                continue;
+            }
+            if l.key.starts_with(&rule.prefix) && wanted(rule, l.kind) {
+                batch.push(entry_for(rule, source, Observed::from(l)));
+            }
         }
-        if l.key.starts_with(&rule.prefix) && wanted(rule, l.kind) {
-            batch.push(entry_for(rule, source, Observed::from(l)));
+        if let Some(l) = group.last() {
+            last_key = Some(l.key.clone());
         }
-        // Sent at key boundaries only, so a recorded key always has every version enqueued.
-        let boundary = listed.get(i + 1).is_none_or(|next| next.key != l.key);
-        if boundary && batch.len() >= BATCH {
+        // A group holds whole keys, so a recorded key always has every version enqueued.
+        if batch.len() >= BATCH || end {
             let sent = batch.len() as u64;
             enqueue(&publisher, &topics, std::mem::take(&mut batch)).await?;
             state.enqueued += sent;
             done.enqueued += sent;
-            if last_record.elapsed() >= RECORD_EVERY {
-                state.after_key = Some(l.key.clone());
+            if last_record.elapsed() >= RECORD_EVERY && !end {
+                state.after_key = last_key.clone().or(state.after_key.take());
                 record(&publisher, &topics, &record_key, &state).await?;
                 last_record = Instant::now();
             }
         }
-        progress(handled, total);
+        progress(handled);
+        if end {
+            break;
+        }
     }
-    let sent = batch.len() as u64;
-    enqueue(&publisher, &topics, batch).await?;
-    state.enqueued += sent;
-    done.enqueued += sent;
-    state.after_key = listed.last().map(|l| l.key.clone());
+    state.after_key = last_key.or(state.after_key);
     state.done = true;
     record(&publisher, &topics, &record_key, &state).await?;
     Ok(done)
+}
+
+/// Groups a listing's pages into whole keys, each key's versions oldest first: a page's last
+/// key is held back until the next page shows whether it has more versions.
+#[derive(Default)]
+struct KeyGroups {
+    held: Vec<Listed>,
+}
+
+impl KeyGroups {
+    /// Adds a page; returns the versions of the keys it completes.
+    fn add(&mut self, page: Vec<Listed>) -> Vec<Listed> {
+        self.held.extend(page);
+        let Some(last) = self.held.iter().map(|l| l.key.clone()).max() else {
+            return Vec::new();
+        };
+        let (hold, mut done): (Vec<Listed>, Vec<Listed>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|l| l.key == last);
+        self.held = hold;
+        super::scan::order_oldest_first(&mut done);
+        done
+    }
+
+    /// The versions still held, at the end of the listing.
+    fn finish(&mut self) -> Vec<Listed> {
+        let mut rest = std::mem::take(&mut self.held);
+        super::scan::order_oldest_first(&mut rest);
+        rest
+    }
 }
 
 /// Publishes `entries`; fails if the queue refused any.
@@ -162,23 +199,31 @@ async fn connect(config: &Config) -> Result<(Bus, Topics), BusError> {
     Ok((bus, topics))
 }
 
+/// The last progress record under `key`, read as the topic streams by (it also holds the
+/// scan feed's records, one per source version: nothing else is kept).
 async fn load(bus: &Bus, topics: &Topics, key: &str) -> Result<Progress, BusError> {
     let reader = bus.state_reader()?;
-    let mut state = Progress::default();
-    for (k, v) in reader.read_partition(&topics.populator_state, 0).await? {
-        if k != key.as_bytes() {
-            continue;
-        }
-        state = match v.map(|v| model::decode::<Progress>("backfill progress", &v)) {
+    let mut last: Option<Option<Vec<u8>>> = None;
+    reader
+        .replay(&topics.populator_state, 0, 0, |_, k, v| {
+            if k == key.as_bytes() {
+                last = Some(v.map(<[u8]>::to_vec));
+            }
+        })
+        .await?;
+    Ok(
+        match last
+            .flatten()
+            .map(|v| model::decode::<Progress>("backfill progress", &v))
+        {
             Some(Ok(p)) => p,
             Some(Err(e)) => {
                 tracing::warn!(key, error = %e, "unreadable backfill progress; starting over");
                 Progress::default()
             }
             None => Progress::default(),
-        };
-    }
-    Ok(state)
+        },
+    )
 }
 
 async fn record(

@@ -1,11 +1,12 @@
 //! `QueuePopulator`: turns changes at the source into replication entries.
 //!
 //! Two feeds: [`scan`] lists each rule's source bucket periodically and enqueues the versions
-//! it has not enqueued before; [`events`] consumes S3 event notifications from a Kafka topic.
+//! it has not enqueued before (its progress in [`progress`]); [`events`] consumes S3 event notifications from a Kafka topic.
 //! Entries are keyed `bucket/key`, so every version of one object is on one partition, in order.
 
 pub mod backfill;
 pub mod events;
+mod progress;
 pub mod scan;
 
 use std::sync::atomic::AtomicU64;
@@ -19,6 +20,8 @@ use crate::model::{self, EntryKind, ReplicationEntry};
 pub struct PopulatorStats {
     pub enqueued: AtomicU64,
     pub scans: AtomicU64,
+    /// LIST requests (pages) the scan feed made.
+    pub list_requests: AtomicU64,
     pub scan_errors: AtomicU64,
     pub events: AtomicU64,
     pub events_ignored: AtomicU64,

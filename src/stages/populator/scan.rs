@@ -1,24 +1,38 @@
 //! The scan feed: lists each source bucket every `scan_interval` and enqueues new versions.
 //!
-//! Progress is the set of versions already enqueued, kept in the compacted populator-state
-//! topic (one record per version, a tombstone once the version is gone from the source), so a
-//! restart does not enqueue the bucket again. An entry is published before its progress
-//! record: a crash in between enqueues it twice, which the replication processor recognises.
+//! A pass lists the source a page at a time and merges each page with the [`Progress`]
+//! store — the versions already enqueued, on local disk, sorted by key — over the same key
+//! range: a listed version the store lacks is new (enqueued, then recorded); a recorded one
+//! the listing lacks is gone from the source (forgotten). Memory is O(page) whatever the
+//! bucket holds; a pass costs one LIST request per 1,000 versions. Every record also goes to
+//! the compacted populator-state topic, which the store caches, so a restart does not enqueue
+//! the bucket again. An entry is published before its progress record: a crash in between
+//! enqueues it twice, which the replication processor recognises.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::progress::{Progress, ProgressError, Version};
 use super::{entry_for, rule_for, wanted, Observed, SharedStats};
 use crate::bus::{Publisher, StateReader, Topics};
 use crate::config::{Config, LocationConfig};
 use crate::model::{self, EntryKind};
-use crate::stages::{publish_until_done, sleep_or_shutdown, StageError};
-use crate::storage::{Listed, Store, Stores};
+use crate::stages::{sleep_or_shutdown, StageError};
+use crate::storage::{Listed, StorageError, Stores};
 
 const STAGE: &str = "populator";
+
+/// Why a pass stopped early.
+#[derive(Debug, thiserror::Error)]
+enum ScanError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
+}
 
 /// The scan feed.
 pub struct Scanner {
@@ -27,9 +41,27 @@ pub struct Scanner {
     publisher: Publisher,
     topics: Topics,
     reader: StateReader,
-    /// Per source location: the versions already enqueued, as their progress-record keys.
-    seen: HashMap<String, HashSet<String>>,
     stats: SharedStats,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+struct Passed {
+    listed: u64,
+    enqueued: u64,
+    forgotten: u64,
+    requests: u64,
+    /// The pass ended early (the queue refused entries, or shutdown): the next one goes on.
+    cut_short: bool,
+}
+
+impl Passed {
+    /// Adds what one settled key range did.
+    fn add(&mut self, range: Passed) {
+        self.enqueued += range.enqueued;
+        self.forgotten += range.forgotten;
+        self.cut_short |= range.cut_short;
+    }
 }
 
 impl Scanner {
@@ -47,29 +79,39 @@ impl Scanner {
             publisher,
             topics,
             reader,
-            seen: HashMap::new(),
             stats,
         }
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StageError> {
-        self.load_progress().await?;
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
+        let progress = self.load_progress().await?;
         loop {
             let sources: Vec<LocationConfig> = self.config.sources().cloned().collect();
             for source in &sources {
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
-                match self.scan(source, &shutdown).await {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(stage = STAGE, source = %source.name, enqueued = n, "scan enqueued new versions")
+                let started = std::time::Instant::now();
+                match self.scan(&progress, source, &shutdown).await {
+                    Ok(p) => {
+                        self.stats
+                            .list_requests
+                            .fetch_add(p.requests, Ordering::Relaxed);
+                        let level_info = p.enqueued > 0 || p.forgotten > 0;
+                        if level_info {
+                            tracing::info!(stage = STAGE, source = %source.name, listed = p.listed, enqueued = p.enqueued, forgotten = p.forgotten, list_requests = p.requests, seconds = started.elapsed().as_secs_f64(), cut_short = p.cut_short, "scan pass done");
+                        } else {
+                            tracing::debug!(stage = STAGE, source = %source.name, listed = p.listed, list_requests = p.requests, "scan pass found nothing new");
+                        }
                     }
-                    Ok(_) => {}
                     Err(e) => {
                         self.stats.scan_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(stage = STAGE, source = %source.name, error = %e, "scan failed; will try again next interval");
                     }
                 }
+            }
+            if let Err(e) = progress.flush() {
+                tracing::warn!(stage = STAGE, error = %e, "cannot make the scan progress durable; a restart replays it from the topic");
             }
             self.stats.scans.fetch_add(1, Ordering::Relaxed);
             if !sleep_or_shutdown(self.config.populator.scan_interval, &shutdown).await {
@@ -78,95 +120,235 @@ impl Scanner {
         }
     }
 
-    async fn load_progress(&mut self) -> Result<(), StageError> {
-        let records = self
-            .reader
-            .read_partition(&self.topics.populator_state, 0)
-            .await
-            .map_err(|source| StageError::Bus {
+    /// Opens the progress store and brings it up to date with the populator-state topic.
+    async fn load_progress(&self) -> Result<Progress, StageError> {
+        let state = |e: ProgressError| match e {
+            ProgressError::Bus(source) => StageError::Bus {
                 stage: STAGE,
                 source,
-            })?;
-        for (key, value) in records {
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let Ok((location, _)) = serde_json::from_str::<(String, serde_json::Value)>(&key)
-            else {
-                continue;
-            };
-            let set = self.seen.entry(location).or_default();
-            if value.is_some() {
-                set.insert(key);
-            } else {
-                set.remove(&key);
-            }
-        }
-        let total: usize = self.seen.values().map(HashSet::len).sum();
-        tracing::info!(stage = STAGE, versions = total, "scan progress loaded");
-        Ok(())
+            },
+            e => StageError::State {
+                stage: STAGE,
+                message: e.to_string(),
+            },
+        };
+        let dir = self.config.populator.state_dir.as_deref();
+        let progress = Progress::open(dir, &self.topics.populator_state).map_err(state)?;
+        let from = progress.checkpoint().map_err(state)?;
+        let applied = progress.catch_up(&self.reader).await.map_err(state)?;
+        tracing::info!(
+            stage = STAGE,
+            from_offset = from,
+            applied,
+            versions = progress.len().unwrap_or(0),
+            "scan progress loaded"
+        );
+        Ok(progress)
     }
 
-    /// One pass over `source`; returns how many entries it enqueued.
+    /// One pass over `source`.
     async fn scan(
-        &mut self,
+        &self,
+        progress: &Progress,
         source: &LocationConfig,
         shutdown: &CancellationToken,
-    ) -> Result<usize, crate::storage::StorageError> {
+    ) -> Result<Passed, ScanError> {
         let Some(store) = self.stores.get(&source.name).cloned() else {
-            return Ok(0);
+            return Ok(Passed::default());
         };
-        let listed = list_in_order(&store).await?;
-        let seen = self.seen.entry(source.name.clone()).or_default();
-        let mut present = HashSet::with_capacity(listed.len());
-        let mut new = Vec::new();
-        for l in &listed {
-            let record = progress_key(source, l);
-            present.insert(record.clone());
-            if seen.contains(&record) {
-                continue;
-            }
-            let Some(rule) = rule_for(&self.config, &source.name, &l.key) else {
-                continue;
+        let versioned = store.is_versioned().await?;
+        let mut pages = store.pages("", versioned);
+        let mut merge = Merge::new(&source.name, store.bucket());
+        let mut passed = Passed::default();
+        loop {
+            let page = pages.next().await;
+            passed.requests = pages.requests();
+            let Some(page) = page? else {
+                let rest = merge.finish();
+                let settled = self.settle(progress, source, &mut merge, rest, None, shutdown);
+                passed.add(settled.await?);
+                return Ok(passed);
             };
-            if wanted(rule, l.kind) {
-                new.push((record, entry_for(rule, source, Observed::from(l))));
+            passed.listed += page.len() as u64;
+            if let Some((batch, upto)) = merge.complete_keys(page) {
+                let settled =
+                    self.settle(progress, source, &mut merge, batch, Some(upto), shutdown);
+                passed.add(settled.await?);
+            }
+            if passed.cut_short {
+                return Ok(passed);
             }
         }
-        let mut enqueued = 0;
-        for batch in new.chunks(ENQUEUE_BATCH) {
-            let recorded = enqueue_batch(&self.publisher, &self.topics, batch).await;
-            for record in &recorded {
-                seen.insert(record.clone());
-            }
-            enqueued += recorded.len();
+    }
+
+    /// Enqueues the new versions of `batch` (every version of the keys after the merge's last
+    /// key up to `upto`, or to the end when `None`) and forgets the recorded ones it lacks.
+    async fn settle(
+        &self,
+        progress: &Progress,
+        source: &LocationConfig,
+        merge: &mut Merge,
+        batch: Vec<Listed>,
+        upto: Option<String>,
+        shutdown: &CancellationToken,
+    ) -> Result<Passed, ScanError> {
+        let mut passed = Passed::default();
+        let (new, gone) = merge.compare(progress, &batch, upto)?;
+        let new: Vec<(Version, model::ReplicationEntry)> = new
+            .into_iter()
+            .filter_map(|(version, l)| {
+                let rule = rule_for(&self.config, &source.name, &l.key)?;
+                wanted(rule, l.kind).then(|| (version, entry_for(rule, source, Observed::from(l))))
+            })
+            .collect();
+        for chunk in new.chunks(ENQUEUE_BATCH) {
+            let recorded = enqueue_batch(&self.publisher, &self.topics, chunk).await;
+            let checkpoint = recorded.iter().map(|(_, at)| at + 1).max();
+            let changes: Vec<(Version, bool)> =
+                recorded.iter().map(|(v, _)| (v.clone(), true)).collect();
+            progress.apply(&changes, checkpoint)?;
+            passed.enqueued += changes.len() as u64;
             self.stats
                 .enqueued
-                .fetch_add(recorded.len() as u64, Ordering::Relaxed);
-            if recorded.len() < batch.len() {
-                // The queue refused some: the next scan enqueues what is not recorded.
-                return Ok(enqueued);
-            }
-            if shutdown.is_cancelled() {
-                return Ok(enqueued);
+                .fetch_add(changes.len() as u64, Ordering::Relaxed);
+            if changes.len() < chunk.len() || shutdown.is_cancelled() {
+                // The queue refused some: the next pass enqueues what is not recorded.
+                passed.cut_short = true;
+                return Ok(passed);
             }
         }
         // Versions gone from the source never come back (version ids are unique): forget them.
-        let gone: Vec<String> = seen.difference(&present).cloned().collect();
-        for record in gone {
-            if !publish_until_done(
-                &self.publisher,
-                &self.topics.populator_state,
-                Some(0),
-                &record,
-                None,
-                shutdown,
-            )
-            .await
-            {
-                break;
+        for chunk in gone.chunks(ENQUEUE_BATCH) {
+            let forgotten = forget_batch(&self.publisher, &self.topics, chunk).await;
+            let checkpoint = forgotten.iter().map(|(_, at)| at + 1).max();
+            let changes: Vec<(Version, bool)> =
+                forgotten.iter().map(|(v, _)| (v.clone(), false)).collect();
+            progress.apply(&changes, checkpoint)?;
+            passed.forgotten += changes.len() as u64;
+            if changes.len() < chunk.len() || shutdown.is_cancelled() {
+                passed.cut_short = true;
+                return Ok(passed);
             }
-            seen.remove(&record);
         }
-        Ok(enqueued)
+        Ok(passed)
+    }
+}
+
+/// A key range compared: the listed versions not recorded (with their listing), and the
+/// recorded versions not listed.
+type Compared<'b> = (Vec<(Version, &'b Listed)>, Vec<Version>);
+
+/// The merge of one pass's listing with the progress store, a key range at a time.
+struct Merge {
+    location: String,
+    bucket: String,
+    /// Every key up to this one is settled.
+    after: Option<String>,
+    /// Versions of the last listed key, held back until its next page shows it is complete
+    /// (a key's versions may span pages).
+    held: Vec<Listed>,
+    /// Whether the listing came in key order so far; if not, nothing is forgotten this pass
+    /// (a store whose order differs from byte order must not look like deletions).
+    ordered: bool,
+}
+
+impl Merge {
+    fn new(location: &str, bucket: &str) -> Self {
+        Self {
+            location: location.to_string(),
+            bucket: bucket.to_string(),
+            after: None,
+            held: Vec::new(),
+            ordered: true,
+        }
+    }
+
+    /// Adds a page; returns the versions of the keys it completes and the last such key
+    /// (`None` while the page shows a single key, whose versions may go on in the next).
+    fn complete_keys(&mut self, page: Vec<Listed>) -> Option<(Vec<Listed>, String)> {
+        self.held.extend(page);
+        let last = self.held.iter().map(|l| &l.key).max()?.clone();
+        let (hold, done): (Vec<Listed>, Vec<Listed>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|l| l.key == last);
+        self.held = hold;
+        let upto = done.iter().map(|l| &l.key).max()?.clone();
+        Some((done, upto))
+    }
+
+    /// The versions still held, at the end of the listing.
+    fn finish(&mut self) -> Vec<Listed> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// The versions of `batch` not recorded (in order, each key's oldest first) and the
+    /// recorded versions of the same key range the batch lacks; moves the merge past `upto`.
+    fn compare<'b>(
+        &mut self,
+        progress: &Progress,
+        batch: &'b [Listed],
+        upto: Option<String>,
+    ) -> Result<Compared<'b>, ProgressError> {
+        if let (Some(after), Some(first)) = (&self.after, batch.iter().map(|l| &l.key).min()) {
+            if first <= after && self.ordered {
+                tracing::warn!(stage = STAGE, source = %self.location, key = %first, after = %after, "the listing is not in key order; nothing is forgotten this pass");
+                self.ordered = false;
+            }
+        }
+        let mut ordered: Vec<&Listed> = batch.iter().collect();
+        order_refs_oldest_first(&mut ordered);
+        let mut new = Vec::new();
+        let mut listed = HashSet::with_capacity(batch.len());
+        let recorded: HashSet<Version> = if self.ordered {
+            progress
+                .between(
+                    &self.location,
+                    &self.bucket,
+                    self.after.as_deref(),
+                    upto.as_deref(),
+                )?
+                .into_iter()
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        for l in ordered {
+            let version = self.version(l);
+            let known = if self.ordered {
+                recorded.contains(&version)
+            } else {
+                progress.contains(&version)?
+            };
+            listed.insert(version.clone());
+            if !known {
+                new.push((version, l));
+            }
+        }
+        let mut gone: Vec<Version> = recorded.difference(&listed).cloned().collect();
+        gone.sort();
+        if upto.is_some() {
+            self.after = upto;
+        }
+        Ok((new, gone))
+    }
+
+    /// The progress record of a listed version: its identity is the version id, or for
+    /// unversioned stores the ETag and write time.
+    fn version(&self, l: &Listed) -> Version {
+        let identity = match &l.version_id {
+            Some(v) if v != "null" => v.clone(),
+            _ => format!(
+                "null:{}:{}",
+                l.etag.as_deref().unwrap_or(""),
+                l.last_modified_ms
+            ),
+        };
+        Version {
+            location: self.location.clone(),
+            bucket: self.bucket.clone(),
+            key: l.key.clone(),
+            identity,
+        }
     }
 }
 
@@ -174,74 +356,86 @@ impl Scanner {
 /// them in order per partition); a batch of small entries is a few hundred KiB.
 const ENQUEUE_BATCH: usize = 500;
 
-/// Publishes `batch` (progress-record key, entry) to the replication topic, all in flight at
-/// once, then the progress records of those the queue accepted. Returns the records written;
-/// an entry whose record is not written is enqueued again by the next scan (harmless: the
-/// replication processor recognises a version already copied).
+/// Publishes `batch` to the replication topic, all in flight at once, then the progress
+/// records of those the queue accepted. Returns the versions recorded with their record's
+/// changelog offset; an entry whose record is not written is enqueued again by the next
+/// pass (harmless: the replication processor recognises a version already copied).
 async fn enqueue_batch(
     publisher: &Publisher,
     topics: &Topics,
-    batch: &[(String, model::ReplicationEntry)],
-) -> Vec<String> {
+    batch: &[(Version, model::ReplicationEntry)],
+) -> Vec<(Version, i64)> {
     let sent =
         super::enqueue_all(publisher, &topics.replication, batch.iter().map(|(_, e)| e)).await;
     let mut durable = Vec::new();
-    for ((record, entry), outcome) in batch.iter().zip(sent) {
+    for ((version, entry), outcome) in batch.iter().zip(sent) {
         match outcome {
-            Ok(_) => durable.push((record, entry.enqueued_at_ms)),
+            Ok(_) => durable.push((version, entry.enqueued_at_ms)),
             Err(e) => {
                 tracing::warn!(stage = STAGE, error = %e, "entry not enqueued; the next scan tries again")
             }
         }
     }
-    let progress: Vec<(&String, Vec<u8>)> = durable
+    let records: Vec<(&Version, String, Vec<u8>)> = durable
         .iter()
-        .map(|(record, at)| {
+        .map(|(version, at)| {
             let value = serde_json::json!({"schema": model::SCHEMA, "enqueued_at_ms": at});
-            (*record, model::encode(&value))
+            (*version, version.record_key(), model::encode(&value))
         })
         .collect();
-    let written = futures_util::future::join_all(progress.iter().map(|(record, value)| {
-        publisher.publish_to(&topics.populator_state, 0, record, Some(value))
-    }))
-    .await;
-    progress
+    let written =
+        futures_util::future::join_all(records.iter().map(|(_, key, value)| {
+            publisher.publish_to(&topics.populator_state, 0, key, Some(value))
+        }))
+        .await;
+    records
         .iter()
         .zip(written)
-        .filter_map(|((record, _), outcome)| outcome.is_ok().then(|| (*record).clone()))
+        .filter_map(|((version, _, _), outcome)| {
+            outcome.ok().map(|(_, offset)| ((*version).clone(), offset))
+        })
         .collect()
 }
 
-/// The progress-record key of a listed version: location, bucket, key, and version identity
-/// (the version id, or for unversioned buckets the ETag and write time).
-fn progress_key(source: &LocationConfig, l: &Listed) -> String {
-    let identity = match &l.version_id {
-        Some(v) if v != "null" => v.clone(),
-        _ => format!(
-            "null:{}:{}",
-            l.etag.as_deref().unwrap_or(""),
-            l.last_modified_ms
-        ),
-    };
-    serde_json::json!([source.name, [source.bucket, l.key, identity]]).to_string()
-}
-
-/// Lists `store` (all versions when versioned) with each key's versions oldest first.
-async fn list_in_order(store: &Store) -> Result<Vec<Listed>, crate::storage::StorageError> {
-    let mut listed = if store.is_versioned().await? {
-        store.list_versions("").await?
-    } else {
-        store.list_current("").await?
-    };
-    order_oldest_first(&mut listed);
-    Ok(listed)
+/// Tombstones the progress records of `gone`; returns those written with their offsets.
+async fn forget_batch(
+    publisher: &Publisher,
+    topics: &Topics,
+    gone: &[Version],
+) -> Vec<(Version, i64)> {
+    let keys: Vec<String> = gone.iter().map(Version::record_key).collect();
+    let written = futures_util::future::join_all(
+        keys.iter()
+            .map(|key| publisher.publish_to(&topics.populator_state, 0, key, None)),
+    )
+    .await;
+    gone.iter()
+        .zip(written)
+        .filter_map(|(version, outcome)| match outcome {
+            Ok((_, offset)) => Some((version.clone(), offset)),
+            Err(e) => {
+                tracing::warn!(stage = STAGE, error = %e, "progress record not removed; the next scan tries again");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Sorts versions by key, then oldest first. Listings give each key's versions and delete
 /// markers newest first but in two separate lists; write times interleave them, and on a tie
 /// the key's latest goes last and, otherwise, listing order decides.
 pub fn order_oldest_first(listed: &mut [Listed]) {
-    let mut indexed: Vec<(usize, Listed)> = listed.iter().cloned().enumerate().collect();
+    let mut refs: Vec<&Listed> = listed.iter().collect();
+    order_refs_oldest_first(&mut refs);
+    let sorted: Vec<Listed> = refs.into_iter().cloned().collect();
+    for (slot, l) in listed.iter_mut().zip(sorted) {
+        *slot = l;
+    }
+}
+
+/// [`order_oldest_first`] over references.
+fn order_refs_oldest_first(listed: &mut Vec<&Listed>) {
+    let mut indexed: Vec<(usize, &Listed)> = listed.iter().copied().enumerate().collect();
     indexed.sort_by(|(ia, a), (ib, b)| {
         a.key
             .cmp(&b.key)
@@ -250,9 +444,7 @@ pub fn order_oldest_first(listed: &mut [Listed]) {
             .then((a.kind == EntryKind::DeleteMarker).cmp(&(b.kind == EntryKind::DeleteMarker)))
             .then(ib.cmp(ia))
     });
-    for (slot, (_, l)) in listed.iter_mut().zip(indexed) {
-        *slot = l;
-    }
+    *listed = indexed.into_iter().map(|(_, l)| l).collect();
 }
 
 #[cfg(test)]
@@ -269,6 +461,95 @@ mod tests {
             last_modified_ms: mtime,
             is_latest: latest,
         }
+    }
+
+    fn progress() -> (tempfile::TempDir, Progress) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Progress::open(Some(dir.path()), "t").expect("open");
+        (dir, p)
+    }
+
+    /// Runs a pass over `pages` as the scanner does, recording what is new and forgetting
+    /// what is gone; returns (new, gone) as `key@version`.
+    fn pass(p: &Progress, pages: Vec<Vec<Listed>>) -> (Vec<String>, Vec<String>) {
+        let mut merge = Merge::new("src", "b");
+        let (mut new, mut gone) = (Vec::new(), Vec::new());
+        let mut settle = |merge: &mut Merge, batch: Vec<Listed>, upto: Option<String>| {
+            let (n, g) = merge.compare(p, &batch, upto).expect("compare");
+            let mut changes: Vec<(Version, bool)> =
+                n.iter().map(|(v, _)| (v.clone(), true)).collect();
+            changes.extend(g.iter().map(|v| (v.clone(), false)));
+            p.apply(&changes, None).expect("apply");
+            new.extend(n.iter().map(|(v, _)| format!("{}@{}", v.key, v.identity)));
+            gone.extend(g.iter().map(|v| format!("{}@{}", v.key, v.identity)));
+        };
+        for page in pages {
+            if let Some((batch, upto)) = merge.complete_keys(page) {
+                settle(&mut merge, batch, Some(upto));
+            }
+        }
+        let rest = merge.finish();
+        settle(&mut merge, rest, None);
+        (new, gone)
+    }
+
+    fn obj(key: &str, version: &str, mtime: i64) -> Listed {
+        listed(key, version, EntryKind::Object, mtime, false)
+    }
+
+    #[test]
+    fn a_pass_enqueues_new_versions_once_and_forgets_gone_ones() {
+        let (_dir, p) = progress();
+        // "b"'s versions span three pages, newest first as a listing gives them.
+        let pages = vec![
+            vec![obj("a", "1", 1), obj("b", "3", 3)],
+            vec![obj("b", "2", 2)],
+            vec![obj("b", "1", 1), obj("c", "1", 1)],
+        ];
+        let (new, gone) = pass(&p, pages.clone());
+        assert_eq!(
+            new,
+            ["a@1", "b@1", "b@2", "b@3", "c@1"],
+            "each key oldest first"
+        );
+        assert!(gone.is_empty());
+        let (new, gone) = pass(&p, pages);
+        assert!(new.is_empty(), "nothing twice: {new:?}");
+        assert!(gone.is_empty());
+        // "a" deleted, one version of "b" removed, "c" overwritten, "d" added; keys before,
+        // between and after the listed ones are all compared.
+        let pages = vec![
+            vec![obj("b", "3", 3), obj("b", "1", 1)],
+            vec![obj("c", "2", 5), obj("d", "1", 1)],
+        ];
+        let (new, gone) = pass(&p, pages);
+        assert_eq!(new, ["c@2", "d@1"]);
+        assert_eq!(gone, ["a@1", "b@2", "c@1"]);
+        // An empty listing forgets everything.
+        let (new, gone) = pass(&p, vec![vec![]]);
+        assert!(new.is_empty());
+        assert_eq!(gone, ["b@1", "b@3", "c@2", "d@1"]);
+        assert_eq!(p.len().expect("len"), 0);
+    }
+
+    #[test]
+    fn a_listing_out_of_key_order_costs_a_second_enqueue_at_most() {
+        let (_dir, p) = progress();
+        let keys = ["a", "b", "c", "e", "f"];
+        pass(&p, vec![keys.iter().map(|k| obj(k, "1", 1)).collect()]);
+        // A server whose order is not byte order: "b" comes after "e".
+        let pages = vec![
+            vec![obj("a", "1", 1), obj("c", "1", 1), obj("e", "1", 1)],
+            vec![obj("b", "1", 1), obj("f", "1", 1)],
+        ];
+        let (new, gone) = pass(&p, pages);
+        assert_eq!(
+            gone,
+            ["b@1"],
+            "seen missing from its range before the disorder shows"
+        );
+        assert_eq!(new, ["b@1"], "enqueued again, never lost");
+        assert_eq!(p.len().expect("len"), 5);
     }
 
     #[test]

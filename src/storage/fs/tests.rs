@@ -989,3 +989,38 @@ mod interleavings {
         }
     }
 }
+
+#[tokio::test]
+async fn listings_are_in_key_byte_order_a_page_at_a_time() {
+    let (_dir, store) = store().await;
+    // A directory sorts as its name and a slash: "a.b" < "a/b" < "a0" < "ab".
+    let keys = ["ab", "a0", "a/b", "a.b", "a/a/z", "b"];
+    for key in keys {
+        put(&store, key, key.as_bytes()).await.unwrap();
+    }
+    let mut expected: Vec<&str> = keys.to_vec();
+    expected.sort();
+    let listed: Vec<String> = store
+        .list_current("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(listed, expected);
+    for i in 0..2500 {
+        put(&store, &format!("many/{i:05}"), b"x").await.unwrap();
+    }
+    let mut pages = store.pages("many/");
+    let mut sizes = Vec::new();
+    let mut last = String::new();
+    while let Some(page) = pages.next().await.unwrap() {
+        sizes.push(page.len());
+        for l in page {
+            assert!(l.key > last, "{} after {last}", l.key);
+            last = l.key;
+        }
+    }
+    assert_eq!(sizes, [1000, 1000, 500]);
+    assert_eq!(pages.requests, 3);
+}

@@ -17,13 +17,22 @@ use crate::storage::Listed;
 /// files that have not changed for `layout.stable_after` (one still being written waits).
 pub fn list(layout: &Layout, prefix: &str) -> Done<Vec<Listed>> {
     let mut listed = Vec::new();
+    each(layout, prefix, |l| {
+        listed.push(l);
+        true
+    })?;
+    Ok(listed)
+}
+
+/// [`list`] one object at a time, in ascending byte order of the keys, until `found` returns
+/// false; memory O(entries of the directories on the way), not O(objects). Returns whether
+/// the walk reached the end.
+pub fn each(layout: &Layout, prefix: &str, mut found: impl FnMut(Listed) -> bool) -> Done<bool> {
     let now = Stamp {
         now_ns: now_ns() as i64,
         settle_ns: layout.stable_after.as_nanos().min(i64::MAX as u128) as i64,
     };
-    walk(layout, &now, &layout.root, "", prefix, &mut listed)?;
-    listed.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(listed)
+    walk(layout, &now, &layout.root, "", prefix, &mut found)
 }
 
 /// When a listing looks, and how old an ordinary file must be to be listed.
@@ -32,21 +41,24 @@ struct Stamp {
     settle_ns: i64,
 }
 
-fn walk(
-    layout: &Layout,
-    now: &Stamp,
-    dir: &Path,
-    rel: &str,
-    prefix: &str,
-    out: &mut Vec<Listed>,
-) -> Done<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
+/// One entry of a directory, named as it sorts among the keys: a directory `d` holds the
+/// keys `d/...`, so it sorts as `d/` (after `d.txt`, before `d0`).
+struct Entry {
+    sorts_as: String,
+    name: String,
+    dir: bool,
+}
+
+/// The entries of `dir` in key order; `None` if the directory is gone.
+fn sorted_entries(dir: &Path, rel: &str) -> Done<Option<Vec<Entry>>> {
+    let read = match fs::read_dir(dir) {
+        Ok(read) => read,
         // A directory emptied and pruned while we walked holds nothing.
-        Err(e) if absent(&e) && !rel.is_empty() => return Ok(()),
+        Err(e) if absent(&e) && !rel.is_empty() => return Ok(None),
         Err(e) => return Err(Fault::io("list", dir, e)),
     };
-    for entry in entries {
+    let mut entries = Vec::new();
+    for entry in read {
         let entry = entry.map_err(|e| Fault::io("list", dir, e))?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
@@ -54,27 +66,64 @@ fn walk(
         if rel.is_empty() && name == RESERVED {
             continue;
         }
-        let key = format!("{rel}{name}");
         let Ok(kind) = entry.file_type() else {
             continue;
         };
-        if kind.is_dir() {
-            let sub = format!("{key}/");
-            if sub.starts_with(prefix) || prefix.starts_with(&sub) {
-                walk(layout, now, &entry.path(), &sub, prefix, out)?;
-            }
-        } else if kind.is_file() && key.starts_with(prefix) {
-            let Ok(comps) = keys::components(&key) else {
-                continue;
+        if kind.is_dir() || kind.is_file() {
+            let sorts_as = if kind.is_dir() {
+                format!("{name}/")
+            } else {
+                name.clone()
             };
-            if let Some(record) = object_at(layout, &entry.path(), &comps)? {
-                if !record.is_ordinary() || record.settled(now.now_ns, now.settle_ns) {
-                    out.push(record.listed(&key));
-                }
+            entries.push(Entry {
+                sorts_as,
+                name,
+                dir: kind.is_dir(),
+            });
+        }
+    }
+    entries.sort_unstable_by(|a, b| a.sorts_as.cmp(&b.sorts_as));
+    Ok(Some(entries))
+}
+
+fn walk(
+    layout: &Layout,
+    now: &Stamp,
+    dir: &Path,
+    rel: &str,
+    prefix: &str,
+    found: &mut impl FnMut(Listed) -> bool,
+) -> Done<bool> {
+    let Some(entries) = sorted_entries(dir, rel)? else {
+        return Ok(true);
+    };
+    for entry in entries {
+        let key = format!("{rel}{}", entry.name);
+        let path = dir.join(&entry.name);
+        if entry.dir {
+            let sub = format!("{key}/");
+            if (sub.starts_with(prefix) || prefix.starts_with(&sub))
+                && !walk(layout, now, &path, &sub, prefix, found)?
+            {
+                return Ok(false);
+            }
+            continue;
+        }
+        if !key.starts_with(prefix) {
+            continue;
+        }
+        let Ok(comps) = keys::components(&key) else {
+            continue;
+        };
+        if let Some(record) = object_at(layout, &path, &comps)? {
+            if (!record.is_ordinary() || record.settled(now.now_ns, now.settle_ns))
+                && !found(record.listed(&key))
+            {
+                return Ok(false);
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The object whose data file is `path` (key `comps`), without the key's lock: the data
