@@ -7,12 +7,12 @@
 //!
 //!     cargo bench --bench history -- [--rounds 5] [--per-round 20000]
 
-#[path = "../tests/support/admin.rs"]
-#[allow(dead_code)]
-mod admin;
+mod common;
+
+use common::{admin, admin_port, arg, free_port, rss_mib, start, wait_for};
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,46 +23,6 @@ use aws_sdk_s3::Client;
 /// The status records' retention in this run (the default is 10 minutes).
 const RETENTION_S: u64 = 20;
 const WRITERS: usize = 16;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn start(config: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config)
-        .env("FERRY_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("start ferry")
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 /// Regular files under `dir`, `.ferry` left out.
 fn count_files(dir: &Path) -> usize {
@@ -82,25 +42,6 @@ fn count_files(dir: &Path) -> usize {
             }
         })
         .sum()
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn admin_port(log: &Path) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(port) = admin::port(&std::fs::read_to_string(log).unwrap_or_default()) {
-            return port;
-        }
-        assert!(Instant::now() < deadline, "ferry did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Median of `n` timed GETs of `path`, in ms.

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub dead_letters: Family<StageLabel, Counter>,
     /// Entries enqueued by the populator feeds and the ingest endpoint.
     pub enqueued: Counter,
+    /// Scan passes completed over a source, and the LIST requests (pages) they made.
+    pub scan_passes: Counter,
+    pub scan_list_requests: Counter,
     /// Objects written through the ingest endpoint, and their bytes.
     pub ingested_objects: Counter,
     pub ingested_bytes: Counter,
@@ -95,6 +98,8 @@ impl Metrics {
             gc_refusals: Counter::default(),
             dead_letters: Family::default(),
             enqueued: Counter::default(),
+            scan_passes: Counter::default(),
+            scan_list_requests: Counter::default(),
             ingested_objects: Counter::default(),
             ingested_bytes: Counter::default(),
             registry: Registry::default(),
@@ -163,6 +168,16 @@ impl Metrics {
             "entries_enqueued",
             "Replication entries enqueued by the populator feeds and the ingest endpoint",
             m.enqueued.clone(),
+        );
+        registry.register(
+            "scan_passes",
+            "Scan passes over a source completed (listed to the end)",
+            m.scan_passes.clone(),
+        );
+        registry.register(
+            "scan_list_requests",
+            "LIST requests (pages of up to 1,000 versions) made by the scan feed",
+            m.scan_list_requests.clone(),
         );
         registry.register(
             "ingested_objects",

@@ -94,6 +94,11 @@ impl Scanner {
                 let started = std::time::Instant::now();
                 match self.scan(&progress, source, &shutdown).await {
                     Ok(p) => {
+                        let m = crate::metrics::metrics();
+                        m.scan_list_requests.inc_by(p.requests);
+                        if !p.cut_short {
+                            m.scan_passes.inc();
+                        }
                         self.stats
                             .list_requests
                             .fetch_add(p.requests, Ordering::Relaxed);
