@@ -848,8 +848,7 @@ impl ReplicationProcessor {
         let new_key = first
             && self
                 .index
-                .claim_new(copier.target, &entry.key, self.subscription.revocations())
-                .await;
+                .claim_new(copier.target, &entry.key, self.subscription.revocations());
         if new_key {
             Ok(None)
         } else {
