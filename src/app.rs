@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, Views};
 use crate::bus::{self, Bus, BusError, Topics};
 use crate::config::{Config, Feed};
 use crate::control::Pauses;
@@ -235,6 +235,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             config: config.clone(),
             gates,
             pauses,
+            views: Views::new(
+                &bus,
+                &topics.status_state,
+                &topics.failed,
+                config.queue.partitions,
+            )?,
         },
         shutdown.clone(),
     ));

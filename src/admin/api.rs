@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::Admin;
-use crate::model::{self, EntryState, TargetPause};
+use crate::model::{self, EntryState, TargetPause, TargetResult};
 use crate::stages::status::failed::{self, FailedFilter};
 use crate::stages::status::query;
 
@@ -81,13 +81,20 @@ pub async fn object(
             .as_deref()
             .is_none_or(|v| version.unwrap_or("null") == v)
     };
-    let states = query::states(&admin.bus, &admin.topics, |s| {
-        s.entry.bucket == bucket && s.entry.key == key && wanted(s.entry.version_id.as_deref())
-    })
-    .await?;
+    let states: Vec<EntryState> = admin
+        .views
+        .read(|status, _| {
+            status
+                .versions(&bucket, &key)
+                .into_iter()
+                .filter(|s| wanted(s.entry.version_id.as_deref()))
+                .cloned()
+                .collect()
+        })
+        .await?;
     // Versions whose records are gone (completed and retired): the targets' copies say.
     let live: Vec<String> = states
-        .values()
+        .iter()
         .map(|s| s.entry.version_id.clone().unwrap_or_else(|| "null".into()))
         .collect();
     // One version asked for and live: its record answers, the targets need not be asked.
@@ -99,7 +106,7 @@ pub async fn object(
             .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?
     };
     let mut versions: Vec<(i64, Value)> = states
-        .values()
+        .iter()
         .map(|s| (s.entry.last_modified_ms, version_json(s)))
         .collect();
     for (version, copies) in held {
@@ -197,12 +204,17 @@ pub async fn failed_list(State(admin): State<Arc<Admin>>, Query(q): Query<Failed
         prefix: q.prefix,
         ids: Vec::new(),
     };
-    let matching: Vec<_> = failed::list(&admin.bus, &admin.topics)
-        .await?
-        .into_iter()
-        .filter(|(id, r)| filter.matches(id, r))
-        .filter(|(id, _)| q.after.as_ref().is_none_or(|after| id > after))
-        .collect();
+    let matching: Vec<(String, TargetResult)> = admin
+        .views
+        .read(|_, failed| {
+            failed
+                .after(q.after.as_deref())
+                .filter(|(id, r)| filter.matches(id, r))
+                .take(limit + 1)
+                .map(|(id, r)| (id.clone(), r.clone()))
+                .collect()
+        })
+        .await?;
     let more = matching.len() > limit;
     let page: Vec<Value> = matching
         .iter()
@@ -269,15 +281,19 @@ pub async fn failed_retry(
 
 /// `GET /api/v1/targets`: every target with its state, backlog and what this process copied.
 pub async fn targets(State(admin): State<Arc<Admin>>) -> Answer {
-    let states = query::states(&admin.bus, &admin.topics, |_| true).await?;
-    let backlog = query::backlog(&states);
-    let mut failed_count: BTreeMap<String, u64> = BTreeMap::new();
-    for (_, r) in failed::list(&admin.bus, &admin.topics).await? {
-        *failed_count.entry(r.target).or_default() += 1;
-    }
+    let names = target_names(&admin);
+    let counts: BTreeMap<String, (u64, u64)> = admin
+        .views
+        .read(|status, failed| {
+            names
+                .iter()
+                .map(|n| (n.clone(), (status.backlog(n), failed.count(n))))
+                .collect()
+        })
+        .await?;
     let decisions = admin.pauses.snapshot();
     let m = crate::metrics::metrics();
-    let list: Vec<Value> = target_names(&admin)
+    let list: Vec<Value> = names
         .into_iter()
         .map(|name| {
             let paused = admin.pauses.holding(&name);
@@ -294,8 +310,8 @@ pub async fn targets(State(admin): State<Arc<Admin>>) -> Answer {
                 "reason": paused.as_ref().and_then(|p| p.reason.clone()).or(by_error),
                 "resume_at_ms": paused.as_ref().and_then(|p| p.resume_at_ms),
                 "paused_at_ms": decisions.get(&name).filter(|d| d.paused).map(|d| d.at_ms),
-                "backlog": backlog.get(&name).copied().unwrap_or(0),
-                "failed": failed_count.get(&name).copied().unwrap_or(0),
+                "backlog": counts.get(&name).map_or(0, |c| c.0),
+                "failed": counts.get(&name).map_or(0, |c| c.1),
                 "replicated_objects": m.objects_replicated.get_or_create(&label).get(),
                 "replicated_bytes": m.bytes_replicated.get_or_create(&label).get(),
             })

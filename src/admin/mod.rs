@@ -7,6 +7,7 @@
 
 mod api;
 mod health;
+mod views;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use health::Stages;
+pub use views::Views;
 
 use crate::bus::{Bus, Publisher, Topics};
 use crate::config::{AdminConfig, Config};
@@ -28,6 +30,8 @@ use crate::control::Pauses;
 use crate::stages::replication::gate::Gates;
 use crate::storage::Stores;
 
+/// How often the admin views catch up on their own.
+const VIEWS_REFRESH: Duration = Duration::from_secs(5);
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,6 +47,8 @@ pub struct Admin {
     pub gates: Arc<Gates>,
     /// Targets paused by operators (shared by every instance).
     pub pauses: Pauses,
+    /// The status and failed records the answers are read from.
+    pub views: Views,
 }
 
 /// Binds the admin address (at start, so a taken port stops ferry with a clear error).
@@ -54,6 +60,7 @@ pub async fn bind(config: &AdminConfig) -> Result<TcpListener, String> {
 
 /// Serves until `shutdown`.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
+    let admin = Arc::new(admin);
     let address = listener.local_addr().ok();
     let router = Router::new()
         .route("/healthz", get(healthz))
@@ -65,13 +72,23 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         .route("/api/v1/targets", get(api::targets))
         .route("/api/v1/targets/{name}/pause", post(api::pause))
         .route("/api/v1/targets/{name}/resume", post(api::resume))
-        .with_state(Arc::new(admin));
+        .with_state(admin.clone());
     tracing::info!(listen = ?address, "admin server ready");
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
+    let serving =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (served, ()) = tokio::join!(serving, keep_views_fresh(&admin, &shutdown));
+    if let Err(e) = served {
         tracing::error!(error = %e, "admin server stopped with an error");
+    }
+}
+
+/// Brings the views up to date every [`VIEWS_REFRESH`] until `shutdown`, so an answer finds
+/// little to catch up on, and a view never falls behind a changelog's tombstone retention.
+async fn keep_views_fresh(admin: &Admin, shutdown: &CancellationToken) {
+    while crate::stages::sleep_or_shutdown(VIEWS_REFRESH, shutdown).await {
+        if let Err(e) = admin.views.read(|_, _| ()).await {
+            tracing::debug!(error = %e, "admin views not refreshed; the next answer tries again");
+        }
     }
 }
 

@@ -572,7 +572,7 @@ impl StateReader {
 
     /// Reads each `(partition, from)` to the high watermark it has now, handing each record to
     /// `sink(partition, offset, key, payload)`; returns the high watermarks.
-    async fn replay_into(
+    pub async fn replay_into(
         &self,
         topic: &str,
         starts: &[(i32, i64)],

@@ -262,6 +262,29 @@ impl StateReader {
             Self::Embedded(r) => r.replay(topic, partition, from, sink),
         }
     }
+
+    /// [`Self::replay`] of several `(partition, from)` at once (their watermarks asked for
+    /// together), handing `(partition, offset, key, payload)` to `sink`; returns each
+    /// partition's end.
+    pub async fn replay_partitions(
+        &self,
+        topic: &str,
+        starts: &[(i32, i64)],
+        mut sink: impl FnMut(i32, i64, &[u8], Option<&[u8]>),
+    ) -> Result<std::collections::HashMap<i32, i64>, BusError> {
+        match self {
+            Self::Kafka(r) => r.replay_into(topic, starts, sink).await,
+            Self::Embedded(r) => starts
+                .iter()
+                .map(|&(p, from)| {
+                    let end = r.replay(topic, p, from, |offset, key, payload| {
+                        sink(p, offset, key, payload)
+                    })?;
+                    Ok((p, end))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Records that a delivery's work is done (the queue's side of [`Delivery::ack`]).

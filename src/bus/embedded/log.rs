@@ -3,9 +3,11 @@
 //!
 //! Tables: `log` (topic, partition, offset) → record; `next` (topic, partition) → next offset;
 //! `topics` name → partitions and compaction; `latest` (topic, partition, key) → offset of a
-//! compacted topic's live record; `offsets` (group, topic, partition) → committed position.
-//! A compacted topic keeps only the latest record per key (a tombstone removes the key), so
-//! replaying it reads the state and nothing else. Plain topics are trimmed below the lowest
+//! compacted topic's latest record; `offsets` (group, topic, partition) → committed position;
+//! `tombstones` (topic, partition, offset) → when a tombstone was written.
+//! A compacted topic keeps only the latest record per key, so replaying it reads the state and
+//! nothing else; a tombstone stays [`TOMBSTONE_RETENTION`] (Kafka's `delete.retention.ms`),
+//! so a reader that replays from a checkpoint sees the deletions since. Plain topics are trimmed below the lowest
 //! position their consumer groups committed; a topic nobody consumes keeps its newest records.
 
 use std::collections::HashMap;
@@ -22,9 +24,15 @@ const NEXT: TableDefinition<(&str, u32), u64> = TableDefinition::new("next");
 const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
 const LATEST: TableDefinition<(&str, u32, &[u8]), u64> = TableDefinition::new("latest");
 const OFFSETS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("offsets");
+const TOMBSTONES: TableDefinition<(&str, u32, u64), u64> = TableDefinition::new("tombstones");
 
 /// Publishes committed in one transaction at most.
 const BATCH: usize = 1024;
+/// How long a compacted topic keeps a tombstone, counted while the queue is open (readers in
+/// this process catch up far more often; after a restart they get this long again).
+pub const TOMBSTONE_RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
+/// Tombstones removed at most per trim.
+const PURGE_BATCH: usize = 100_000;
 /// Records a plain topic without consumers keeps (the dead-letter topic).
 pub const UNCONSUMED_RETENTION: u64 = 100_000;
 
@@ -66,6 +74,9 @@ pub struct Log {
     db: Database,
     /// Partition count and compaction per topic (cached from `topics`).
     topics: std::sync::RwLock<HashMap<String, (i32, bool)>>,
+    opened: std::time::Instant,
+    /// [`TOMBSTONE_RETENTION`], but for tests.
+    retention: std::time::Duration,
 }
 
 fn text<E: std::fmt::Display>(e: E) -> String {
@@ -93,6 +104,7 @@ impl Log {
             txn.open_table(NEXT).map_err(text)?;
             txn.open_table(LATEST).map_err(text)?;
             txn.open_table(OFFSETS).map_err(text)?;
+            txn.open_table(TOMBSTONES).map_err(text)?;
             let table = txn.open_table(TOPICS).map_err(text)?;
             for row in table.iter().map_err(text)? {
                 let (name, packed) = row.map_err(text)?;
@@ -107,6 +119,8 @@ impl Log {
         Ok(Arc::new(Self {
             db,
             topics: std::sync::RwLock::new(topics),
+            opened: std::time::Instant::now(),
+            retention: TOMBSTONE_RETENTION,
         }))
     }
 
@@ -219,6 +233,7 @@ impl Log {
             let mut latest = txn.open_table(LATEST).map_err(text)?;
             let mut offsets = txn.open_table(OFFSETS).map_err(text)?;
             let mut topics = txn.open_table(TOPICS).map_err(text)?;
+            let mut tombstones = txn.open_table(TOMBSTONES).map_err(text)?;
             for op in batch.iter() {
                 match op {
                     Op::Append {
@@ -252,25 +267,24 @@ impl Log {
                             .map_err(text)?;
                         if compacted {
                             let old = latest
-                                .remove((topic.as_str(), up, key.as_slice()))
+                                .insert((topic.as_str(), up, key.as_slice()), offset)
                                 .map_err(text)?
                                 .map(|v| v.value());
                             if let Some(old) = old {
                                 log.remove((topic.as_str(), up, old)).map_err(text)?;
+                                tombstones.remove((topic.as_str(), up, old)).map_err(text)?;
                             }
-                            if payload.is_some() {
-                                latest
-                                    .insert((topic.as_str(), up, key.as_slice()), offset)
+                            if payload.is_none() {
+                                tombstones
+                                    .insert((topic.as_str(), up, offset), now_ms())
                                     .map_err(text)?;
                             }
                         }
-                        if payload.is_some() || !compacted {
-                            log.insert(
-                                (topic.as_str(), up, offset),
-                                encode(key, payload.as_deref()).as_slice(),
-                            )
-                            .map_err(text)?;
-                        }
+                        log.insert(
+                            (topic.as_str(), up, offset),
+                            encode(key, payload.as_deref()).as_slice(),
+                        )
+                        .map_err(text)?;
                         results.push(Ok(Answer::Appended(p, offset as i64)));
                     }
                     Op::Commit {
@@ -307,7 +321,9 @@ impl Log {
                         results.push(Ok(Answer::Partitions(count)));
                     }
                     Op::Trim { .. } => {
-                        results.push(Ok(Answer::Trimmed(self.trim(&mut log, &offsets)?)));
+                        let trimmed = self.trim(&mut log, &offsets)?;
+                        self.purge(&mut log, &mut latest, &mut tombstones)?;
+                        results.push(Ok(Answer::Trimmed(trimmed)));
                     }
                 }
             }
@@ -318,6 +334,53 @@ impl Log {
             topics.insert(name, spec);
         }
         Ok(results)
+    }
+
+    /// Removes tombstones older than [`TOMBSTONE_RETENTION`] (once the queue has been open
+    /// that long): the record, and the key's entry if it is still the key's latest.
+    fn purge(
+        &self,
+        log: &mut redb::Table<(&str, u32, u64), &[u8]>,
+        latest: &mut redb::Table<(&str, u32, &[u8]), u64>,
+        tombstones: &mut redb::Table<(&str, u32, u64), u64>,
+    ) -> Result<(), String> {
+        if self.opened.elapsed() < self.retention {
+            return Ok(());
+        }
+        let horizon = now_ms().saturating_sub(self.retention.as_millis() as u64);
+        let mut due: Vec<(String, u32, u64)> = Vec::new();
+        for row in tombstones.iter().map_err(text)? {
+            let (k, at) = row.map_err(text)?;
+            if at.value() <= horizon {
+                let (topic, p, offset) = k.value();
+                due.push((topic.to_string(), p, offset));
+                if due.len() >= PURGE_BATCH {
+                    break;
+                }
+            }
+        }
+        for (topic, p, offset) in &due {
+            let record = log
+                .remove((topic.as_str(), *p, *offset))
+                .map_err(text)?
+                .map(|v| v.value().to_vec());
+            if let Some(record) = record {
+                let (key, _) = decode(&record)?;
+                let current = latest
+                    .get((topic.as_str(), *p, key.as_slice()))
+                    .map_err(text)?
+                    .map(|v| v.value());
+                if current == Some(*offset) {
+                    latest
+                        .remove((topic.as_str(), *p, key.as_slice()))
+                        .map_err(text)?;
+                }
+            }
+            tombstones
+                .remove((topic.as_str(), *p, *offset))
+                .map_err(text)?;
+        }
+        Ok(())
     }
 
     /// Removes plain-topic records every consumer group is past; returns how many.
@@ -458,9 +521,74 @@ fn decode(raw: &[u8]) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
     Ok((key, payload))
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn append(log: &Log, key: &str, payload: Option<&str>) {
+        let (reply, _) = oneshot::channel();
+        let op = Op::Append {
+            topic: "state".into(),
+            partition: Some(0),
+            key: key.as_bytes().to_vec(),
+            payload: payload.map(|p| p.as_bytes().to_vec()),
+            reply,
+        };
+        assert!(log.apply(&[op]).expect("append")[0].is_ok());
+    }
+
+    fn keys(log: &Log) -> Vec<(String, bool)> {
+        log.read("state", 0, 0, 100)
+            .expect("read")
+            .into_iter()
+            .map(|r| {
+                (
+                    String::from_utf8_lossy(&r.key).into_owned(),
+                    r.payload.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tombstones_stay_for_their_retention_then_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Arc::into_inner(Log::open(dir.path()).expect("open")).expect("one handle");
+        let (reply, _) = oneshot::channel();
+        let spec = TopicSpec {
+            name: "state".into(),
+            partitions: 1,
+            compacted: true,
+        };
+        log.apply(&[Op::CreateTopic { spec, reply }])
+            .expect("create");
+        append(&log, "a", Some("1"));
+        append(&log, "b", Some("1"));
+        append(&log, "a", None);
+        append(&log, "c", None);
+        let trim = |log: &Log| {
+            let (reply, _) = oneshot::channel();
+            log.apply(&[Op::Trim { reply }]).expect("trim");
+        };
+        trim(&log);
+        assert_eq!(
+            keys(&log),
+            [("b".into(), true), ("a".into(), false), ("c".into(), false)]
+        );
+        log.retention = std::time::Duration::ZERO;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        trim(&log);
+        assert_eq!(keys(&log), [("b".to_string(), true)]);
+        // A key whose tombstone went can be written again.
+        append(&log, "a", Some("2"));
+        assert_eq!(keys(&log), [("b".into(), true), ("a".into(), true)]);
+    }
 
     #[test]
     fn records_round_trip() {

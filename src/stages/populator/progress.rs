@@ -73,6 +73,8 @@ pub enum ProgressError {
 /// The local store of the scan feed's progress.
 pub struct Progress {
     db: Database,
+    /// Changes applied since the last durable commit.
+    dirty: std::sync::atomic::AtomicBool,
     path: PathBuf,
     /// Removed when dropped (no state directory configured).
     temporary: bool,
@@ -116,6 +118,7 @@ impl Progress {
             })?;
         let store = Self {
             db,
+            dirty: Default::default(),
             path,
             temporary,
             topic: topic.to_string(),
@@ -238,11 +241,16 @@ impl Progress {
                 }
             }
         }
-        txn.commit().map_err(|e| self.error(e))
+        txn.commit().map_err(|e| self.error(e))?;
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Makes every change so far durable.
+    /// Makes every change so far durable (one fsync; nothing if nothing changed).
     pub fn flush(&self) -> Result<(), ProgressError> {
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
         txn.commit().map_err(|e| self.error(e))
     }

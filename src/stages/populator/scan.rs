@@ -179,6 +179,9 @@ impl Scanner {
                 let settled =
                     self.settle(progress, source, &mut merge, batch, Some(upto), shutdown);
                 passed.add(settled.await?);
+                // Durable a page at a time: a crash replays at most a page's records from the
+                // topic (the changelog keeps tombstones only so long).
+                progress.flush()?;
             }
             if passed.cut_short {
                 return Ok(passed);
