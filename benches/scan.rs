@@ -13,6 +13,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::admin::metric;
 use common::{admin_port, peak_rss_mib, start_logging};
 
 fn sizes() -> Vec<usize> {
@@ -40,16 +41,6 @@ fn fill(root: &Path, n: usize) {
             .expect("open");
         file.set_modified(old).expect("set mtime");
     }
-}
-
-/// A counter from ferry's metrics (0 until it appears).
-async fn metric(port: u16, name: &str) -> f64 {
-    let (_, body) = common::get(port, "/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Waits until `name` reaches `at_least`; returns when.

@@ -90,3 +90,13 @@ pub async fn cli_ok(port: u16, args: &[&str]) -> String {
 pub fn encode(value: &str) -> String {
     ferry::client::encode(value)
 }
+
+/// A counter or gauge from `/metrics` (0 until it appears).
+pub async fn metric(port: u16, name: &str) -> f64 {
+    let (_, body) = get(port, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
