@@ -103,7 +103,7 @@ impl KafkaBus {
                     TopicReplication::Fixed(replication_factor),
                 );
                 if s.compacted {
-                    topic.set("cleanup.policy", "compact")
+                    compacted(topic)
                 } else {
                     topic
                 }
@@ -507,6 +507,19 @@ impl Drop for StateReader {
 /// wind down (~0.1 s), which would otherwise hold up the task (and the start) that drops it.
 fn close_aside<T: Send + 'static>(client: T) {
     std::thread::spawn(move || drop(client));
+}
+
+/// A compacted state topic's settings: the active segment rolls hourly so the cleaner can
+/// compact it (by default it waits for 1 GiB or 7 days, so a replay would read all that), and
+/// tombstones stay an hour, not a day: a replay at start reads about the live records, not
+/// the history. An hour covers every reader that catches up from a checkpoint (the admin
+/// views every few seconds, the scan's progress store after a crash); one that misses a
+/// tombstone only keeps a stale record, which its next pass or rebuild removes.
+fn compacted(topic: NewTopic<'_>) -> NewTopic<'_> {
+    topic
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "3600000")
+        .set("delete.retention.ms", "3600000")
 }
 
 /// An existing topic whose partition count is not the configured one.

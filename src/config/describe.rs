@@ -92,9 +92,14 @@ pub fn describe(config: &Config) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "\npopulator: feeds {} (scan every {:?}, events from topic {})",
+        "\npopulator: feeds {} (scan every {:?}, progress in {}; events from topic {})",
         feeds.join(" + "),
         config.populator.scan_interval,
+        config
+            .populator
+            .state_dir
+            .as_ref()
+            .map_or("a temporary file".into(), |d| d.display().to_string()),
         config.populator.events_topic
     );
     let r = &config.replication;
