@@ -98,6 +98,7 @@ struct Row {
     pages: f64,
     pages_first: f64,
     peak_mib: f64,
+    settled_mib: f64,
     store_mib: f64,
     restart_s: f64,
 }
@@ -131,6 +132,7 @@ async fn measure(n: usize) -> Row {
         .saturating_sub(Duration::from_secs(1));
     let pages = metric(port, "ferry_scan_list_requests_total").await - pages_before;
     let peak = peak_rss_mib(ferry.id());
+    let settled = common::rss_mib(ferry.id());
     assert_eq!(
         metric(port, "ferry_entries_enqueued_total").await as usize,
         n,
@@ -161,6 +163,7 @@ async fn measure(n: usize) -> Row {
         pages,
         pages_first,
         peak_mib: peak,
+        settled_mib: settled,
         store_mib: store,
         restart_s,
     }
@@ -168,18 +171,19 @@ async fn measure(n: usize) -> Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    println!("| source files | first pass | its pages | pass, nothing new | its pages | peak RSS | progress store | restart to a pass done |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| source files | first pass | its pages | pass, nothing new | its pages | peak RSS | RSS then | progress store | restart to a pass done |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes() {
         let r = measure(n).await;
         println!(
-            "| {} | {:.1} s | {:.0} | {:.2} s | {:.0} | {:.0} MiB | {:.1} MiB | {:.1} s |",
+            "| {} | {:.1} s | {:.0} | {:.2} s | {:.0} | {:.0} MiB | {:.0} MiB | {:.1} MiB | {:.1} s |",
             r.n,
             r.first_pass_s,
             r.pages_first,
             r.idle_pass_s,
             r.pages,
             r.peak_mib,
+            r.settled_mib,
             r.store_mib,
             r.restart_s
         );

@@ -30,8 +30,6 @@ use crate::control::Pauses;
 use crate::stages::replication::gate::Gates;
 use crate::storage::Stores;
 
-/// How often the admin views catch up on their own.
-const VIEWS_REFRESH: Duration = Duration::from_secs(5);
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -72,23 +70,13 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         .route("/api/v1/targets", get(api::targets))
         .route("/api/v1/targets/{name}/pause", post(api::pause))
         .route("/api/v1/targets/{name}/resume", post(api::resume))
-        .with_state(admin.clone());
+        .with_state(admin);
     tracing::info!(listen = ?address, "admin server ready");
-    let serving =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let (served, ()) = tokio::join!(serving, keep_views_fresh(&admin, &shutdown));
-    if let Err(e) = served {
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
         tracing::error!(error = %e, "admin server stopped with an error");
-    }
-}
-
-/// Brings the views up to date every [`VIEWS_REFRESH`] until `shutdown`, so an answer finds
-/// little to catch up on, and a view never falls behind a changelog's tombstone retention.
-async fn keep_views_fresh(admin: &Admin, shutdown: &CancellationToken) {
-    while crate::stages::sleep_or_shutdown(VIEWS_REFRESH, shutdown).await {
-        if let Err(e) = admin.views.read(|_, _| ()).await {
-            tracing::debug!(error = %e, "admin views not refreshed; the next answer tries again");
-        }
     }
 }
 

@@ -4,9 +4,12 @@
 //! maintained as records arrive. An answer costs what changed since the previous one plus
 //! the answer itself — a version's status O(log n), a target's backlog O(1), a page of failed
 //! entries O(page) — never a read of whole topics. Memory holds the live records: the entries
-//! in flight or recently completed (the status processor's own live set) and the failed ones.
+//! in flight or recently completed (the status processor's own live set) and the failed ones,
+//! loaded by the first answer (a process whose admin API is not asked holds nothing).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
@@ -27,6 +30,11 @@ impl Tail {
             partitions,
             next: (0..partitions).map(|p| (p, 0)).collect(),
         }
+    }
+
+    /// Back to the start of every partition.
+    fn rewind(&mut self) {
+        self.next.values_mut().for_each(|n| *n = 0);
     }
 
     /// Hands every record appended since the last call to `apply`. Returns false if a
@@ -175,8 +183,14 @@ impl FailedView {
     }
 }
 
+/// Views not caught up for this long are read again from the start: the topics keep
+/// tombstones only so long (10 minutes in the embedded queue, an hour in Kafka).
+const STALE_AFTER: Duration = Duration::from_secs(300);
+
 struct Inner {
     reader: StateReader,
+    /// When the views last caught up.
+    caught_up: Option<Instant>,
     status_tail: Tail,
     failed_tail: Tail,
     status: StatusView,
@@ -200,6 +214,7 @@ impl Views {
         Ok(Self {
             inner: Mutex::new(Inner {
                 reader: bus.state_reader()?,
+                caught_up: None,
                 status_tail: Tail::new(status_topic, partitions),
                 failed_tail: Tail::new(failed_topic, partitions),
                 status: StatusView::default(),
@@ -214,7 +229,15 @@ impl Views {
         read: impl FnOnce(&StatusView, &FailedView) -> T,
     ) -> Result<T, BusError> {
         let mut inner = self.inner.lock().await;
+        if inner.caught_up.is_some_and(|at| at.elapsed() > STALE_AFTER) {
+            // Tombstones since may be gone from the topics: start over.
+            inner.status = StatusView::default();
+            inner.failed = FailedView::default();
+            inner.status_tail.rewind();
+            inner.failed_tail.rewind();
+        }
         let Inner {
+            caught_up,
             reader,
             status_tail,
             failed_tail,
@@ -239,6 +262,7 @@ impl Views {
                 .catch_up(reader, |k, v| failed.apply(k, v))
                 .await?;
         }
+        *caught_up = Some(Instant::now());
         Ok(read(status, failed))
     }
 }

@@ -26,6 +26,10 @@ const LATEST: TableDefinition<(&str, u32, &[u8]), u64> = TableDefinition::new("l
 const OFFSETS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("offsets");
 const TOMBSTONES: TableDefinition<(&str, u32, u64), u64> = TableDefinition::new("tombstones");
 
+/// The file's page cache (redb's default is 1 GiB, which a backlog of a few hundred thousand
+/// entries fills: the process's memory would follow the queue's size). Reads are mostly of
+/// recent records, just written.
+const CACHE_BYTES: usize = 64 << 20;
 /// Publishes committed in one transaction at most.
 const BATCH: usize = 1024;
 /// How long a compacted topic keeps a tombstone, counted while the queue is open (readers in
@@ -89,13 +93,16 @@ impl Log {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
         let file = dir.join("queue.redb");
-        let db = Database::create(&file).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => format!(
-                "{} is in use by another ferry process (the embedded queue serves one process)",
-                file.display()
-            ),
-            e => format!("cannot open {}: {e}", file.display()),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&file)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => format!(
+                    "{} is in use by another ferry process (the embedded queue serves one process)",
+                    file.display()
+                ),
+                e => format!("cannot open {}: {e}", file.display()),
+            })?;
         let txn = db.begin_write().map_err(text)?;
         let mut topics = HashMap::new();
         {
