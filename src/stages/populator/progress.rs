@@ -106,6 +106,7 @@ impl Progress {
         }
         if temporary {
             let _ = std::fs::remove_file(&path);
+            remove_orphans();
         }
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
@@ -313,6 +314,37 @@ fn clear(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Removes the temporary stores of ferry processes that are gone (killed before they could
+/// remove their own), so crashes do not fill the temporary directory.
+fn remove_orphans() {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name
+            .strip_prefix("ferry-")
+            .and_then(|n| n.strip_suffix(".redb"))
+        else {
+            continue;
+        };
+        // ferry-TOPIC-PID-MS.redb
+        let mut parts = stem.rsplit('-');
+        let (Some(_), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A file of this process's own under the temporary directory.
 fn temporary_path(topic: &str) -> PathBuf {
     let safe: String = topic
@@ -389,7 +421,17 @@ mod tests {
         let p = Progress::open(Some(dir.path()), "other").expect("open other");
         assert_eq!(p.len().expect("len"), 0);
         assert_eq!(p.checkpoint().expect("checkpoint"), 0);
+        // A killed process's temporary store is removed by the next one; a live one's is not.
+        let orphan = std::env::temp_dir().join("ferry-t-4294967290-1.redb");
+        let alive = std::env::temp_dir().join(format!("ferry-t-{}-1.redb", std::process::id()));
+        std::fs::write(&orphan, b"").expect("orphan");
+        std::fs::write(&alive, b"").expect("alive");
         let temp = Progress::open(None, "t").expect("temporary");
+        if cfg!(target_os = "linux") {
+            assert!(!orphan.exists(), "orphan removed");
+        }
+        assert!(alive.exists());
+        let _ = std::fs::remove_file(&alive);
         let path = temp.path.clone();
         assert!(path.exists());
         drop(temp);
