@@ -211,15 +211,10 @@ impl Scanner {
             .collect();
         for chunk in new.chunks(ENQUEUE_BATCH) {
             let recorded = enqueue_batch(&self.publisher, &self.topics, chunk).await;
-            let checkpoint = recorded.iter().map(|(_, at)| at + 1).max();
-            let changes: Vec<(Version, bool)> =
-                recorded.iter().map(|(v, _)| (v.clone(), true)).collect();
-            progress.apply(&changes, checkpoint)?;
-            passed.enqueued += changes.len() as u64;
-            self.stats
-                .enqueued
-                .fetch_add(changes.len() as u64, Ordering::Relaxed);
-            if changes.len() < chunk.len() || shutdown.is_cancelled() {
+            let n = apply_written(progress, &recorded, true)?;
+            passed.enqueued += n;
+            self.stats.enqueued.fetch_add(n, Ordering::Relaxed);
+            if (n as usize) < chunk.len() || shutdown.is_cancelled() {
                 // The queue refused some: the next pass enqueues what is not recorded.
                 passed.cut_short = true;
                 return Ok(passed);
@@ -228,12 +223,9 @@ impl Scanner {
         // Versions gone from the source never come back (version ids are unique): forget them.
         for chunk in gone.chunks(ENQUEUE_BATCH) {
             let forgotten = forget_batch(&self.publisher, &self.topics, chunk).await;
-            let checkpoint = forgotten.iter().map(|(_, at)| at + 1).max();
-            let changes: Vec<(Version, bool)> =
-                forgotten.iter().map(|(v, _)| (v.clone(), false)).collect();
-            progress.apply(&changes, checkpoint)?;
-            passed.forgotten += changes.len() as u64;
-            if changes.len() < chunk.len() || shutdown.is_cancelled() {
+            let n = apply_written(progress, &forgotten, false)?;
+            passed.forgotten += n;
+            if (n as usize) < chunk.len() || shutdown.is_cancelled() {
                 passed.cut_short = true;
                 return Ok(passed);
             }
@@ -358,6 +350,19 @@ impl Merge {
             identity,
         }
     }
+}
+
+/// Records in the progress store the versions whose changelog records were `written` (with
+/// their offsets) as present or gone, moving its checkpoint past them; returns how many.
+fn apply_written(
+    progress: &Progress,
+    written: &[(Version, i64)],
+    present: bool,
+) -> Result<u64, ProgressError> {
+    let checkpoint = written.iter().map(|(_, at)| at + 1).max();
+    let changes: Vec<(Version, bool)> = written.iter().map(|(v, _)| (v.clone(), present)).collect();
+    progress.apply(&changes, checkpoint)?;
+    Ok(changes.len() as u64)
 }
 
 /// Entries published at once: one round trip for many instead of one each (the producer keeps
