@@ -578,7 +578,7 @@ kind = "kafka"
 brokers = "{kafka}"
 topic_prefix = "{id}."
 partitions = 8
-replication_factor = 1
+replication_factor = 3
 
 [populator]
 feeds = ["scan"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh — ferry and `rclone copy` side by side on the same objects, servers and machine
 # (benches/e2e.rs). Installs what it needs (scripts/install-deps.sh, plus Debian's rclone and
-# GNU time), starts the test environment (Ceph radosgw ×3 + tansu on 127.0.0.1), runs the
+# GNU time), starts the test environment (Ceph radosgw ×3 + a three-node Kafka on 127.0.0.1), runs the
 # benchmark in a release build, and stops everything again.
 #
 #   bash scripts/bench.sh            full run (~20 min); rewrites BENCHMARKS.md

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # demo.sh — ferry's main job on this machine, end to end, in one command:
-#   1. installs and starts the local broker (tansu) and S3 servers (Ceph radosgw ×3),
+#   1. installs and starts the local broker (Apache Kafka, three KRaft nodes) and S3 servers (Ceph radosgw ×3),
 #   2. creates the buckets of config/radosgw.toml: a versioned transient "inbox" and two targets,
 #   3. starts `ferry run --config config/radosgw.toml`,
 #   4. writes a few objects into the inbox with curl (SigV4),

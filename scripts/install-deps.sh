@@ -5,17 +5,15 @@
 #
 #   * Debian packages: ceph-mon, ceph-osd, radosgw, ceph-common (single-node
 #     Ceph + S3 gateway), curl (readiness probes);
-#   * tansu, a Kafka-compatible broker, built with cargo (with the fixes in
-#     scripts/tansu/ applied) into
-#     $FERRY_TOOLS/bin (FERRY_TOOLS defaults to $HOME/.cache/ferry-tools).
-#     Building it takes ~10 minutes on 2 cores, once.
+#   * Java 17 and Maven (Debian packages, when missing);
+#   * Apache Kafka, fetched from Maven Central with scripts/kafka/pom.xml into
+#     $FERRY_TOOLS/kafka/libs (FERRY_TOOLS defaults to $HOME/.cache/ferry-tools);
+#     ~55 MiB, once.
 #
-# Environment: FERRY_TOOLS (see above), FERRY_TANSU_VERSION (default 0.6.0,
-# the version scripts/test-env.sh was written against).
+# Environment: FERRY_TOOLS (see above).
 set -euo pipefail
 
 FERRY_TOOLS=${FERRY_TOOLS:-$HOME/.cache/ferry-tools}
-TANSU_VERSION=${FERRY_TANSU_VERSION:-0.6.0}
 
 log() { printf '[install-deps] %s\n' "$*"; }
 
@@ -51,66 +49,40 @@ else
     log "ceph/radosgw and curl already installed ($(command -v radosgw))"
 fi
 
-# ---- tansu ------------------------------------------------------------------
-# tansu is built from its crates.io sources with the fixes in scripts/tansu/
-# applied (each patch file says what it fixes; without the first, a consumer
-# resuming from an offset inside a record batch silently skips the rest of that
-# batch, which loses messages across restarts). A stamp file names the patch
-# set, so a cached unpatched or older build is rebuilt.
-#
-# Two concurrent builds would just waste 10 minutes of both cores, so serialise
-# our own runs with a lock.
+# ---- Apache Kafka -----------------------------------------------------------
+# Kafka is fetched from Maven Central by Maven (scripts/kafka/pom.xml pins the
+# release, the same as docker-compose.yml): its jars and their runtime
+# dependencies are copied into $FERRY_TOOLS/kafka/libs, and test-env.sh runs
+# them with `java` (no Kafka tarball can be downloaded here). A stamp names the
+# pom's hash, so a changed pom is fetched again. Serialised with a lock: two
+# concurrent fetches would write into the same directory.
 mkdir -p "$FERRY_TOOLS"
 exec 9>"$FERRY_TOOLS/.install-deps.lock"
 flock 9
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-patches=("$here"/tansu/*.patch)
-patch_set=$(cat "${patches[@]}" | sha256sum | cut -c1-12)
-stamp=$FERRY_TOOLS/bin/.tansu-$TANSU_VERSION-$patch_set
+pom=$here/kafka/pom.xml
+kafka_dir=$FERRY_TOOLS/kafka
+stamp=$kafka_dir/.pom-$(sha256sum "$pom" | cut -c1-12)
 
-if [[ -x $FERRY_TOOLS/bin/tansu && -f $stamp ]]; then
-    log "tansu already installed ($FERRY_TOOLS/bin/tansu, patch set $patch_set)"
+if [[ -f $stamp ]] && compgen -G "$kafka_dir/libs/kafka_2.13-*.jar" >/dev/null; then
+    log "Kafka already installed ($(basename "$(compgen -G "$kafka_dir/libs/kafka_2.13-*.jar")" .jar))"
 else
-    if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
-        # shellcheck disable=SC1091
-        . "$HOME/.cargo/env"
+    jdk=()
+    command -v java >/dev/null || jdk+=(openjdk-17-jre-headless)
+    command -v mvn >/dev/null || jdk+=(maven)
+    if ((${#jdk[@]})); then
+        log "apt-get install ${jdk[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt_install "${jdk[@]}" || { apt_update; apt_install "${jdk[@]}"; }
     fi
-    command -v cargo >/dev/null || { log "ERROR: cargo not found (needed to build tansu)"; exit 1; }
-    if ! command -v patch >/dev/null; then
-        log "apt-get install patch"
-        "${SUDO[@]}" apt-get install -y -q --no-install-recommends patch
-    fi
-    log "building tansu $TANSU_VERSION (patch set $patch_set) into $FERRY_TOOLS (takes ~10 minutes)"
-    work=$FERRY_TOOLS/build
-    rm -rf "$work"
-    mkdir -p "$work/fetch/src"
-    # cargo downloads the two crates (and the dependencies the build needs anyway) from
-    # crates.io; their sources are then unpacked from cargo's cache.
-    printf '%s\n' '[package]' 'name = "fetch-tansu"' 'version = "0.0.0"' 'edition = "2021"' '' \
-        '[dependencies]' "tansu = { version = \"=$TANSU_VERSION\", features = [\"dynostore\"] }" \
-        "tansu-storage = \"=$TANSU_VERSION\"" >"$work/fetch/Cargo.toml"
-    echo 'fn main() {}' >"$work/fetch/src/main.rs"
-    (cd "$work/fetch" && cargo fetch -q)
-    cache=${CARGO_HOME:-$HOME/.cargo}/registry/cache
-    for crate in tansu tansu-storage; do
-        file=$(find "$cache" -name "$crate-$TANSU_VERSION.crate" | head -n 1)
-        [[ -n $file ]] || { log "ERROR: $crate-$TANSU_VERSION.crate not found in $cache"; exit 1; }
-        tar -xzf "$file" -C "$work"
-    done
-    for p in "${patches[@]}"; do
-        log "applying $(basename "$p")"
-        patch -s -p1 -d "$work/tansu-storage-$TANSU_VERSION" <"$p"
-    done
-    printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' \
-        "$TANSU_VERSION" >>"$work/tansu-$TANSU_VERSION/Cargo.toml"
-    # The crate's own Cargo.lock keeps every other dependency at its released version.
-    (cd "$work/tansu-$TANSU_VERSION" &&
-        CARGO_TARGET_DIR=$work/target cargo build -q --release --features dynostore --bin tansu)
-    mkdir -p "$FERRY_TOOLS/bin"
-    install -m 0755 "$work/target/release/tansu" "$FERRY_TOOLS/bin/tansu"
-    rm -f "$FERRY_TOOLS"/bin/.tansu-*
+    log "fetching Kafka with Maven ($pom)"
+    rm -rf "$kafka_dir.tmp"
+    mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$kafka_dir.tmp/libs"
+    rm -rf "$kafka_dir"
+    mv "$kafka_dir.tmp" "$kafka_dir"
     touch "$stamp"
-    rm -rf "$work"
-    log "tansu installed ($FERRY_TOOLS/bin/tansu)"
+    log "Kafka installed: $(basename "$(compgen -G "$kafka_dir/libs/kafka_2.13-*.jar")" .jar) ($(du -sh "$kafka_dir" | cut -f1))"
 fi
+# The tansu build of earlier versions of this script is not used any more.
+rm -rf "$FERRY_TOOLS/bin/tansu" "$FERRY_TOOLS"/bin/.tansu-*

@@ -6,9 +6,13 @@
 #     ceph-osd backed by memstore (RAM), no ceph-mgr (radosgw does not need one);
 #   * N radosgw S3 gateways (default 3, ports 7480 7481 7482) sharing that
 #     cluster, so they all see the same buckets and objects, plus one S3 user;
-#   * a tansu Kafka-compatible broker with in-memory storage (port 9092).
+#   * an Apache Kafka cluster of three KRaft nodes, each broker and controller
+#     (brokers on 9092 9093 9094, controllers on 9192 9193 9194), logs under
+#     the state dir, broker defaults replication factor 3 and
+#     min.insync.replicas 2.
 #
 # Usage: scripts/test-env.sh start|stop|restart|status|stop-rgw N|start-rgw N
+#                            |stop-kafka N|start-kafka N
 #
 #   start        start everything and wait until it answers; writes $STATE/env
 #                (KEY=VALUE lines to `source`). A no-op if already running
@@ -20,13 +24,20 @@
 #   stop-rgw N   stop gateway N (0-based); returns once the process is gone and
 #                its port is closed. Used by tests to simulate a target outage.
 #   start-rgw N  start gateway N again; returns once it answers HTTP.
+#   stop-kafka N Kafka node N (0-based) stopped with FERRY_TEST_KAFKA_STOP_SIGNAL;
+#                returns once the process is gone. Used by broker-fault tests.
+#   start-kafka N start node N again (same data); returns once its broker has
+#                started (registered with the controllers and unfenced).
 #
 # Environment (all optional):
 #   FERRY_TEST_ENV            state dir (default /tmp/ferry-test-env); logs in
 #                             $FERRY_TEST_ENV/logs/, pids in $FERRY_TEST_ENV/pids/
 #   FERRY_TEST_MON_PORT       ceph-mon port (default 6789)
 #   FERRY_TEST_RGW_PORTS      radosgw ports (default "7480 7481 7482")
-#   FERRY_TEST_KAFKA_PORT     tansu port (default 9092)
+#   FERRY_TEST_KAFKA_PORTS    Kafka broker ports (default "9092 9093 9094"); each
+#                             node's controller listens on its port + 100
+#   FERRY_TEST_KAFKA_HEAP     each Kafka node's heap (default 512m)
+#   FERRY_TEST_KAFKA_STOP_SIGNAL signal used by stop-kafka (default KILL)
 #   FERRY_TEST_MEMSTORE_BYTES memstore capacity (default 8G; RAM is only used
 #                             as data is written)
 #   FERRY_TEST_TIMEOUT        seconds to wait for each readiness step (default 120)
@@ -34,8 +45,8 @@
 #   FERRY_TEST_RGW_STOP_SIGNAL signal used by stop-rgw (default KILL: a crash,
 #                             deterministic, ~0.05s; TERM: a graceful shutdown,
 #                             usually ~0.15s, SIGKILL after FERRY_TEST_STOP_TIMEOUT)
-#   FERRY_TOOLS / FERRY_TANSU where tansu is (default $HOME/.cache/ferry-tools/bin/tansu,
-#                             else `tansu` on PATH)
+#   FERRY_TOOLS               where install-deps.sh put Kafka's jars (default
+#                             $HOME/.cache/ferry-tools; jars in kafka/libs)
 #
 # Install the binaries first with scripts/install-deps.sh.
 set -euo pipefail
@@ -43,7 +54,9 @@ set -euo pipefail
 STATE=${FERRY_TEST_ENV:-/tmp/ferry-test-env}
 MON_PORT=${FERRY_TEST_MON_PORT:-6789}
 read -r -a RGW_PORTS <<<"${FERRY_TEST_RGW_PORTS:-7480 7481 7482}"
-KAFKA_PORT=${FERRY_TEST_KAFKA_PORT:-9092}
+read -r -a KAFKA_PORTS <<<"${FERRY_TEST_KAFKA_PORTS:-9092 9093 9094}"
+KAFKA_HEAP=${FERRY_TEST_KAFKA_HEAP:-512m}
+KAFKA_STOP_SIGNAL=${FERRY_TEST_KAFKA_STOP_SIGNAL:-KILL}
 MEMSTORE_BYTES=${FERRY_TEST_MEMSTORE_BYTES:-8G}
 TIMEOUT=${FERRY_TEST_TIMEOUT:-120}
 STOP_TIMEOUT=${FERRY_TEST_STOP_TIMEOUT:-10}
@@ -53,13 +66,7 @@ SECRET_KEY=ferrytestsecret
 HOST=127.0.0.1
 
 FERRY_TOOLS=${FERRY_TOOLS:-$HOME/.cache/ferry-tools}
-if [[ -n ${FERRY_TANSU:-} ]]; then
-    TANSU=$FERRY_TANSU
-elif [[ -x $FERRY_TOOLS/bin/tansu ]]; then
-    TANSU=$FERRY_TOOLS/bin/tansu
-else
-    TANSU=$(command -v tansu || echo "$FERRY_TOOLS/bin/tansu")
-fi
+KAFKA_LIBS=$FERRY_TOOLS/kafka/libs
 
 SCRIPT_PATH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 CONF=$STATE/ceph.conf
@@ -180,11 +187,11 @@ http_code() {
 
 ceph_cmd() { timeout 30 ceph -c "$CONF" --connect-timeout 10 "$@"; }
 
-# `tansu topic list` keeps retrying while nothing listens, hence the port
-# check first and the timeout.
-tansu_ready() {
-    port_open "$KAFKA_PORT" &&
-        timeout 5 "$TANSU" topic list --broker "tcp://$HOST:$KAFKA_PORT" >/dev/null 2>&1
+# True once Kafka node $1 logged that it started since its log had $2 lines:
+# a KRaft broker says so only after the controllers registered and unfenced
+# it, so it then serves metadata and leads partitions.
+kafka_started() {
+    tail -n "+$(($2 + 1))" "$LOGS/kafka.$1.out" 2>/dev/null | grep -q 'Kafka Server started'
 }
 
 # wait_until COMPONENT DESCRIPTION CMD...: poll CMD until it succeeds; fail
@@ -203,6 +210,12 @@ rgw_answers() { [[ $(http_code "$1") != 000 ]]; }
 osd_up() { ceph_cmd osd stat 2>/dev/null | grep -q '1 up'; }
 mon_up() { ceph_cmd mon stat >/dev/null 2>&1; }
 port_closed() { ! port_open "$1"; }
+
+kafka_index_ok() {
+    if ! [[ $1 =~ ^[0-9]+$ ]] || (($1 >= ${#KAFKA_PORTS[@]})); then
+        die "no Kafka node '$1': valid are 0..$((${#KAFKA_PORTS[@]} - 1))"
+    fi
+}
 
 rgw_index_ok() {
     if ! [[ $1 =~ ^[0-9]+$ ]] || (($1 >= ${#RGW_PORTS[@]})); then
@@ -290,12 +303,91 @@ EOF
     done >>"$CONF"
 }
 
+# Kafka's configuration, one properties file per node and a shared log4j2
+# configuration; then the KRaft storage of every node formatted with one
+# cluster id (in parallel: each format is a JVM start).
+write_kafka_conf() {
+    local i voters=() cluster_id
+    for i in "${!KAFKA_PORTS[@]}"; do
+        voters+=("$((i + 1))@$HOST:$((KAFKA_PORTS[i] + 100))")
+    done
+    cat >"$STATE/kafka-log4j2.properties" <<EOF
+# Generated by scripts/test-env.sh. Warnings and errors, plus start, stop and
+# log-cleaner lines (the compaction test reads what the cleaner did).
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+logger.raft.name = kafka.server.KafkaRaftServer
+logger.raft.level = info
+logger.broker.name = kafka.server.BrokerServer
+logger.broker.level = info
+logger.cleaner.name = kafka.log.LogCleaner
+logger.cleaner.level = info
+EOF
+    for i in "${!KAFKA_PORTS[@]}"; do
+        mkdir -p "$STATE/kafka.$i"
+        cat >"$STATE/kafka.$i/server.properties" <<EOF
+# Generated by scripts/test-env.sh — node $i of a throw-away test cluster.
+process.roles=broker,controller
+node.id=$((i + 1))
+controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
+listeners=PLAINTEXT://$HOST:${KAFKA_PORTS[i]},CONTROLLER://$HOST:$((KAFKA_PORTS[i] + 100))
+advertised.listeners=PLAINTEXT://$HOST:${KAFKA_PORTS[i]}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$STATE/kafka.$i/data
+# Durability as ferry's users run it: three replicas, two in sync to accept
+# a write (acks=all), for every topic including Kafka's own.
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+unclean.leader.election.enable=false
+# Small-machine settings: fewer threads and offsets partitions, no wait
+# before a new group's first rebalance, the log cleaner looking for work
+# every 2 s instead of 15 s (topics still choose their own compaction lag).
+offsets.topic.num.partitions=10
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.cleaner.threads=1
+log.cleaner.backoff.ms=2000
+log.cleaner.dedupe.buffer.size=16777216
+group.initial.rebalance.delay.ms=0
+EOF
+    done
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    local pids=()
+    for i in "${!KAFKA_PORTS[@]}"; do
+        java -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+            -Dlog4j2.configurationFile="$STATE/kafka-log4j2.properties" \
+            -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format --cluster-id="$cluster_id" \
+            --config="$STATE/kafka.$i/server.properties" >>"$LOGS/setup.log" 2>&1 &
+        pids+=("$!")
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || fail setup "formatting the storage of Kafka node $i failed"
+    done
+}
+
 write_env_file() {
     local i tmp=$STATE/env.tmp
     {
         echo "FERRY_TEST_ENV=$STATE"
         echo "FERRY_TEST_ENV_SCRIPT=$SCRIPT_PATH"
-        echo "FERRY_TEST_KAFKA=$HOST:$KAFKA_PORT"
+        local brokers=()
+        for i in "${!KAFKA_PORTS[@]}"; do brokers+=("$HOST:${KAFKA_PORTS[$i]}"); done
+        echo "FERRY_TEST_KAFKA=$(IFS=,; echo "${brokers[*]}")"
+        echo "FERRY_TEST_KAFKA_COUNT=${#KAFKA_PORTS[@]}"
+        for i in "${!KAFKA_PORTS[@]}"; do
+            echo "FERRY_TEST_KAFKA_$i=$HOST:${KAFKA_PORTS[$i]}"
+        done
         echo "FERRY_TEST_RGW_COUNT=${#RGW_PORTS[@]}"
         for i in "${!RGW_PORTS[@]}"; do
             echo "FERRY_TEST_RGW_$i=http://$HOST:${RGW_PORTS[$i]}"
@@ -321,10 +413,43 @@ start_rgw() {
     spawn "rgw.$n" radosgw -f -c "$CONF" -n "client.rgw.$n"
 }
 
+# Node $1 of the Kafka cluster, with its data; records the length of its log
+# before the start in $PIDS/kafka.$1.lines, for wait_kafka.
+start_kafka() {
+    local n=$1 port=${KAFKA_PORTS[$1]}
+    running "kafka.$n" && return 0
+    local deadline=$((SECONDS + 10))
+    while port_open "$port" || port_open "$((port + 100))"; do
+        ((SECONDS < deadline)) || die "port $port or $((port + 100)) (Kafka node $n) is taken by another process"
+        sleep 0.1
+    done
+    { cat "$LOGS/kafka.$n.out" 2>/dev/null || true; } | wc -l >"$PIDS/kafka.$n.lines"
+    # Serial GC: on 2 cores, G1's concurrent threads cost more than its
+    # pauses save at this heap size.
+    spawn "kafka.$n" java -Xms128m -Xmx"$KAFKA_HEAP" -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError \
+        -XX:-UsePerfData -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$STATE/kafka-log4j2.properties" \
+        -cp "$KAFKA_LIBS/*" kafka.Kafka "$STATE/kafka.$n/server.properties"
+}
+
+wait_kafka() {
+    wait_until "kafka.$1" "Kafka node $1 started (broker on port ${KAFKA_PORTS[$1]})" \
+        kafka_started "$1" "$(cat "$PIDS/kafka.$1.lines" 2>/dev/null || echo 0)"
+}
+
+kafka_comps() {
+    local i
+    for i in "${!KAFKA_PORTS[@]}"; do echo "kafka.$i"; done
+}
+
 wait_rgw() { wait_until "rgw.$1" "radosgw $1 answering on port ${RGW_PORTS[$1]}" rgw_answers "${RGW_PORTS[$1]}"; }
 
 # True if the core (mon, osd, broker) of an environment is running.
-core_running() { running mon.a && running osd.0 && running tansu; }
+core_running() {
+    running mon.a && running osd.0 || return 1
+    local c
+    for c in $(kafka_comps); do running "$c" || return 1; done
+}
 
 cmd_start() {
     local t0=$SECONDS i
@@ -347,9 +472,13 @@ cmd_start() {
     for b in ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool curl setsid timeout; do
         command -v "$b" >/dev/null || die "'$b' not found; run scripts/install-deps.sh"
     done
-    [[ -x $TANSU ]] || die "tansu not found at $TANSU; run scripts/install-deps.sh"
+    command -v java >/dev/null || die "'java' not found; run scripts/install-deps.sh"
+    compgen -G "$KAFKA_LIBS/kafka_2.13-*.jar" >/dev/null ||
+        die "Kafka not found in $KAFKA_LIBS; run scripts/install-deps.sh"
     local p
-    for p in "$MON_PORT" "${RGW_PORTS[@]}" "$KAFKA_PORT"; do
+    local controllers=()
+    for p in "${KAFKA_PORTS[@]}"; do controllers+=("$((p + 100))"); done
+    for p in "$MON_PORT" "${RGW_PORTS[@]}" "${KAFKA_PORTS[@]}" "${controllers[@]}"; do
         port_open "$p" && die "port $HOST:$p is already in use by another process"
     done
 
@@ -362,14 +491,11 @@ cmd_start() {
     STARTING=1
     write_ceph_conf
 
-    # The broker has nothing to do with Ceph: start it first so it warms up
-    # in parallel. Its flags beat the LISTENER_URL/STORAGE_ENGINE/... env vars
-    # it also reads, so a stray environment can't redirect it.
-    log "starting tansu broker on $HOST:$KAFKA_PORT"
-    spawn tansu "$TANSU" broker \
-        --listener-url "tcp://$HOST:$KAFKA_PORT" \
-        --advertised-listener-url "tcp://$HOST:$KAFKA_PORT" \
-        --storage-engine "memory://tansu/"
+    # Kafka has nothing to do with Ceph: start it first so its JVMs warm up
+    # in parallel.
+    log "starting Kafka ($(basename "$(compgen -G "$KAFKA_LIBS/kafka_2.13-*.jar")" .jar)), ${#KAFKA_PORTS[@]} KRaft nodes on ports ${KAFKA_PORTS[*]}"
+    write_kafka_conf
+    for i in "${!KAFKA_PORTS[@]}"; do start_kafka "$i"; done
 
     # Monitor: build a monmap with the v1 address, mkfs (no keyring needed
     # with auth none), run in the foreground (-f) under our own supervision.
@@ -407,7 +533,7 @@ cmd_start() {
     for i in "${!RGW_PORTS[@]}"; do start_rgw "$i"; done
     for i in "${!RGW_PORTS[@]}"; do wait_rgw "$i"; done
 
-    wait_until tansu "tansu broker answering on $HOST:$KAFKA_PORT" tansu_ready
+    for i in "${!KAFKA_PORTS[@]}"; do wait_kafka "$i"; done
 
     write_env_file
     STARTING=0
@@ -426,7 +552,10 @@ stop_all() {
     # keeps retrying the cluster), so the gateways go first, then the OSD,
     # then the mon. (ceph-osd exits quickly: fast shutdown skips saving the
     # memstore to disk.)
-    stop_comps TERM tansu ${rgws[@]+"${rgws[@]}"}
+    # Kafka nodes stop together: a node shutting down waits for the
+    # controller quorum, which nodes stopped one at a time would lose.
+    # shellcheck disable=SC2046 # one word per node
+    stop_comps TERM $(kafka_comps) ${rgws[@]+"${rgws[@]}"}
     stop_comps TERM osd.0
     stop_comps TERM mon.a
     # Anything still recorded (should be nothing) gets the same treatment.
@@ -455,14 +584,15 @@ cmd_status() {
     fi
     local c pid ok=0 comps=(mon.a osd.0) i
     for i in "${!RGW_PORTS[@]}"; do comps+=("rgw.$i"); done
-    comps+=(tansu)
+    # shellcheck disable=SC2207 # one word per node
+    comps+=($(kafka_comps))
     for c in "${comps[@]}"; do
         pid=$(pid_of "$c")
         local where=""
         case $c in
         mon.a) where="v1:$HOST:$MON_PORT" ;;
         rgw.*) where="http://$HOST:${RGW_PORTS[${c#rgw.}]} (HTTP $(http_code "${RGW_PORTS[${c#rgw.}]}"))" ;;
-        tansu) where="tcp://$HOST:$KAFKA_PORT" ;;
+        kafka.*) where="$HOST:${KAFKA_PORTS[${c#kafka.}]} (controller $((KAFKA_PORTS[${c#kafka.}] + 100)))" ;;
         esac
         if is_ours "$pid"; then
             printf '%-8s running  pid %-8s %s\n' "$c" "$pid" "$where"
@@ -495,6 +625,24 @@ cmd_start_rgw() {
     log "gateway $n (port ${RGW_PORTS[$n]}) answering after $((SECONDS - t0))s"
 }
 
+cmd_stop_kafka() {
+    kafka_index_ok "$1"
+    local n=$1 t0=$SECONDS
+    [[ -f $STATE/env ]] || die "environment not started"
+    stop_comps "$KAFKA_STOP_SIGNAL" "kafka.$n"
+    wait_until - "port ${KAFKA_PORTS[$n]} to close" port_closed "${KAFKA_PORTS[$n]}"
+    log "Kafka node $n (port ${KAFKA_PORTS[$n]}) stopped with SIG$KAFKA_STOP_SIGNAL in $((SECONDS - t0))s"
+}
+
+cmd_start_kafka() {
+    kafka_index_ok "$1"
+    local n=$1 t0=$SECONDS
+    [[ -f $STATE/env ]] || die "environment not started"
+    start_kafka "$n"
+    wait_kafka "$n"
+    log "Kafka node $n (port ${KAFKA_PORTS[$n]}) started after $((SECONDS - t0))s"
+}
+
 # On exit: if `start` failed half-way, stop what it started (the logs stay in
 # $STATE/logs until `stop`); drop the lock file once there is no state dir.
 STARTING=0
@@ -522,6 +670,8 @@ restart) cmd_stop; cmd_start ;;
 status) cmd_status ;;
 stop-rgw) cmd_stop_rgw "${2:?usage: $0 stop-rgw N}" ;;
 start-rgw) cmd_start_rgw "${2:?usage: $0 start-rgw N}" ;;
+stop-kafka) cmd_stop_kafka "${2:?usage: $0 stop-kafka N}" ;;
+start-kafka) cmd_start_kafka "${2:?usage: $0 start-kafka N}" ;;
 *)
     sed -n '2,/^set -euo/p' "$SCRIPT_PATH" | sed '$d; s/^# \{0,1\}//' >&2
     exit 2

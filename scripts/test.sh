@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test.sh — run ferry's test suite against real servers: installs the
 # dependencies (scripts/install-deps.sh), starts the test environment
-# (scripts/test-env.sh: Ceph + 3 radosgw + tansu on 127.0.0.1), exports the
+# (scripts/test-env.sh: Ceph + 3 radosgw + 3 Kafka nodes on 127.0.0.1), exports the
 # FERRY_TEST_* variables from its env file, runs
 #     cargo test --locked -- --test-threads=1
 # and always stops the environment again. Exits with cargo's exit code.

@@ -31,7 +31,7 @@ async fn a_group_resumes_after_its_committed_offset_and_a_new_group_starts_at_th
         brokers: env.kafka.clone(),
         topic_prefix: format!("{id}."),
         partitions: 2,
-        replication_factor: 1,
+        replication_factor: 3,
         group_prefix: format!("{id}."),
     };
     let bus = Bus::connect(&queue).expect("connect");

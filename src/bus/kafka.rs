@@ -13,7 +13,9 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -145,6 +147,51 @@ impl KafkaBus {
                 }
             }
         }
+        let created: Vec<String> = missing.iter().map(|s| s.name.clone()).collect();
+        self.wait_for_leaders(created).await
+    }
+
+    /// Waits until every partition of `topics` has a leader in the metadata: a topic just
+    /// created has none for a moment, and whoever reads or writes it then is told so. After
+    /// [`ADMIN_TIMEOUT`] it goes on with a warning (what uses the topic retries).
+    async fn wait_for_leaders(&self, topics: Vec<String>) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        let leaderless = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+            loop {
+                let leaderless: Vec<String> =
+                    match producer.client().fetch_metadata(None, ADMIN_TIMEOUT) {
+                        Ok(metadata) => topics
+                            .iter()
+                            .filter(|name| {
+                                !metadata.topics().iter().any(|t| {
+                                    t.name() == name.as_str()
+                                        && t.error().is_none()
+                                        && !t.partitions().is_empty()
+                                        && t.partitions()
+                                            .iter()
+                                            .all(|p| p.error().is_none() && p.leader() >= 0)
+                                })
+                            })
+                            .cloned()
+                            .collect(),
+                        Err(_) => topics.clone(),
+                    };
+                if leaderless.is_empty() || std::time::Instant::now() >= deadline {
+                    return leaderless;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .map_err(|e| BusError::Client(e.to_string()))?;
+        if !leaderless.is_empty() {
+            tracing::warn!(
+                topics = %leaderless.join(", "),
+                "new topics have partitions without a leader after {}s; going on",
+                ADMIN_TIMEOUT.as_secs()
+            );
+        }
         Ok(())
     }
 
@@ -211,6 +258,12 @@ impl KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // Incremental cooperative rebalancing (KIP-429): a member joining or leaving moves
+            // only the partitions that change hands; the others keep copying through the
+            // rebalance. The classic protocol rather than KIP-848's, which needs Kafka 4 brokers
+            // and takes the session timeout from the broker (45 s at least by default), so a
+            // crashed instance's partitions would wait that long. See the README.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             // How long the broker may hold a fetch that finds nothing new. Measured with tansu:
             // at librdkafka's 500 ms, a stage waited ~0.4 s for the first entries and the last
             // results (the fetch is not answered as soon as data arrives); at 20 ms, 0.04 s.
@@ -503,6 +556,42 @@ impl Drop for StateReader {
     }
 }
 
+/// A partition's (low, high) watermarks. Asked right after its topic was created, or while its
+/// leader moves, the broker answers that it does not lead the partition (or knows no leader
+/// yet): asked again, with a short backoff, until [`ADMIN_TIMEOUT`].
+fn watermarks(
+    consumer: &StreamConsumer<LogContext>,
+    topic: &str,
+    partition: i32,
+) -> KafkaResult<(i64, i64)> {
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT) {
+            Err(KafkaError::MetadataFetch(code))
+                if leader_moving(code) && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Errors a broker answers while a partition has no leader it knows of: a new topic, a
+/// leader election after a broker left.
+fn leader_moving(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::UnknownTopic
+    )
+}
+
 /// Drops a Kafka client on a thread of its own: closing one waits for librdkafka's threads to
 /// wind down (~0.1 s), which would otherwise hold up the task (and the start) that drops it.
 fn close_aside<T: Send + 'static>(client: T) {
@@ -606,12 +695,7 @@ impl StateReader {
             std::thread::scope(|scope| {
                 let asked: Vec<_> = partitions
                     .iter()
-                    .map(|&p| {
-                        (
-                            p,
-                            scope.spawn(move || consumer.fetch_watermarks(topic, p, ADMIN_TIMEOUT)),
-                        )
-                    })
+                    .map(|&p| (p, scope.spawn(move || watermarks(consumer, topic, p))))
                     .collect();
                 asked
                     .into_iter()
@@ -797,17 +881,23 @@ impl ClientContext for LedgerContext {
 }
 
 impl ConsumerContext for LedgerContext {
-    /// librdkafka's own (eager) rebalance, except that an assignment starts at explicit
-    /// offsets; see [`LedgerContext::assign`].
+    /// librdkafka's own rebalance, except that an assignment starts at explicit offsets (see
+    /// [`LedgerContext::assign`]) and a revocation first hands over what is done. Under the
+    /// cooperative protocol `tpl` is what changes hands (added to or taken from the
+    /// assignment); under the eager one, all of it.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                return self.assign(consumer, tpl)
+                return self.assign(consumer, tpl, cooperative)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
             _ => {
@@ -815,7 +905,13 @@ impl ConsumerContext for LedgerContext {
                 tracing::warn!(group = %self.group, %error, "rebalance failed; assignment dropped");
             }
         }
-        if let Err(e) = consumer.unassign() {
+        let unassigned =
+            if cooperative && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                consumer.incremental_unassign(tpl)
+            } else {
+                consumer.unassign()
+            };
+        if let Err(e) = unassigned {
             tracing::warn!(group = %self.group, error = %e, "unassign failed");
         }
     }
@@ -843,7 +939,12 @@ impl LedgerContext {
     /// of every new group, ~0.1 s before the first copy. The lookup here is the OffsetFetch
     /// librdkafka would send (the polling task waits for it, as for the commit on revocation);
     /// if it fails, for the request or for a partition, librdkafka sends its own.
-    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+    fn assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &TopicPartitionList,
+        cooperative: bool,
+    ) {
         let start = match consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT) {
             Ok(committed) => {
                 for mut p in committed.elements() {
@@ -859,7 +960,12 @@ impl LedgerContext {
                 partitions.clone()
             }
         };
-        if let Err(e) = consumer.assign(&start) {
+        let assigned = if cooperative {
+            consumer.incremental_assign(&start)
+        } else {
+            consumer.assign(&start)
+        };
+        if let Err(e) = assigned {
             tracing::warn!(group = %self.group, error = %e, "assign failed");
         }
         tracing::info!(group = %self.group, partitions = %listed(&start), "partitions assigned");

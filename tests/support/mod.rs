@@ -292,7 +292,7 @@ kind = "kafka"
 brokers = "{kafka}"
 topic_prefix = "{id}."
 partitions = 4
-replication_factor = 1
+replication_factor = 3
 
 [locations.src]
 kind = "s3"
@@ -466,7 +466,7 @@ impl Buckets {
                         self.queue_dir.path().display()
                     ),
                 )
-                .replace("replication_factor = 1\n", ""),
+                .replace("replication_factor = 3\n", ""),
         }
     }
 
@@ -488,7 +488,7 @@ impl Buckets {
             brokers: env.kafka.clone(),
             topic_prefix: format!("{}.", self.id),
             partitions: 4,
-            replication_factor: 1,
+            replication_factor: 3,
             group_prefix: format!("{}.", self.id),
         }
     }
