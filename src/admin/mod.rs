@@ -1,7 +1,8 @@
 //! The admin HTTP server: liveness, readiness, Prometheus metrics and the admin API.
 //!
 //! `GET /healthz` answers 200 while the process serves requests. `GET /readyz` answers 200
-//! only if the queue answers, every location answers and every stage runs, else 503; its JSON
+//! only if the queue answers and acknowledges writes, every location answers and every stage
+//! runs, else 503; its JSON
 //! body says which check failed. `GET /metrics` is the Prometheus text format. `/api/v1`
 //! ([`api`]) shows and changes replication state.
 
@@ -115,6 +116,9 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         Err(_) => {
             failed.insert("queue".into(), "no answer within 5 s".into());
         }
+    }
+    if let Some(stall) = admin.bus.write_stall() {
+        failed.entry("queue".into()).or_insert(stall);
     }
     for store in admin.stores.iter() {
         let outcome = tokio::time::timeout(CHECK_TIMEOUT, store.check()).await;

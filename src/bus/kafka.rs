@@ -23,6 +23,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::ledger::OffsetLedger;
+use super::watch::WriteWatch;
 use super::{Acker, BusError, Delivery, StateRecords, TopicSpec};
 use crate::config::QueueConfig;
 
@@ -50,6 +51,7 @@ const BATCH_TAIL: Duration = Duration::from_millis(300);
 pub struct KafkaBus {
     queue: QueueConfig,
     producer: FutureProducer<LogContext>,
+    watch: Arc<WriteWatch>,
 }
 
 impl KafkaBus {
@@ -69,7 +71,14 @@ impl KafkaBus {
         Ok(Self {
             queue: queue.clone(),
             producer,
+            watch: Arc::default(),
         })
+    }
+
+    /// What is wrong if the brokers stopped acknowledging writes (see [`WriteWatch`]).
+    pub fn write_stall(&self) -> Option<String> {
+        self.watch
+            .stalled(self.producer.in_flight_count().max(0) as u64)
     }
 
     /// Creates the topics that do not exist and checks the partition counts of those that do:
@@ -243,6 +252,7 @@ impl KafkaBus {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             producer: self.producer.clone(),
+            watch: self.watch.clone(),
         }
     }
 
@@ -331,6 +341,7 @@ fn base_config(queue: &QueueConfig) -> ClientConfig {
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer<LogContext>,
+    watch: Arc<WriteWatch>,
 }
 
 impl Publisher {
@@ -390,11 +401,12 @@ impl Publisher {
             }
         }
         futures_util::future::join_all(pending.into_iter().map(|p| async move {
-            match p?.await {
+            let outcome = match p?.await {
                 Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
                 Ok(Err((e, _))) => Err(error(e.to_string())),
                 Err(_) => Err(error("the producer dropped the message".into())),
-            }
+            };
+            self.watched(outcome)
         }))
         .await
     }
@@ -413,7 +425,7 @@ impl Publisher {
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        match self
+        let outcome = match self
             .producer
             .send(record, rdkafka::util::Timeout::Never)
             .await
@@ -423,7 +435,17 @@ impl Publisher {
                 topic: topic.to_string(),
                 message: e.to_string(),
             }),
+        };
+        self.watched(outcome)
+    }
+
+    /// Tells the write watch how a write ended.
+    fn watched(&self, outcome: Result<(i32, i64), BusError>) -> Result<(i32, i64), BusError> {
+        match &outcome {
+            Ok(_) => self.watch.acknowledged(),
+            Err(e) => self.watch.failed(&e.to_string()),
         }
+        outcome
     }
 }
 

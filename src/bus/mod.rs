@@ -9,6 +9,7 @@ mod embedded;
 pub mod fence;
 mod kafka;
 pub mod ledger;
+mod watch;
 
 use std::sync::Arc;
 
@@ -61,6 +62,15 @@ impl Bus {
         match self {
             Self::Kafka(bus) => bus.partition_count(topic).await,
             Self::Embedded(bus) => Ok(bus.partition_count(topic)),
+        }
+    }
+
+    /// What is wrong if the queue stopped acknowledging writes for a while (only Kafka can:
+    /// the embedded queue answers or fails at once).
+    pub fn write_stall(&self) -> Option<String> {
+        match self {
+            Self::Kafka(bus) => bus.write_stall(),
+            Self::Embedded(_) => None,
         }
     }
 
