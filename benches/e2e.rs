@@ -362,15 +362,16 @@ fn header(reps: usize, quick: bool) -> String {
     let _ = writeln!(
         out,
         "Machine: {cpus} cores, {memory}; servers on 127.0.0.1: Ceph radosgw ({}) as source and \
-         targets, tansu as the broker.  \nferry {} (release build); {}.  \nMode: {}, {reps} \
+         targets, Apache Kafka ({}, three KRaft nodes, replication factor 3) as the broker.  \nferry {} (release build); {}.  \nMode: {}, {reps} \
          repetition(s) per tool, median reported; the tools alternate, each going first in turn.  \nrclone flags: `{}`.\n",
         version("radosgw", "--version"),
+        kafka_release(),
         Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_else(|_| "?".into()),
-        version("rclone", "version"),
+        version(&rclone(), "version"),
         if quick { "quick (smoke test)" } else { "full" },
         RCLONE_FLAGS.join(" "),
     );
@@ -866,6 +867,33 @@ fn lag_svg(samples: &[(f64, f64)]) -> String {
     svg
 }
 
+/// The rclone binary compared with: `FERRY_BENCH_RCLONE` (scripts/bench.sh builds the current
+/// release there), else the one on the PATH.
+fn rclone() -> String {
+    std::env::var("FERRY_BENCH_RCLONE").unwrap_or_else(|_| "rclone".into())
+}
+
+/// The Kafka release of the test environment, from the name of its broker jar.
+fn kafka_release() -> String {
+    let tools = std::env::var("FERRY_TOOLS").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/ferry-tools",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    std::fs::read_dir(Path::new(&tools).join("kafka/libs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .find_map(|name| {
+            name.strip_prefix("kafka_2.13-")?
+                .strip_suffix(".jar")
+                .map(|v| format!("Kafka {v}"))
+        })
+        .unwrap_or_else(|| "Kafka".into())
+}
+
 async fn run_rclone(env: &TestEnv, conf: &Path, source: &str, w: &Workload) -> Run {
     let targets = targets(env, w.targets).await;
     let servers_before = cpu_by_command();
@@ -879,7 +907,7 @@ async fn run_rclone(env: &TestEnv, conf: &Path, source: &str, w: &Workload) -> R
             Command::new("/usr/bin/time")
                 .env_remove("AWS_CA_BUNDLE")
                 .args(["-f", "%U %S %M"])
-                .arg("rclone")
+                .arg(rclone())
                 .arg("--config")
                 .arg(conf)
                 .args([
@@ -946,7 +974,7 @@ async fn upload_only(env: &TestEnv, conf: &Path, dir: &Path, w: &Workload) -> Op
     }
     let targets = targets(env, 1).await;
     let started = Instant::now();
-    let status = Command::new("rclone")
+    let status = Command::new(rclone())
         .env_remove("AWS_CA_BUNDLE")
         .arg("--config")
         .arg(conf)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh — ferry and `rclone copy` side by side on the same objects, servers and machine
 # (benches/e2e.rs). Installs what it needs (scripts/install-deps.sh, plus Debian's rclone and
-# GNU time), starts the test environment (Ceph radosgw ×3 + a three-node Kafka on 127.0.0.1), runs the
+# GNU time, and builds the current rclone release with go install), starts the test environment (Ceph radosgw ×3 + a three-node Kafka on 127.0.0.1), runs the
 # benchmark in a release build, and stops everything again.
 #
 #   bash scripts/bench.sh            full run (~20 min); rewrites BENCHMARKS.md
@@ -33,6 +33,23 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" ||
         { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; }
 fi
+
+# The current rclone release, built from its Go module (the module proxy is reachable, its
+# release binaries are not), cached; Debian's 1.60 stays installed beside it. The benchmark
+# compares ferry with this one (FERRY_BENCH_RCLONE).
+RCLONE_VERSION=${FERRY_RCLONE_VERSION:-v1.76.0}
+rclone_dir=${FERRY_TOOLS:-$HOME/.cache/ferry-tools}/rclone-$RCLONE_VERSION
+if [[ ! -x $rclone_dir/rclone ]]; then
+    command -v go >/dev/null || {
+        echo "[bench] apt-get install golang-go"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go
+    }
+    echo "[bench] building rclone $RCLONE_VERSION with go install (a few minutes, once)"
+    mkdir -p "$rclone_dir"
+    GOBIN=$rclone_dir GOFLAGS=-trimpath go install "github.com/rclone/rclone@$RCLONE_VERSION"
+fi
+export FERRY_BENCH_RCLONE=$rclone_dir/rclone
+echo "[bench] comparing with $("$FERRY_BENCH_RCLONE" version | head -n 1) ($FERRY_BENCH_RCLONE)"
 
 quick=false
 for a in "$@"; do [[ $a == --quick ]] && quick=true; done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The soak run: three ferry instances, a steady arrival rate, a target stopped and an instance
-# killed in turn every few minutes, then every invariant checked and the figures printed
+# The soak run: three ferry instances, a steady arrival rate, a target stopped, an instance
+# killed and a Kafka node SIGKILLed in turn every few minutes, then every invariant checked and the figures printed
 # (tests/soak.rs). This runs it for an hour by default; FERRY_SOAK_SECONDS=100 is its short mode.
 #
 #   bash scripts/soak.sh                 # 60 minutes, 10 versions/s, a fault every 4 minutes

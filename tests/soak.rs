@@ -1,6 +1,7 @@
 //! Soak: three ferry instances replicate a steady stream of versions from a transient source to
-//! two targets while a target is stopped and restarted and an instance is killed and restarted,
-//! in turn, every few minutes; then every invariant is checked and the figures printed.
+//! two targets while a target is stopped and restarted, an instance is killed and restarted and
+//! a Kafka node is SIGKILLed and started again, in turn, every few minutes; then every
+//! invariant is checked and the figures printed.
 //!
 //! Short (100 s) in the default test run; `bash scripts/soak.sh` runs it for an hour.
 //! Knobs: `FERRY_SOAK_SECONDS` (default 100), `FERRY_SOAK_RATE` (versions per second, default
@@ -16,9 +17,10 @@ use support::s3::{self, Put, TargetIndex};
 use support::{rgw, Buckets, Ferry, TestEnv};
 
 /// A killed instance is restarted after its consumer-group session (10 s) has expired, as a
-/// supervisor with a restart delay would (tansu 0.6 does not rebalance when a member joins
-/// before a dead member's session ran out).
+/// supervisor with a restart delay would.
 const RESTART_DELAY: Duration = Duration::from_secs(12);
+/// A SIGKILLed Kafka node is started again after this long.
+const BROKER_DOWN: Duration = Duration::from_secs(20);
 /// How long the last backlog may take to drain once writing stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(420);
 
@@ -38,19 +40,30 @@ struct Faults {
     down: Option<(Instant, usize)>,
     /// The instance that is dead and when it is restarted.
     dead: Option<(Instant, usize)>,
+    broker_kills: usize,
+    /// The Kafka node that is dead and when it is started again.
+    broker: Option<(Instant, usize)>,
 }
 
 impl Faults {
-    /// Starts fault number `slot`: even slots stop a target gateway, odd ones kill an instance.
+    /// Starts fault number `slot`, in turn: a target gateway stopped, an instance killed, a
+    /// Kafka node killed.
     async fn inject(&mut self, slot: usize, outage: Duration, instances: &mut [Ferry]) {
-        if slot.is_multiple_of(2) {
-            let gateway = 1 + (slot / 2) % 2;
+        let round = slot / 3;
+        if slot % 3 == 2 {
+            let node = round % 3;
+            blocking_kafka("stop-kafka", node).await;
+            eprintln!("soak: Kafka node {node} killed");
+            self.broker = Some((Instant::now() + BROKER_DOWN, node));
+            self.broker_kills += 1;
+        } else if slot.is_multiple_of(3) {
+            let gateway = 1 + round % 2;
             blocking_rgw("stop-rgw", gateway).await;
             eprintln!("soak: target gateway {gateway} stopped");
             self.down = Some((Instant::now() + outage, gateway));
             self.outages += 1;
         } else {
-            let k = (slot / 2) % instances.len();
+            let k = round % instances.len();
             instances[k].kill();
             eprintln!("soak: instance {k} killed");
             self.dead = Some((Instant::now() + RESTART_DELAY, k));
@@ -67,6 +80,13 @@ impl Faults {
                 self.down = None;
             }
         }
+        if let Some((at, node)) = self.broker {
+            if all || Instant::now() >= at {
+                blocking_kafka("start-kafka", node).await;
+                eprintln!("soak: Kafka node {node} back");
+                self.broker = None;
+            }
+        }
         if let Some((at, k)) = self.dead {
             if all && Instant::now() < at {
                 tokio::time::sleep(at - Instant::now()).await;
@@ -80,8 +100,14 @@ impl Faults {
     }
 
     fn active(&self) -> bool {
-        self.down.is_some() || self.dead.is_some()
+        self.down.is_some() || self.dead.is_some() || self.broker.is_some()
     }
+}
+
+async fn blocking_kafka(action: &'static str, n: usize) {
+    tokio::task::spawn_blocking(move || support::kafka::node(action, n, "KILL"))
+        .await
+        .expect("test-env task");
 }
 
 async fn blocking_rgw(action: &'static str, n: usize) {
@@ -230,11 +256,14 @@ async fn steady_writes_with_target_outages_and_instance_kills_lose_nothing() {
     lags.sort_by(f64::total_cmp);
     println!(
         "soak: {seconds} s at {rate} versions/s, 3 instances, 2 targets, transient source; \
-         {} target outages of {} s and {} instance kills (restart after {} s), one every {} s",
+         {} target outages of {} s, {} instance kills (restart after {} s) and {} Kafka node \
+         SIGKILLs (restart after {} s), one every {} s",
         faults.outages,
         outage.as_secs(),
         faults.kills,
         RESTART_DELAY.as_secs(),
+        faults.broker_kills,
+        BROKER_DOWN.as_secs(),
         every.as_secs()
     );
     println!(
@@ -262,8 +291,8 @@ async fn steady_writes_with_target_outages_and_instance_kills_lose_nothing() {
         report.premature
     );
     assert!(
-        faults.outages >= 1 && faults.kills >= 1,
-        "the run must have had both kinds of fault"
+        faults.outages >= 1 && faults.kills >= 1 && (seconds < 300 || faults.broker_kills >= 1),
+        "the run must have had every kind of fault (a broker kill from 300 s on)"
     );
     for (i, ferry) in instances.iter_mut().enumerate() {
         assert!(ferry.running(), "instance {i} running at the end");

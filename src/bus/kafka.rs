@@ -326,6 +326,10 @@ fn base_config(queue: &QueueConfig) -> ClientConfig {
         // half of it: at the default 100 ms every new client (producer, each consumer, each
         // state reader) waited ~50 ms for its first request, ~0.2 s of a start on loopback.
         .set("reconnect.backoff.ms", "10")
+        // ferry creates its topics itself, with their partition counts and settings. Left on
+        // (the producer's default), asking for the metadata of a missing topic makes a broker
+        // with `auto.create.topics.enable` create it with its default partition count.
+        .set("allow.auto.create.topics", "false")
         .set_log_level(RDKafkaLogLevel::Warning);
     // Diagnostics: librdkafka's own debug contexts (e.g. `cgrp,fetch`), logged at debug level
     // under the `librdkafka` target (`FERRY_LOG=info,librdkafka=debug`).
@@ -526,6 +530,12 @@ impl Subscription {
     pub fn commit(&self) -> Result<(), BusError> {
         match self.inner.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            // The group took the partitions meanwhile: their new owner redoes what was not
+            // committed (delivery is at least once), nothing is lost.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::AssignmentLost)) => {
+                tracing::warn!(topics = %self.inner.topics, "final commit: the assignment was lost; the new owner redoes the uncommitted work");
+                Ok(())
+            }
             Err(e) => Err(BusError::Consume {
                 topics: self.inner.topics.clone(),
                 message: format!("commit: {e}"),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod kafka;
 pub mod monitor;
 pub mod proxy;
 pub mod s3;

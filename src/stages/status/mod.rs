@@ -38,7 +38,8 @@ use futures_util::FutureExt;
 use crate::bus::{Delivery, Publisher, StateReader, Subscription, Topics};
 use crate::model::{self, EntryState, GcTask, ReplicationStatus, TargetResult};
 
-use super::{decode_or_dead_letter, publish_until_done, receive, StageError};
+use super::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
+use crate::backoff::Backoff;
 
 const STAGE: &str = "status";
 
@@ -151,7 +152,10 @@ impl StatusProcessor {
                     if !partitions.contains(&partition) {
                         partitions.push(partition);
                     }
-                    self.replay(&partitions).await?;
+                    if !self.replay(&partitions, &shutdown).await {
+                        // Shutdown: nothing of this batch is acknowledged; it is redone.
+                        return Ok(());
+                    }
                     loaded.extend(partitions);
                 }
                 let Some((result, delivery)) = decode_or_dead_letter::<TargetResult>(
@@ -361,20 +365,31 @@ impl StatusProcessor {
         true
     }
 
-    /// Loads the state of these status partitions from their changelog partitions.
-    async fn replay(&mut self, partitions: &[i32]) -> Result<(), StageError> {
-        let read = self
-            .reader
-            .read_partitions(&self.topics.status_state, partitions)
-            .await
-            .map_err(|source| StageError::Bus {
-                stage: STAGE,
-                source,
-            })?;
-        for (partition, records) in read {
-            self.load(partition, records);
+    /// Loads the state of these status partitions from their changelog partitions. A replay
+    /// that fails (a broker down, a leader moving) is tried again until it works: the results
+    /// of these partitions wait for it. False if shutdown came first.
+    async fn replay(&mut self, partitions: &[i32], shutdown: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self
+                .reader
+                .read_partitions(&self.topics.status_state, partitions)
+                .await
+            {
+                Ok(read) => {
+                    for (partition, records) in read {
+                        self.load(partition, records);
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?partitions, "replaying the status state failed, retrying");
+                    if !sleep_or_shutdown(backoff.next_delay(), shutdown).await {
+                        return false;
+                    }
+                }
+            }
         }
-        Ok(())
     }
 
     /// Replaces the state of status partition `partition` with its replayed `records`.
