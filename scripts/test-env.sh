@@ -638,6 +638,13 @@ cmd_start_kafka() {
     kafka_index_ok "$1"
     local n=$1 t0=$SECONDS
     [[ -f $STATE/env ]] || die "environment not started"
+    if running "kafka.$n"; then
+        # Nothing to start: its log's last start marker may be long gone.
+        wait_until "kafka.$n" "Kafka node $n answering on port ${KAFKA_PORTS[$n]}" \
+            port_open "${KAFKA_PORTS[$n]}"
+        log "Kafka node $n (port ${KAFKA_PORTS[$n]}) already running"
+        return 0
+    fi
     start_kafka "$n"
     wait_kafka "$n"
     log "Kafka node $n (port ${KAFKA_PORTS[$n]}) started after $((SECONDS - t0))s"

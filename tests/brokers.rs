@@ -140,7 +140,6 @@ impl Run {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "new on Kafka, not yet passing in the suite (#18): run with --ignored"]
 async fn sigkill_of_the_broker_leading_most_partitions_loses_nothing() {
     let _heal = HealCluster;
     let run = Run::start("brokerkill", 2000).await;
@@ -172,7 +171,6 @@ async fn sigkill_of_the_broker_leading_most_partitions_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "new on Kafka, not yet passing in the suite (#18): run with --ignored"]
 async fn a_rolling_restart_of_every_broker_loses_nothing() {
     let _heal = HealCluster;
     let run = Run::start("rolling", 2000).await;
@@ -199,7 +197,6 @@ async fn a_rolling_restart_of_every_broker_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "new on Kafka, not yet passing in the suite (#18): run with --ignored"]
 async fn below_min_insync_replicas_ferry_waits_reports_not_ready_and_resumes() {
     let _heal = HealCluster;
     let run = Run::start("minisr", 1000).await;

@@ -49,7 +49,6 @@ fn count(env: &TestEnv, topic: &str, prefix: &str) -> (usize, usize, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "new on Kafka, not yet passing in the suite (#18): run with --ignored"]
 async fn the_log_cleaner_removes_retired_entries_and_a_restart_rebuilds_the_same_state() {
     let env = TestEnv::get();
     let buckets = Buckets::create(&env, "compact").await;
@@ -58,8 +57,9 @@ async fn the_log_cleaner_removes_retired_entries_and_a_restart_rebuilds_the_same
     let proxy = FaultProxy::start(&env.rgw[2]).await;
     proxy.only_paths_with("bad");
     proxy.set(Fault::FlipUploads);
+    // Completed entries are retired (their status records tombstoned) 2 s after completion.
     let config = buckets
-        .config(&env, true)
+        .config_with(&env, true, "\n[status]\ncompleted_retention = \"2s\"\n")
         .replace(&env.rgw[2], &proxy.endpoint)
         .replace(
             &format!("bucket = \"{}\"\n", buckets.b),

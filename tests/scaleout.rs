@@ -179,7 +179,6 @@ fn copy_times(logs: &[String]) -> Vec<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "new on Kafka, not yet passing in the suite (#18): run with --ignored"]
 async fn an_instance_joining_and_one_leaving_do_not_stop_the_copying() {
     let env = TestEnv::get();
     let buckets = Buckets::create(&env, "rebalance").await;

@@ -17,7 +17,8 @@ pub enum Fault {
     None = 0,
     /// Answer every request with 503 SlowDown, without contacting the upstream.
     SlowDown = 1,
-    /// Flip the first byte of every request body (PUT data, uploaded parts).
+    /// Flip the first byte of every request body (PUT data, uploaded parts); only of requests
+    /// to paths containing the [`FaultProxy::only_paths_with`] text when one is set.
     FlipUploads = 2,
     /// Flip the first byte of every object GET response body.
     FlipDownloads = 3,
@@ -242,14 +243,13 @@ async fn serve(
             .nth(1)
             .unwrap_or("")
             .to_string();
-        let flip_up = mode == Fault::FlipUploads as u8 && body > 0;
+        let text = filter.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let filtered = !text.is_empty() && request.first_line.contains(&text);
+        let flip_up = mode == Fault::FlipUploads as u8 && body > 0 && (text.is_empty() || filtered);
         if flip_up {
             faulted.fetch_add(1, Ordering::Relaxed);
         }
-        let held = mode == Fault::HoldSome as u8 && method == "PUT" && {
-            let text = filter.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            !text.is_empty() && request.first_line.contains(&text)
-        };
+        let held = mode == Fault::HoldSome as u8 && method == "PUT" && filtered;
         if held {
             let mut data = Vec::new();
             relay_body(&mut client_read, &mut data, body, false).await?;
