@@ -109,27 +109,34 @@ pub struct Put {
     pub tagging: Option<String>,
 }
 
+/// Writes `put` in one request (up to 6 MiB); returns the version id, or what the server said.
+pub async fn try_put(client: &Client, bucket: &str, put: &Put) -> Result<Option<String>, String> {
+    let out = client
+        .put_object()
+        .bucket(bucket)
+        .key(&put.key)
+        .body(ByteStream::from(data(put.seed, put.size)))
+        .set_content_type(put.content_type.clone())
+        .set_cache_control(put.cache_control.clone())
+        .set_content_disposition(put.content_disposition.clone())
+        .set_content_encoding(put.content_encoding.clone())
+        .set_metadata(Some(put.metadata.clone()))
+        .set_tagging(put.tagging.clone())
+        .send()
+        .await
+        .map_err(|e| format!("put {}: {e:?}", put.key))?;
+    Ok(out.version_id().map(String::from))
+}
+
 /// Writes `put` (single request, or multipart for big objects); returns the version id.
 pub async fn put(client: &Client, bucket: &str, put: &Put) -> Option<String> {
-    let body = data(put.seed, put.size);
     const PART: usize = 6 << 20;
-    if body.len() <= PART {
-        let out = client
-            .put_object()
-            .bucket(bucket)
-            .key(&put.key)
-            .body(ByteStream::from(body))
-            .set_content_type(put.content_type.clone())
-            .set_cache_control(put.cache_control.clone())
-            .set_content_disposition(put.content_disposition.clone())
-            .set_content_encoding(put.content_encoding.clone())
-            .set_metadata(Some(put.metadata.clone()))
-            .set_tagging(put.tagging.clone())
-            .send()
+    if put.size <= PART {
+        return try_put(client, bucket, put)
             .await
-            .unwrap_or_else(|e| panic!("put {}: {e:?}", put.key));
-        return out.version_id().map(String::from);
+            .unwrap_or_else(|e| panic!("{e}"));
     }
+    let body = data(put.seed, put.size);
     let upload = client
         .create_multipart_upload()
         .bucket(bucket)
