@@ -208,10 +208,10 @@ async fn serve(
         requests.fetch_add(1, Ordering::Relaxed);
         let mode = fault.load(Ordering::SeqCst);
         let body = request.content_length.unwrap_or(0);
-        let refused_path = mode == Fault::SlowDownSome as u8 && {
-            let text = filter.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            !text.is_empty() && request.first_line.contains(&text)
-        };
+        // The filter, when set, names the paths the *Some faults (and FlipUploads) touch.
+        let text = filter.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let filtered = !text.is_empty() && request.first_line.contains(&text);
+        let refused_path = mode == Fault::SlowDownSome as u8 && filtered;
         if mode == Fault::SlowDown as u8 || refused_path {
             faulted.fetch_add(1, Ordering::Relaxed);
             relay_body(&mut client_read, &mut tokio::io::sink(), body, false).await?;
@@ -243,8 +243,6 @@ async fn serve(
             .nth(1)
             .unwrap_or("")
             .to_string();
-        let text = filter.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let filtered = !text.is_empty() && request.first_line.contains(&text);
         let flip_up = mode == Fault::FlipUploads as u8 && body > 0 && (text.is_empty() || filtered);
         if flip_up {
             faulted.fetch_add(1, Ordering::Relaxed);
