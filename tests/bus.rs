@@ -113,3 +113,47 @@ async fn a_group_resumes_after_its_committed_offset_and_a_new_group_starts_at_th
     assert_eq!(firsts.get(&0), Some(&0), "new group: {firsts:?}");
     assert_eq!(firsts.get(&1), Some(&0), "new group: {firsts:?}");
 }
+
+/// Instances started together all create ferry's topics at once: the broker lists a topic
+/// another one is still creating with no partitions, and tells the others it exists. Every
+/// instance must start, none may see "0 partitions" as a mismatch (CI saw one do so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_creating_the_same_topics_at_once_all_start() {
+    let env = TestEnv::get();
+    for round in 0..5 {
+        let id = unique("race");
+        let queue = QueueConfig {
+            kind: QueueKind::Kafka,
+            brokers: env.kafka.clone(),
+            topic_prefix: format!("{id}."),
+            partitions: 8,
+            replication_factor: 3,
+            group_prefix: format!("{id}."),
+        };
+        let specs: Vec<TopicSpec> = ["replication", "status", "status-state"]
+            .iter()
+            .map(|name| TopicSpec {
+                name: format!("{id}.{name}"),
+                partitions: 8,
+                compacted: name.ends_with("-state"),
+            })
+            .collect();
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let (queue, specs) = (queue.clone(), specs.clone());
+                tokio::spawn(async move {
+                    let bus = Bus::connect(&queue).expect("connect");
+                    bus.ensure_topics(&specs, 3).await
+                })
+            })
+            .collect();
+        for (instance, start) in starts.into_iter().enumerate() {
+            let result = start.await.expect("join");
+            assert!(
+                result.is_ok(),
+                "round {round}, instance {instance}: {:?}",
+                result.err()
+            );
+        }
+    }
+}

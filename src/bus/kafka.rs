@@ -92,7 +92,9 @@ impl KafkaBus {
         let mut missing = Vec::new();
         for spec in specs {
             match existing.get(&spec.name) {
-                None => missing.push(spec),
+                // None: absent. 0: another instance is creating it right now; asking to create
+                // it too answers TopicAlreadyExists, which waits for its partitions below.
+                None | Some(0) => missing.push(spec),
                 Some(&found) if found != spec.partitions => {
                     return Err(partitions_differ(spec, found))
                 }
@@ -140,7 +142,7 @@ impl KafkaBus {
                 Ok(_) => {}
                 // Made by another instance in the meantime: check what it made.
                 Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    let found = self.partition_count(&topic).await?;
+                    let found = self.settled_partition_count(&topic).await?;
                     if let Some(spec) = missing
                         .iter()
                         .find(|s| s.name == topic && s.partitions != found)
@@ -246,6 +248,22 @@ impl KafkaBus {
             .map(|t| t.partitions().len())
             .unwrap_or(0);
         Ok(count as i32)
+    }
+
+    /// [`Self::partition_count`] of a topic another instance has just created: its metadata
+    /// shows no partitions for a moment, so it is asked again (with a short backoff) until it
+    /// shows some or [`ADMIN_TIMEOUT`] has passed.
+    async fn settled_partition_count(&self, topic: &str) -> Result<i32, BusError> {
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let found = self.partition_count(topic).await?;
+            if found > 0 || tokio::time::Instant::now() + pause >= deadline {
+                return Ok(found);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// A handle for publishing; cheap to clone.
