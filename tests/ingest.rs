@@ -305,6 +305,260 @@ async fn bad_signatures_unknown_keys_and_unknown_operations_get_s3_errors() {
     ferry.terminate(Duration::from_secs(30));
 }
 
+/// ListObjects v1 (rclone's default for a generic S3 provider, s3fs, older SDKs) and v2 page
+/// the buffer as S3 does: markers and continuation tokens, a delimiter's common prefixes, and
+/// `max-keys=0` as an empty page that is not truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_v1_and_v2_page_the_buffer_as_s3_does() {
+    let site = Site::new();
+    let mut ferry = Ferry::start(&site.config());
+    site.ready(&ferry).await;
+    // A paused target keeps every object in the buffer (the garbage collector waits for it).
+    let admin = support::admin::port(&ferry.log()).expect("the admin port");
+    support::admin::cli_ok(admin, &["targets", "pause", "site-a", "--reason", "test"]).await;
+    let client = site.client("ingestkey", "ingestsecret");
+    for key in ["a/1", "a/2", "b", "c/x/1", "d"] {
+        client
+            .put_object()
+            .bucket("inbox")
+            .key(key)
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+    let v1 = |marker: Option<&str>, delimiter: Option<&str>, max_keys: i32| {
+        client
+            .list_objects()
+            .bucket("inbox")
+            .set_marker(marker.map(str::to_string))
+            .set_delimiter(delimiter.map(str::to_string))
+            .max_keys(max_keys)
+            .send()
+    };
+    let keys = |objects: &[aws_sdk_s3::types::Object]| -> Vec<String> {
+        objects
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
+    };
+    let prefixes = |common: &[aws_sdk_s3::types::CommonPrefix]| -> Vec<String> {
+        common
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect()
+    };
+
+    let first = v1(None, Some("/"), 2).await.expect("ListObjects");
+    assert_eq!(prefixes(first.common_prefixes()), ["a/"]);
+    assert_eq!(keys(first.contents()), ["b"]);
+    assert_eq!(first.is_truncated(), Some(true));
+    assert_eq!(first.next_marker(), Some("b"));
+    let second = v1(first.next_marker(), Some("/"), 2).await.expect("page 2");
+    assert_eq!(prefixes(second.common_prefixes()), ["c/"]);
+    assert_eq!(keys(second.contents()), ["d"]);
+    assert_eq!(second.is_truncated(), Some(false));
+
+    let flat = v1(None, None, 3).await.expect("no delimiter");
+    assert_eq!(keys(flat.contents()), ["a/1", "a/2", "b"]);
+    assert_eq!(flat.is_truncated(), Some(true));
+    let rest = v1(Some("b"), None, 1000).await.expect("after b");
+    assert_eq!(keys(rest.contents()), ["c/x/1", "d"]);
+    assert_eq!(rest.is_truncated(), Some(false));
+
+    let none = v1(None, None, 0).await.expect("max-keys 0");
+    assert!(none.contents().is_empty(), "{none:?}");
+    assert_eq!(none.is_truncated(), Some(false));
+    let none = client
+        .list_objects_v2()
+        .bucket("inbox")
+        .max_keys(0)
+        .send()
+        .await
+        .expect("v2, max-keys 0");
+    assert!(none.contents().is_empty(), "{none:?}");
+    assert_eq!(none.is_truncated(), Some(false));
+    assert_eq!(none.next_continuation_token(), None);
+
+    let err = client
+        .list_objects()
+        .bucket("other")
+        .send()
+        .await
+        .expect_err("one bucket only");
+    assert_eq!(err.into_service_error().code(), Some("NoSuchBucket"));
+    ferry.terminate(Duration::from_secs(30));
+}
+
+/// Idle and slow clients cannot hold the endpoint: a connection that sends no complete
+/// request headers within `ingest.header_timeout` is closed, and at `ingest.max_connections`
+/// further clients wait until a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_time_out_and_the_connection_cap_makes_others_wait() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let site = Site::new();
+    let config = site.config().replace(
+        "secret_access_key = \"ingestsecret\"\n",
+        "secret_access_key = \"ingestsecret\"\nmax_connections = 2\nheader_timeout = \"2s\"\n",
+    );
+    let mut ferry = Ferry::start(&config);
+    site.ready(&ferry).await;
+    let port = site.port;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        // Two clients take both slots: one sends nothing, one half a request line.
+        let silent = connect();
+        let mut slow = connect();
+        slow.write_all(b"GET /inbox/x HTTP/1.1\r\nHost: ")
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+        // A third waits in the backlog: its (unsigned) request is answered once a slot frees.
+        let started = Instant::now();
+        let mut third = connect();
+        third
+            .write_all(b"GET /inbox/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut answer = String::new();
+        let _ = third.read_to_string(&mut answer);
+        let waited = started.elapsed();
+        // Both stalled clients were closed by the server.
+        let closed = |mut stream: std::net::TcpStream| {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).is_ok()
+        };
+        (answer, waited, closed(silent), closed(slow))
+    })
+    .await
+    .expect("joined");
+    let (answer, waited, silent_closed, slow_closed) = outcome;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(1200),
+        "the third client was served after {waited:?}, while both slots were taken"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "served only after {waited:?}"
+    );
+    assert!(silent_closed, "the silent connection was not closed");
+    assert!(slow_closed, "the slow connection was not closed");
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}
+
+/// Sends `head` (request line and headers, no body) and reads the answer: what the endpoint
+/// refuses before the body must be answered without it.
+async fn answer_without_body(port: u16, head: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.write_all(head.as_bytes()).expect("send");
+        let mut answer = [0u8; 4096];
+        let n = stream.read(&mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    })
+    .await
+    .expect("joined")
+}
+
+/// What AWS refuses today is refused here too, before a byte of the body is read: SigV2
+/// signatures, a credential scope of another region, presigned URLs valid for more than 7
+/// days, browser POST uploads, and bodies over the endpoint's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outdated_signatures_other_regions_and_oversized_bodies_are_refused_unread() {
+    let site = Site::new();
+    let mut ferry = Ferry::start(&site.config());
+    site.ready(&ferry).await;
+    let port = site.port;
+    let host = format!("Host: 127.0.0.1:{port}");
+    let refused = |answer: &str, status: &str, code: &str| {
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")) && answer.contains(code),
+            "expected {status} {code}: {answer}"
+        );
+    };
+    let sigv2 = answer_without_body(
+        port,
+        format!("GET /inbox/x HTTP/1.1\r\n{host}\r\nDate: Thu, 03 Dec 2026 14:00:00 GMT\r\nAuthorization: AWS ingestkey:c2lnbmF0dXJl\r\n\r\n"),
+    )
+    .await;
+    refused(&sigv2, "400", "InvalidRequest");
+    let presigned_v2 = answer_without_body(
+        port,
+        format!("GET /inbox/x?AWSAccessKeyId=ingestkey&Expires=1999999999&Signature=c2ln HTTP/1.1\r\n{host}\r\n\r\n"),
+    )
+    .await;
+    refused(&presigned_v2, "400", "InvalidRequest");
+    let eight_days = answer_without_body(
+        port,
+        format!(
+            "GET /inbox/x?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=ingestkey%2F20261203%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20261203T140000Z&X-Amz-Expires=691200&X-Amz-SignedHeaders=host&X-Amz-Signature=00 HTTP/1.1\r\n{host}\r\n\r\n"
+        ),
+    )
+    .await;
+    refused(&eight_days, "400", "AuthorizationQueryParametersError");
+    // A form upload of 100 MB, refused before the form is sent.
+    let post = answer_without_body(
+        port,
+        format!("POST /inbox HTTP/1.1\r\n{host}\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000000\r\n\r\n"),
+    )
+    .await;
+    refused(&post, "501", "NotImplemented");
+    let too_big = answer_without_body(
+        port,
+        format!("PUT /inbox/big HTTP/1.1\r\n{host}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=ingestkey/20261203/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\nContent-Length: {}\r\n\r\n", (64u64 << 20) + 1),
+    )
+    .await;
+    refused(&too_big, "400", "EntityTooLarge");
+
+    // A client that signs for another region, with the right key.
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(Region::new("eu-west-3"))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(
+            "ingestkey",
+            "ingestsecret",
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    let err = Client::from_conf(config)
+        .put_object()
+        .bucket("inbox")
+        .key("x")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .expect_err("another region is refused");
+    assert_eq!(
+        err.into_service_error().code(),
+        Some("AuthorizationHeaderMalformed")
+    );
+
+    // Nothing was stored, and a correct client still writes.
+    assert!(files(&site.path("buffer")).is_empty());
+    site.client("ingestkey", "ingestsecret")
+        .put_object()
+        .bucket("inbox")
+        .key("x")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .expect("a correct put");
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}
+
 /// The port in a raw request's Host header.
 fn site_port(raw: &str) -> u16 {
     raw.lines()

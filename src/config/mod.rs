@@ -245,6 +245,11 @@ pub struct IngestConfig {
     /// The key pair clients sign with (SigV4).
     pub credentials: StaticCredentials,
     pub region: String,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers, and how long an idle keep-alive
+    /// connection stays open.
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -130,6 +130,8 @@ pub struct RawIngest {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub region: Option<String>,
+    pub max_connections: Option<i64>,
+    pub header_timeout: Option<String>,
 }
 
 /// `[[rules]]`.

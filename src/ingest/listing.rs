@@ -1,4 +1,4 @@
-//! ListObjectsV2 over the buffer's current objects: prefix, delimiter, start-after and
+//! ListObjects (v1 and v2) over the buffer's current objects: prefix, delimiter, start-after and
 //! continuation, max-keys — computed from a sorted listing, no state kept between pages.
 
 use crate::storage::Listed;
@@ -12,11 +12,11 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// What a ListObjectsV2 request asks for.
+/// What a ListObjects request asks for.
 pub struct Query<'a> {
     pub prefix: &'a str,
     pub delimiter: Option<&'a str>,
-    /// Keys at or before this are skipped (start-after or the continuation token).
+    /// Keys at or before this are skipped (marker, start-after or the continuation token).
     pub after: Option<&'a str>,
     pub max_keys: usize,
 }
@@ -24,6 +24,10 @@ pub struct Query<'a> {
 /// Pages `listed` (sorted by key) per `query`.
 pub fn page(listed: Vec<Listed>, query: &Query<'_>) -> Page {
     let mut out = Page::default();
+    if query.max_keys == 0 {
+        // S3 answers max-keys=0 with an empty page that is not truncated.
+        return out;
+    }
     for object in listed {
         if !object.key.starts_with(query.prefix) {
             continue;
@@ -121,6 +125,20 @@ mod tests {
             },
         );
         assert_eq!(keys(&under_c), vec!["c/x/1", "c/y"]);
+    }
+
+    #[test]
+    fn max_keys_zero_is_an_empty_page_that_is_not_truncated() {
+        let none = page(
+            listed(&["a", "b"]),
+            &Query {
+                prefix: "",
+                delimiter: None,
+                after: None,
+                max_keys: 0,
+            },
+        );
+        assert_eq!(none, Page::default());
     }
 
     #[test]

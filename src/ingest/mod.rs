@@ -4,16 +4,18 @@
 //! once instead of at the next scan. Operations outside the served subset get S3's
 //! `NotImplemented` error.
 
+mod gate;
 mod listing;
 mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,11 +44,24 @@ pub async fn serve(
         access_key_id: config.credentials.access_key_id.clone(),
         secret: SecretKey::from(config.credentials.secret_access_key.clone()),
     });
-    let service = builder.build();
+    let service = gate::Gate {
+        inner: builder.build(),
+        region: config.region.clone(),
+    };
     let connections = TaskTracker::new();
     let address: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(listen = ?address, "ingest endpoint ready");
+    // A permit per open connection: at the cap, new clients wait in the listen backlog.
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Without a timer hyper never fires its header timeout; with one, a client that sends no
+    // (complete) request headers within it — also between keep-alive requests — is dropped.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    tracing::info!(listen = ?address, max_connections = config.max_connections, "ingest endpoint ready");
     loop {
+        let Some(slot) = next_slot(&slots, &shutdown, config.max_connections).await else {
+            break;
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -61,9 +76,9 @@ pub async fn serve(
         };
         let service = service.clone();
         let shutdown = shutdown.clone();
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let _slot = slot;
             tokio::pin!(connection);
             let outcome = tokio::select! {
                 outcome = connection.as_mut() => outcome,
@@ -85,6 +100,25 @@ pub async fn serve(
         refused = stats.refused.load(std::sync::atomic::Ordering::Relaxed),
         "ingest endpoint stopped"
     );
+}
+
+/// A connection slot, waiting (with a warning) while all `max` are taken; `None` on shutdown.
+async fn next_slot(
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    max: usize,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    tracing::warn!(
+        max_connections = max,
+        "ingest endpoint: every connection slot is taken; new clients wait (ingest.max_connections)"
+    );
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        slot = slots.clone().acquire_owned() => slot.ok(),
+    }
 }
 
 /// The one key pair clients sign with; any other key is refused as S3 does.

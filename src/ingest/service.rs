@@ -33,6 +33,15 @@ pub struct IngestStats {
     pub refused: AtomicU64,
 }
 
+/// A listing page in S3's terms, for ListObjects and ListObjectsV2.
+struct Listing {
+    contents: Vec<dto::Object>,
+    common: Vec<dto::CommonPrefix>,
+    /// Where the next page starts, if this one is truncated.
+    next: Option<String>,
+    max_keys: i32,
+}
+
 /// The endpoint's state: where objects go and how they are enqueued.
 pub struct Ingest {
     pub store: Store,
@@ -70,6 +79,56 @@ impl Ingest {
                     "no replication rule covers key {key:?}: nothing would copy it out of the buffer"
                 )
             })
+    }
+
+    /// A page of the buffer's current objects, as ListObjects (v1 and v2) answer it; keys
+    /// after `after` (a marker, start-after or continuation token), at most `max_keys`
+    /// (1,000 if unset or larger).
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: Option<&str>,
+        delimiter: Option<&str>,
+        after: Option<&str>,
+        max_keys: Option<i32>,
+    ) -> S3Result<Listing> {
+        self.bucket(bucket)?;
+        let prefix = prefix.unwrap_or_default();
+        let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
+        let listed = self
+            .store
+            .list_current(prefix)
+            .await
+            .map_err(|e| s3(e, retry_later))?;
+        let page = listing::page(
+            listed,
+            &Query {
+                prefix,
+                delimiter,
+                after,
+                max_keys: max_keys as usize,
+            },
+        );
+        Ok(Listing {
+            contents: page
+                .objects
+                .into_iter()
+                .map(|o| dto::Object {
+                    key: Some(o.key),
+                    size: Some(o.size as i64),
+                    e_tag: etag(o.etag),
+                    last_modified: Some(timestamp(o.last_modified_ms)),
+                    ..Default::default()
+                })
+                .collect(),
+            common: page
+                .common_prefixes
+                .into_iter()
+                .map(|p| dto::CommonPrefix { prefix: Some(p) })
+                .collect(),
+            next: page.next,
+            max_keys,
+        })
     }
 
     /// Publishes the entry for a version just written; on failure removes the version again.
@@ -480,60 +539,66 @@ impl S3 for Ingest {
         Ok(S3Response::new(dto::DeleteObjectOutput::default()))
     }
 
+    async fn list_objects(
+        &self,
+        req: S3Request<dto::ListObjectsInput>,
+    ) -> S3Result<S3Response<dto::ListObjectsOutput>> {
+        let input = req.input;
+        let listed = self
+            .list_page(
+                &input.bucket,
+                input.prefix.as_deref(),
+                input.delimiter.as_deref(),
+                input.marker.as_deref(),
+                input.max_keys,
+            )
+            .await?;
+        Ok(S3Response::new(dto::ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            marker: input.marker,
+            max_keys: Some(listed.max_keys),
+            is_truncated: Some(listed.next.is_some()),
+            // S3 sends NextMarker only with a delimiter; clients resume from the last key
+            // otherwise, which is the same place.
+            next_marker: listed.next,
+            contents: Some(listed.contents),
+            common_prefixes: Some(listed.common),
+            ..Default::default()
+        }))
+    }
+
     async fn list_objects_v2(
         &self,
         req: S3Request<dto::ListObjectsV2Input>,
     ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let listed = self
-            .store
-            .list_current(&prefix)
-            .await
-            .map_err(|e| s3(e, retry_later))?;
-        let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
         let after = input
             .continuation_token
             .as_deref()
             .or(input.start_after.as_deref());
-        let page = listing::page(
-            listed,
-            &Query {
-                prefix: &prefix,
-                delimiter: input.delimiter.as_deref(),
+        let listed = self
+            .list_page(
+                &input.bucket,
+                input.prefix.as_deref(),
+                input.delimiter.as_deref(),
                 after,
-                max_keys,
-            },
-        );
-        let contents: Vec<dto::Object> = page
-            .objects
-            .into_iter()
-            .map(|o| dto::Object {
-                key: Some(o.key),
-                size: Some(o.size as i64),
-                e_tag: etag(o.etag),
-                last_modified: Some(timestamp(o.last_modified_ms)),
-                ..Default::default()
-            })
-            .collect();
-        let common: Vec<dto::CommonPrefix> = page
-            .common_prefixes
-            .into_iter()
-            .map(|p| dto::CommonPrefix { prefix: Some(p) })
-            .collect();
+                input.max_keys,
+            )
+            .await?;
         Ok(S3Response::new(dto::ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: input.prefix,
             delimiter: input.delimiter,
-            max_keys: Some(max_keys as i32),
-            key_count: Some((contents.len() + common.len()) as i32),
-            is_truncated: Some(page.next.is_some()),
-            next_continuation_token: page.next,
+            max_keys: Some(listed.max_keys),
+            key_count: Some((listed.contents.len() + listed.common.len()) as i32),
+            is_truncated: Some(listed.next.is_some()),
+            next_continuation_token: listed.next,
             continuation_token: input.continuation_token,
             start_after: input.start_after,
-            contents: Some(contents),
-            common_prefixes: Some(common),
+            contents: Some(listed.contents),
+            common_prefixes: Some(listed.common),
             ..Default::default()
         }))
     }

@@ -3,8 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawIngest, RawLocation, RawSize};
+mod ingest;
+
+use super::raw::{RawConfig, RawLocation, RawSize};
 use super::*;
+use ingest::ingest;
 
 /// Default part size: large enough that a 5 GiB object is ~640 parts, small enough that
 /// `target_concurrency` copies of one part each stay well under 1 GiB of buffers.
@@ -356,56 +359,6 @@ fn directory(key: &str, value: Option<&str>) -> Result<PathBuf, ConfigError> {
         Some(path) if !path.trim().is_empty() => Ok(PathBuf::from(path)),
         _ => Err(ConfigError::invalid(key, "required (a directory path)")),
     }
-}
-
-/// `[ingest]`: where it listens, which location it writes to, and the key clients sign with.
-fn ingest(
-    raw: &RawIngest,
-    locations: &BTreeMap<String, LocationConfig>,
-) -> Result<IngestConfig, ConfigError> {
-    let listen = raw.listen.parse().map_err(|_| {
-        ConfigError::invalid(
-            "ingest.listen",
-            format!(
-                "{:?} is not an address:port (e.g. \"127.0.0.1:9000\")",
-                raw.listen
-            ),
-        )
-    })?;
-    let Some(location) = locations.get(&raw.location) else {
-        return Err(ConfigError::invalid(
-            "ingest.location",
-            format!("no location named {:?}", raw.location),
-        ));
-    };
-    if !location.transient {
-        return Err(ConfigError::invalid(
-            "ingest.location",
-            format!(
-                "{:?} is not transient: the ingest endpoint writes into a transient buffer that \
-                 ferry empties once every target holds the data",
-                raw.location
-            ),
-        ));
-    }
-    let credentials = match (&raw.access_key_id, &raw.secret_access_key) {
-        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => StaticCredentials {
-            access_key_id: id.clone(),
-            secret_access_key: secret.clone(),
-        },
-        _ => {
-            return Err(ConfigError::invalid(
-                "ingest.access_key_id",
-                "access_key_id and secret_access_key are required: clients sign their requests with them",
-            ))
-        }
-    };
-    Ok(IngestConfig {
-        listen,
-        location: raw.location.clone(),
-        credentials,
-        region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
-    })
 }
 
 fn retry_policy(
