@@ -22,6 +22,10 @@ use crate::stages::status::StatusProcessor;
 use crate::stages::StageError;
 use crate::storage::Stores;
 
+/// How often the locations are swept of what crashed processes left behind (stale temporary
+/// files, abandoned multipart uploads): their age limits are a day and a week.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Why ferry stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -99,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             .clone()
             .follow(bus.clone(), topics.clone(), stages.clone()),
     );
+    tracker.spawn(stores.clone().sweep_every(SWEEP_INTERVAL, stages.clone()));
     let gates = Arc::new(Gates::new(config.locations.keys().cloned()));
     let spawn = |name: &'static str,
                  stage: std::pin::Pin<

@@ -121,7 +121,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         failed.entry("queue".into()).or_insert(stall);
     }
     for store in admin.stores.iter() {
-        let outcome = tokio::time::timeout(CHECK_TIMEOUT, store.check()).await;
+        let outcome = tokio::time::timeout(CHECK_TIMEOUT, store.probe()).await;
         let problem = match outcome {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => e.to_string(),

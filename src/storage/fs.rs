@@ -135,8 +135,7 @@ impl FsStore {
             probe.write(b"ferry")?;
             probe.sync()?;
             drop(probe);
-            walk::remove_stale(&layout.tmp_dir(), STALE_TMP);
-            walk::remove_stale(&layout.uploads_dir(), STALE_UPLOAD);
+            sweep(layout);
             Ok(())
         })
         .await
@@ -144,6 +143,30 @@ impl FsStore {
             e.kind = ErrorKind::Config;
             e
         })
+    }
+
+    /// For readiness, often: the directories are there (no write, no sweep).
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.blocking("check directory", "", |layout| {
+            for dir in [layout.root.clone(), layout.tmp_dir()] {
+                let meta = fs::metadata(&dir).map_err(|e| Fault::io("stat", &dir, e))?;
+                if !meta.is_dir() {
+                    return Err(Fault::io("stat", &dir, io::Error::other("not a directory")));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes what crashed processes left behind long ago: temporary files and abandoned
+    /// multipart uploads.
+    pub async fn sweep(&self) -> Result<(), StorageError> {
+        self.blocking("sweep", "", |layout| {
+            sweep(layout);
+            Ok(())
+        })
+        .await
     }
 
     /// A directory keeps one version per key.
@@ -539,6 +562,13 @@ impl FsStore {
 
 /// A NotFound while ferry's own directories are missing means the store is not set up
 /// (removed under us): a configuration problem.
+/// Removes temporary files and multipart uploads left untouched long enough to be a crashed
+/// process's (see [`STALE_TMP`], [`STALE_UPLOAD`]).
+fn sweep(layout: &Layout) {
+    walk::remove_stale(&layout.tmp_dir(), STALE_TMP);
+    walk::remove_stale(&layout.uploads_dir(), STALE_UPLOAD);
+}
+
 fn unset(layout: &Layout, mut fault: Fault) -> Fault {
     if fault.kind == ErrorKind::NotFound && !layout.tmp_dir().is_dir() {
         fault.kind = ErrorKind::Config;

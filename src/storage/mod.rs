@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::LocationKind;
 use crate::model::EntryKind;
@@ -141,6 +142,18 @@ pub struct Stores {
     stores: std::collections::BTreeMap<String, Store>,
 }
 
+/// Stores built elsewhere (tests), by their names.
+impl FromIterator<Store> for Stores {
+    fn from_iter<I: IntoIterator<Item = Store>>(stores: I) -> Self {
+        Self {
+            stores: stores
+                .into_iter()
+                .map(|s| (s.name().to_string(), s))
+                .collect(),
+        }
+    }
+}
+
 impl Stores {
     /// Builds the store of every location, of its kind (no requests, no file-system access).
     pub async fn connect(config: &crate::config::Config) -> Self {
@@ -166,5 +179,21 @@ impl Stores {
 
     pub fn iter(&self) -> impl Iterator<Item = &Store> {
         self.stores.values()
+    }
+
+    /// Sweeps every store ([`Store::sweep`]) every `interval` until `shutdown` (the first
+    /// sweep ran in the start-up check).
+    pub async fn sweep_every(self, interval: std::time::Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            for store in self.iter() {
+                if let Err(e) = store.sweep().await {
+                    tracing::warn!(location = %store.name(), error = %e, "sweep of stale files failed");
+                }
+            }
+        }
     }
 }

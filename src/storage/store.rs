@@ -65,6 +65,24 @@ impl Store {
         delegate!(self.check().await)
     }
 
+    /// A cheap readiness probe (no writes): the bucket or directory is there.
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        match self {
+            // One HeadBucket either way.
+            Store::S3(store) => store.check().await,
+            Store::Fs(store) => store.probe().await,
+        }
+    }
+
+    /// Removes what crashed processes left behind long ago (an fs location's temporary
+    /// files and abandoned multipart uploads; nothing for S3, whose lifecycle rules do it).
+    pub async fn sweep(&self) -> Result<(), StorageError> {
+        match self {
+            Store::S3(_) => Ok(()),
+            Store::Fs(store) => store.sweep().await,
+        }
+    }
+
     /// Whether the store keeps older versions.
     pub async fn is_versioned(&self) -> Result<bool, StorageError> {
         delegate!(self.is_versioned().await)

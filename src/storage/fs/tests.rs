@@ -1024,3 +1024,66 @@ async fn listings_are_in_key_byte_order_a_page_at_a_time() {
     assert_eq!(sizes, [1000, 1000, 500]);
     assert_eq!(pages.requests, 3);
 }
+
+/// A file in `dir` last modified `age` ago.
+fn leftover(dir: &Path, name: &str, age: std::time::Duration) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).expect("dir");
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_modified(std::time::SystemTime::now() - age)
+        .expect("backdate");
+    path
+}
+
+#[tokio::test]
+async fn the_readiness_probe_writes_and_sweeps_nothing() {
+    let (dir, store) = store().await;
+    let tmp = dir.path().join("store/.ferry/tmp");
+    let stale = leftover(
+        &tmp,
+        "crashed",
+        std::time::Duration::from_secs(2 * 24 * 3600),
+    );
+    for _ in 0..3 {
+        store.probe().await.expect("ready");
+    }
+    let names: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("crashed")]);
+    assert!(stale.exists());
+
+    std::fs::remove_dir_all(dir.path().join("store")).expect("remove");
+    let err = store.probe().await.expect_err("the directory is gone");
+    assert!(err.to_string().contains("store"), "{err}");
+}
+
+#[tokio::test]
+async fn stale_leftovers_are_swept_on_a_timer_and_fresh_ones_kept() {
+    let (dir, store) = store().await;
+    let root = dir.path().join("store/.ferry");
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let old_tmp = leftover(&root.join("tmp"), "old", 2 * day);
+    let new_tmp = leftover(&root.join("tmp"), "new", std::time::Duration::ZERO);
+    let old_upload = leftover(&root.join("uploads"), "abandoned", 8 * day);
+    let open_upload = leftover(&root.join("uploads"), "open", day);
+    let stores = [crate::storage::Store::Fs(store)]
+        .into_iter()
+        .collect::<crate::storage::Stores>();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let sweeper =
+        tokio::spawn(stores.sweep_every(std::time::Duration::from_millis(20), shutdown.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    shutdown.cancel();
+    sweeper.await.expect("the sweeper stops on shutdown");
+    assert!(
+        !old_tmp.exists() && !old_upload.exists(),
+        "stale leftovers kept"
+    );
+    assert!(
+        new_tmp.exists() && open_upload.exists(),
+        "fresh files removed"
+    );
+}
