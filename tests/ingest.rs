@@ -559,6 +559,39 @@ async fn outdated_signatures_other_regions_and_oversized_bodies_are_refused_unre
     ferry.terminate(Duration::from_secs(30));
 }
 
+/// A web page cannot change anything through the admin API: a cross-site request (its
+/// `Origin` or `Sec-Fetch-Site`) and, without a token, a rebound host name are refused; the
+/// CLI's requests are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_pause_a_target_through_the_admin_api() {
+    use support::admin::{cli_ok, get_json, request};
+    let site = Site::new();
+    let mut ferry = Ferry::start(&site.config());
+    site.ready(&ferry).await;
+    let admin = support::admin::port(&ferry.log()).expect("the admin port");
+    let pause = "/api/v1/targets/site-a/pause";
+    let host = format!("127.0.0.1:{admin}");
+    for headers in [
+        vec![("Host", host.as_str()), ("Origin", "https://evil.example")],
+        vec![("Host", host.as_str()), ("Sec-Fetch-Site", "cross-site")],
+        vec![("Host", "evil.example"), ("Origin", "http://evil.example")],
+    ] {
+        let (status, body) = request(admin, "POST", pause, &headers).await;
+        assert_eq!(status, 403, "{headers:?}: {body}");
+    }
+    let paused = || async {
+        get_json(admin, "/api/v1/targets")
+            .await
+            .to_string()
+            .contains("\"state\":\"paused\"")
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!paused().await, "a refused request paused the target");
+    cli_ok(admin, &["targets", "pause", "site-a", "--reason", "test"]).await;
+    wait_until(Duration::from_secs(10), "the CLI's pause", paused).await;
+    ferry.terminate(Duration::from_secs(30));
+}
+
 /// The port in a raw request's Host header.
 fn site_port(raw: &str) -> u16 {
     raw.lines()

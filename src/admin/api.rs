@@ -40,8 +40,12 @@ impl From<crate::bus::BusError> for ApiError {
 
 type Answer = Result<Json<Value>, ApiError>;
 
-/// Refuses a mutating request without the configured bearer token.
+/// Refuses a mutating request sent by a web page ([`cross_site`]) or without the configured
+/// bearer token.
 fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(why) = cross_site(headers, admin.config.admin.token.is_some()) {
+        return Err(ApiError(StatusCode::FORBIDDEN, why));
+    }
     let Some(token) = &admin.config.admin.token else {
         return Ok(());
     };
@@ -57,6 +61,37 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), ApiError> {
             "this route needs `Authorization: Bearer <admin.token>`".into(),
         )),
     }
+}
+
+/// Why a mutating request looks sent by a browser for another site, if it does: the CLI and
+/// scripts send no `Origin`; a page's request carries its own origin (or `Sec-Fetch-Site`).
+/// A page that rebinds its host name to this machine is same-origin for the browser: without
+/// a token, only an address (or `localhost`) in `Host` is taken.
+fn cross_site(headers: &HeaderMap, has_token: bool) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("host").unwrap_or_default();
+    if let Some(origin) = header("origin") {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if authority != host {
+            return Some(format!(
+                "a cross-site request (Origin {origin:?}, Host {host:?}) may not change anything"
+            ));
+        }
+    }
+    if header("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none") {
+        return Some("a request from another site may not change anything".into());
+    }
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(name, _)| name);
+    let address = name.trim_start_matches('[').trim_end_matches(']');
+    if !has_token && address.parse::<std::net::IpAddr>().is_err() && address != "localhost" {
+        return Some(format!(
+            "without admin.token, changes are taken only at an address, not the host name {name:?}"
+        ));
+    }
+    None
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the token.
@@ -446,6 +481,43 @@ fn parse_after(after: Option<&str>) -> Result<Option<Duration>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, axum::http::HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn cross_site_requests_are_told_apart() {
+        let cli = headers(&[("host", "127.0.0.1:9410")]);
+        assert_eq!(cross_site(&cli, false), None);
+        let v6 = headers(&[("host", "[::1]:9410")]);
+        assert_eq!(cross_site(&v6, false), None);
+        let same = headers(&[
+            ("host", "localhost:9410"),
+            ("origin", "http://localhost:9410"),
+        ]);
+        assert_eq!(cross_site(&same, false), None);
+        let page = headers(&[
+            ("host", "127.0.0.1:9410"),
+            ("origin", "https://evil.example"),
+        ]);
+        assert!(cross_site(&page, true).is_some());
+        let fetch = headers(&[("host", "127.0.0.1:9410"), ("sec-fetch-site", "cross-site")]);
+        assert!(cross_site(&fetch, true).is_some());
+        // DNS rebinding: same origin for the browser, a host name in Host.
+        let rebound = headers(&[
+            ("host", "evil.example:9410"),
+            ("origin", "http://evil.example:9410"),
+        ]);
+        assert!(cross_site(&rebound, false).is_some());
+        assert_eq!(cross_site(&rebound, true), None, "the token decides then");
+        let named = headers(&[("host", "ferry.internal:9410")]);
+        assert_eq!(cross_site(&named, true), None);
+    }
 
     #[test]
     fn token_comparison() {

@@ -18,7 +18,28 @@ pub fn port(log: &str) -> Option<u16> {
 
 /// `GET path` on the admin server: (status code, body).
 pub async fn get(port: u16, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    request(port, "GET", path, &[]).await
+}
+
+/// `METHOD path` with extra `headers` on the admin server: (status code, body).
+pub async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let host = if extra.to_ascii_lowercase().contains("host:") {
+        String::new()
+    } else {
+        "Host: 127.0.0.1\r\n".to_string()
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\n{host}{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.write_all(request.as_bytes()).expect("send");
