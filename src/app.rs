@@ -12,7 +12,7 @@ use crate::bus::{self, Bus, BusError, Topics};
 use crate::config::{Config, Feed};
 use crate::control::Pauses;
 use crate::ingest::{self, Ingest};
-use crate::stages::gc::GarbageCollector;
+use crate::stages::gc::{GarbageCollector, Policy};
 use crate::stages::populator::events::EventFeed;
 use crate::stages::populator::scan::Scanner;
 use crate::stages::populator::PopulatorStats;
@@ -190,6 +190,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         let collector = GarbageCollector::new(
             config.gc.clone(),
             config.replication.clone(),
+            Policy::new(&config),
             stores.clone(),
             publisher.clone(),
             topics.clone(),

@@ -236,3 +236,110 @@ async fn gc_deletes_only_versions_every_target_verifiably_holds() {
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;
 }
+
+/// A source version and, on both targets, a verified copy of it: (version, its GC task).
+async fn verified(buckets: &Buckets, key: &str, seed: u64) -> (String, GcTask) {
+    let (clients, src) = (&buckets.clients, &buckets.source);
+    let data = s3::data(seed, 3000);
+    let version = s3::put(
+        &clients[0],
+        src,
+        &Put {
+            key: key.to_string(),
+            seed,
+            size: 3000,
+            ..Put::default()
+        },
+    )
+    .await
+    .expect("versioned");
+    let etag = clients[0]
+        .head_object()
+        .bucket(src)
+        .key(key)
+        .version_id(&version)
+        .send()
+        .await
+        .expect("head")
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    let on_a = stamped_copy(&clients[1], &buckets.a, key, data.clone(), &version, &etag).await;
+    let on_b = stamped_copy(&clients[2], &buckets.b, key, data, &version, &etag).await;
+    let task = task(
+        src,
+        key,
+        &version,
+        &etag,
+        3000,
+        [("site-a", &on_a), ("site-b", &on_b)],
+    );
+    (version, task)
+}
+
+/// A GC task carries what was true when its entry was made; the collector decides by what is
+/// configured now: nothing is deleted from a location that is no longer transient, nor before
+/// a target added to the rule since holds the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_decides_by_the_running_configuration_not_the_task() {
+    let env = TestEnv::get();
+    let buckets = Buckets::create(&env, "gcconf").await;
+    let (_, still_transient) = verified(&buckets, "a-task-of-when-it-was-transient", 1).await;
+    let (_, mut one_target) = verified(&buckets, "enqueued-before-site-b-was-added", 2).await;
+    one_target.entry.targets = vec!["site-a".into()];
+    one_target.copies.retain(|c| c.target == "site-a");
+    let only_gc = "\n[stages]\npopulator = false\nreplication = false\nstatus = false\ngc = true\n";
+    let publish = |bus: Bus, gc_topic: String, task: GcTask| async move {
+        bus.publisher()
+            .publish(
+                &gc_topic,
+                &task.entry.message_key(),
+                Some(&ferry::model::encode(&task)),
+            )
+            .await
+            .expect("publish");
+    };
+    let bus = Bus::connect(&buckets.queue(&env)).expect("bus");
+    let gc_topic = format!("{}.gc", buckets.id);
+
+    // The source is no longer transient: its versions stay.
+    let mut ferry = Ferry::start(&buckets.config_with(&env, false, only_gc));
+    wait_until(Duration::from_secs(60), "ferry's gc topic", || async {
+        bus.partition_count(&gc_topic).await.unwrap_or(0) == 4
+    })
+    .await;
+    publish(bus.clone(), gc_topic.clone(), still_transient).await;
+    wait_until(Duration::from_secs(60), "the refusal", || async {
+        ferry
+            .log()
+            .contains("not transient in the running configuration")
+    })
+    .await;
+    ferry.terminate(Duration::from_secs(30));
+    assert_eq!(buckets.count(0).await.0, 2, "a version was deleted");
+
+    // Transient again, but the rule now has a target the task does not account for.
+    let mut ferry = Ferry::start(&buckets.config_with(&env, true, only_gc));
+    publish(bus.clone(), gc_topic.clone(), one_target.clone()).await;
+    wait_until(Duration::from_secs(60), "the refusal", || async {
+        ferry.log().contains("now also copies to site-b")
+    })
+    .await;
+    let one_target_still_there = clients_head(&buckets, &one_target).await;
+    assert!(one_target_still_there, "deleted before site-b holds it");
+    ferry.terminate(Duration::from_secs(30));
+    buckets.remove().await;
+}
+
+/// Whether the source still holds the task's version.
+async fn clients_head(buckets: &Buckets, task: &GcTask) -> bool {
+    buckets.clients[0]
+        .head_object()
+        .bucket(&buckets.source)
+        .key(&task.entry.key)
+        .set_version_id(task.entry.version_id.clone())
+        .send()
+        .await
+        .is_ok()
+}

@@ -3,7 +3,12 @@
 //! For each GC task it looks at every target copy the status processor recorded (HEAD of that
 //! exact target version): it must be ferry's copy of this source version (stamp), with the
 //! same size and source ETag. Only if every check passes is exactly that source version
-//! deleted. A failed check deletes nothing and says why; the source copy stays.
+//! deleted. A failed check deletes nothing and says why; the source copy stays. What the task
+//! says of the configuration is not trusted: [`Policy`] checks it against the running one.
+
+mod policy;
+
+pub use policy::Policy;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +42,7 @@ pub struct GcStats {
 pub struct GarbageCollector {
     config: GcConfig,
     retry: ReplicationConfig,
+    policy: Policy,
     stores: Stores,
     publisher: Publisher,
     topics: Topics,
@@ -57,6 +63,7 @@ impl GarbageCollector {
     pub fn new(
         config: GcConfig,
         retry: ReplicationConfig,
+        policy: Policy,
         stores: Stores,
         publisher: Publisher,
         topics: Topics,
@@ -65,6 +72,7 @@ impl GarbageCollector {
         Self {
             config,
             retry,
+            policy,
             stores,
             publisher,
             topics,
@@ -171,6 +179,9 @@ impl GarbageCollector {
 
     async fn try_collect(&self, task: &GcTask) -> Result<Verdict, StorageError> {
         let entry = &task.entry;
+        if let Some(why) = self.policy.refusal(task) {
+            return Ok(Verdict::Refuse(why));
+        }
         let Some(source) = self.stores.get(&entry.source) else {
             return Ok(Verdict::Refuse(format!(
                 "no location {:?} in this configuration",
