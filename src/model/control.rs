@@ -4,7 +4,6 @@ use serde::{Deserialize, Serialize};
 
 /// One record of `<p>control`, keyed `target/NAME`: the latest decision about that target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TargetPause {
     pub schema: u32,
     pub target: String,

@@ -17,7 +17,6 @@ pub enum EntryKind {
 
 /// One message on the replication topic, keyed by `bucket/key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReplicationEntry {
     pub schema: u32,
     /// Name of the rule that matched.

@@ -1,7 +1,11 @@
 //! The messages the stages exchange, and the per-entry status state machine.
 //!
-//! Every message is JSON with a `schema` field; a reader rejects a schema it does not know
-//! instead of guessing (the message goes to the dead-letter topic, nothing is lost).
+//! Every message is JSON with a `schema` field, the major version of its format. A reader
+//! rejects a major version it does not know instead of guessing (the message goes to the
+//! dead-letter topic, nothing is lost). Within a major version a newer ferry may add fields —
+//! a *minor* change: older readers ignore them, so a rolling upgrade does not dead-letter the
+//! work in flight. A field an older reader must not ignore (one that makes a stage do less,
+//! e.g. delete nothing) is a major change: bump [`SCHEMA`].
 
 mod control;
 mod entry;
@@ -15,7 +19,7 @@ pub use status::{
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The schema version every message ferry writes carries.
+/// The schema (major) version every message ferry writes carries.
 pub const SCHEMA: u32 = 1;
 
 /// Why a message could not be read.
@@ -27,7 +31,10 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{what} has schema {found}, this ferry reads schema {SCHEMA}")]
+    #[error(
+        "{what} has schema {found}, this ferry reads schema {SCHEMA} (a message of a newer \
+         ferry's incompatible format, or not ferry's)"
+    )]
     Schema { what: &'static str, found: u64 },
 }
 
@@ -85,5 +92,37 @@ mod tests {
             decode::<ReplicationEntry>("entry", br#"{"schema":1,"bucket":"b"}"#),
             Err(DecodeError::Json { .. })
         ));
+    }
+
+    #[test]
+    fn a_newer_minor_version_with_added_fields_is_read() {
+        let entry = ReplicationEntry {
+            schema: SCHEMA,
+            rule: "r".into(),
+            source: "src".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: Some("v".into()),
+            kind: EntryKind::Object,
+            size: 1,
+            etag: None,
+            last_modified_ms: 0,
+            targets: vec!["a".into()],
+            transient: false,
+            enqueued_at_ms: 0,
+        };
+        let mut json: serde_json::Value = serde_json::from_slice(&encode(&entry)).expect("json");
+        json["added_by_a_newer_ferry"] = serde_json::json!({"any": ["shape"]});
+        let read: ReplicationEntry =
+            decode("entry", json.to_string().as_bytes()).expect("a minor addition is read");
+        assert_eq!(read, entry);
+        let task = GcTask {
+            schema: SCHEMA,
+            entry,
+            copies: vec![],
+        };
+        let mut json: serde_json::Value = serde_json::from_slice(&encode(&task)).expect("json");
+        json["entry"]["nested_addition"] = serde_json::json!(1);
+        assert!(decode::<GcTask>("GC task", json.to_string().as_bytes()).is_ok());
     }
 }

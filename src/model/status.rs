@@ -29,7 +29,6 @@ impl ReplicationStatus {
 
 /// One message on the status topic: the outcome of one entry on one target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TargetResult {
     pub schema: u32,
     pub entry: ReplicationEntry,
@@ -56,7 +55,6 @@ pub struct TargetState {
 
 /// The status processor's record of one entry (its changelog value).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EntryState {
     pub schema: u32,
     pub entry: ReplicationEntry,
@@ -148,7 +146,6 @@ fn overall(statuses: impl Iterator<Item = ReplicationStatus> + Clone) -> Replica
 /// One message on the retry topic: a copy of `entry` to `target` that failed transiently and
 /// waits for its next attempt, no earlier than `due_at_ms`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RetryTask {
     pub schema: u32,
     /// Unique per publication; lets the retry consumer recognise a task it put back.
@@ -176,7 +173,6 @@ pub struct TargetCopy {
 
 /// One message on the GC topic: delete this transient source version once verified.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GcTask {
     pub schema: u32,
     pub entry: ReplicationEntry,
