@@ -197,6 +197,24 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
         .publish(&format!("{id}.status"), "k", Some(br#"{"schema": 1}"#))
         .await
         .expect("publish");
+    // Well-formed, of a newer minor version (an added field), but forged: a target that is no
+    // location of this configuration, named among thousands.
+    let mut targets: Vec<String> = (0..5000).map(|i| format!("evil-{i}")).collect();
+    targets.insert(0, "site-a".into());
+    let forged = serde_json::json!({
+        "schema": 1, "rule": "all", "source": "src", "bucket": src, "key": "forged",
+        "version_id": null, "kind": "object", "size": 1, "etag": null,
+        "last_modified_ms": 0, "targets": targets, "transient": false, "enqueued_at_ms": 0,
+        "added_by_a_newer_ferry": true,
+    });
+    publisher
+        .publish(
+            &format!("{id}.replication"),
+            "forged",
+            Some(forged.to_string().as_bytes()),
+        )
+        .await
+        .expect("publish");
     s3::put(
         &clients[0],
         src,
@@ -214,13 +232,27 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
     })
     .await;
     let topic = format!("{id}.dead-letter");
-    wait_until(TIMEOUT, "three dead letters", || async {
-        read_topic(&bus, &topic).await.len() >= 3
+    wait_until(TIMEOUT, "four dead letters", || async {
+        read_topic(&bus, &topic).await.len() >= 4
     })
     .await;
     let dead = read_topic(&bus, &topic).await;
     let all = dead.join("\n");
     assert!(all.contains("schema 99"), "names the unknown schema: {all}");
+    assert!(
+        all.contains("5001 targets; this configuration has 3 locations"),
+        "names what is wrong with the forged entry: {all}"
+    );
+    let metrics = support::admin::get(
+        support::admin::port(&ferry.log()).expect("admin port"),
+        "/metrics",
+    )
+    .await
+    .1;
+    assert!(
+        !metrics.contains("evil-"),
+        "a forged target got a metric label"
+    );
     assert!(
         all.contains("not valid JSON"),
         "names the JSON error: {all}"

@@ -468,15 +468,25 @@ fn known_target(admin: &Admin, name: &str) -> Result<(), ApiError> {
 fn parse_after(after: Option<&str>) -> Result<Option<Duration>, ApiError> {
     after
         .map(|a| {
-            humantime::parse_duration(a).map_err(|e| {
+            let d = humantime::parse_duration(a).map_err(|e| {
                 ApiError(
                     StatusCode::BAD_REQUEST,
                     format!("after={a:?} is not a duration like 90s, 15m or 1h: {e}"),
                 )
-            })
+            })?;
+            if d > MAX_AFTER {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("after={a:?} is longer than a year; pause without `after` instead"),
+                ));
+            }
+            Ok(d)
         })
         .transpose()
 }
+
+/// The longest timed pause: a year (so `now + after` is always a valid time).
+const MAX_AFTER: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {
@@ -526,6 +536,8 @@ mod tests {
         assert!(!same(b"secret", b"secret2"));
         assert!(parse_after(Some("1h")).is_ok_and(|d| d == Some(Duration::from_secs(3600))));
         assert!(parse_after(Some("soon")).is_err());
+        assert!(parse_after(Some("400days")).is_err());
+        assert!(parse_after(Some("99999999999999999999years")).is_err());
         assert!(parse_after(None).is_ok_and(|d| d.is_none()));
     }
 }

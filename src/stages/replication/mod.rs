@@ -7,6 +7,7 @@
 //! the status topic, the entry is acknowledged; its offset is committed once every earlier
 //! entry of its partition is too.
 
+mod admit;
 mod bloom;
 mod copier;
 mod fanout;
@@ -246,6 +247,10 @@ impl ReplicationProcessor {
             else {
                 continue;
             };
+            if let Some(why) = admit::entry_refusal(&entry, &this.stores) {
+                this.refuse(delivery, &why, &shutdown).await;
+                continue;
+            }
             // Tickets are taken here, in partition order, so lanes follow the source's order.
             let tickets: Vec<(String, Ticket)> = entry
                 .targets
@@ -294,6 +299,26 @@ impl ReplicationProcessor {
                 stage: STAGE,
                 source,
             })
+    }
+
+    /// Sends a message this process will not work on ([`admit`]) to the dead-letter topic.
+    async fn refuse(&self, delivery: Delivery, why: &str, shutdown: &CancellationToken) {
+        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics()
+            .dead_letters
+            .get_or_create(&crate::metrics::StageLabel {
+                stage: STAGE.to_string(),
+            })
+            .inc();
+        super::dead_letter(
+            &self.publisher,
+            &self.topics.dead_letter,
+            STAGE,
+            delivery,
+            why,
+            shutdown,
+        )
+        .await;
     }
 
     /// Copies `entry` to each target concurrently; acknowledges it once every result is

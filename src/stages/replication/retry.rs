@@ -55,6 +55,10 @@ impl ReplicationProcessor {
             else {
                 continue;
             };
+            if let Some(why) = super::admit::retry_refusal(&task, &self.stores) {
+                self.refuse(delivery, &why, &shutdown).await;
+                continue;
+            }
             // Taken here, in partition order, like the main path's lanes.
             let ticket = self
                 .retry_lanes
@@ -98,7 +102,17 @@ impl ReplicationProcessor {
             }
             return;
         }
-        let wait = Duration::from_millis((task.due_at_ms - model::now_ms()).max(0) as u64);
+        // No retry is due later than the longest backoff from now: a due time beyond it is
+        // another clock's or a forged one, and would hold this lane (and a permit) for ever.
+        let longest = self
+            .targets
+            .get(&task.target)
+            .map_or(self.config.retry.max_delay, |t| t.retry.max_delay);
+        let wait = Duration::from_millis(
+            task.due_at_ms
+                .saturating_sub(model::now_ms())
+                .clamp(0, longest.as_millis() as i64) as u64,
+        );
         if !sleep_or_shutdown(wait, shutdown).await {
             return;
         }
