@@ -183,6 +183,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             bus.subscribe("status", &[&topics.status])?,
             bus.state_reader()?,
             &config.status,
+            config.locations.keys().cloned().collect(),
         );
         spawn("status", Box::pin(processor.run(stages.clone())));
     }

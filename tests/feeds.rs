@@ -199,7 +199,7 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
         .expect("publish");
     // Well-formed, of a newer minor version (an added field), but forged: a target that is no
     // location of this configuration, named among thousands.
-    let mut targets: Vec<String> = (0..5000).map(|i| format!("evil-{i}")).collect();
+    let mut targets: Vec<String> = (0..500).map(|i| format!("evil-{i}")).collect();
     targets.insert(0, "site-a".into());
     let forged = serde_json::json!({
         "schema": 1, "rule": "all", "source": "src", "bucket": src, "key": "forged",
@@ -212,6 +212,21 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
             &format!("{id}.replication"),
             "forged",
             Some(forged.to_string().as_bytes()),
+        )
+        .await
+        .expect("publish");
+    // A forged result for a target that is no location here.
+    let mut entry = forged.clone();
+    entry["targets"] = serde_json::json!(["site-a", "evil-result"]);
+    let result = serde_json::json!({
+        "schema": 1, "entry": entry, "target": "evil-result", "status": "COMPLETED",
+        "target_version_id": null, "error": null, "attempts": 1, "at_ms": 0,
+    });
+    publisher
+        .publish(
+            &format!("{id}.status"),
+            "forged",
+            Some(result.to_string().as_bytes()),
         )
         .await
         .expect("publish");
@@ -232,16 +247,20 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
     })
     .await;
     let topic = format!("{id}.dead-letter");
-    wait_until(TIMEOUT, "four dead letters", || async {
-        read_topic(&bus, &topic).await.len() >= 4
+    wait_until(TIMEOUT, "five dead letters", || async {
+        read_topic(&bus, &topic).await.len() >= 5
     })
     .await;
     let dead = read_topic(&bus, &topic).await;
     let all = dead.join("\n");
     assert!(all.contains("schema 99"), "names the unknown schema: {all}");
     assert!(
-        all.contains("5001 targets; this configuration has 3 locations"),
-        "names what is wrong with the forged entry: {all}"
+        all.contains("501 targets; this configuration has 3 locations"),
+        "names what is wrong with the forged entry"
+    );
+    assert!(
+        all.contains("target \\\"evil-result\\\" is not a location of this configuration"),
+        "names what is wrong with the forged result"
     );
     let metrics = support::admin::get(
         support::admin::port(&ferry.log()).expect("admin port"),

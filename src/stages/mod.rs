@@ -6,6 +6,7 @@
 //!           transient source ◀── GarbageCollector ◀── gc ◀── StatusProcessor ◀┘
 //! ```
 
+pub mod admit;
 pub mod gc;
 pub mod populator;
 pub mod replication;
@@ -139,6 +140,29 @@ pub async fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
         Some(Err(e)) => e.to_string(),
         None => "empty message".to_string(),
     };
+    refuse(
+        publisher,
+        dead_letter_topic,
+        stage,
+        counter,
+        delivery,
+        &reason,
+        shutdown,
+    )
+    .await;
+    None
+}
+
+/// Counts a message the stage will not work on and sends it to the dead-letter topic.
+pub async fn refuse(
+    publisher: &Publisher,
+    dead_letter_topic: &str,
+    stage: &'static str,
+    counter: &std::sync::atomic::AtomicU64,
+    delivery: Delivery,
+    reason: &str,
+    shutdown: &CancellationToken,
+) {
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     crate::metrics::metrics()
         .dead_letters
@@ -151,11 +175,10 @@ pub async fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
         dead_letter_topic,
         stage,
         delivery,
-        &reason,
+        reason,
         shutdown,
     )
     .await;
-    None
 }
 
 /// Receives the next delivery, riding out broker hiccups; `None` on shutdown.

@@ -7,7 +7,6 @@
 //! the status topic, the entry is acknowledged; its offset is committed once every earlier
 //! entry of its partition is too.
 
-mod admit;
 mod bloom;
 mod copier;
 mod fanout;
@@ -86,6 +85,7 @@ fn failed_metric(target: &str, kind: ErrorKind) {
         })
         .inc();
 }
+use super::admit::Known;
 use super::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
 
 const STAGE: &str = "replication";
@@ -147,6 +147,8 @@ pub struct Holds {
 pub struct ReplicationProcessor {
     config: ReplicationConfig,
     stores: Stores,
+    /// The locations messages may name.
+    known: Known,
     publisher: Publisher,
     topics: Topics,
     subscription: Subscription,
@@ -197,6 +199,7 @@ impl ReplicationProcessor {
         let budget = BufferBudget::new(config.buffer_memory);
         Self {
             config,
+            known: stores.iter().map(|s| s.name().to_string()).collect(),
             stores,
             publisher,
             topics,
@@ -247,7 +250,7 @@ impl ReplicationProcessor {
             else {
                 continue;
             };
-            if let Some(why) = admit::entry_refusal(&entry, &this.stores) {
+            if let Some(why) = this.known.entry_refusal(&entry) {
                 this.refuse(delivery, &why, &shutdown).await;
                 continue;
             }
@@ -301,19 +304,13 @@ impl ReplicationProcessor {
             })
     }
 
-    /// Sends a message this process will not work on ([`admit`]) to the dead-letter topic.
+    /// Sends a message this process will not work on ([`Known`]) to the dead-letter topic.
     async fn refuse(&self, delivery: Delivery, why: &str, shutdown: &CancellationToken) {
-        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::metrics()
-            .dead_letters
-            .get_or_create(&crate::metrics::StageLabel {
-                stage: STAGE.to_string(),
-            })
-            .inc();
-        super::dead_letter(
+        super::refuse(
             &self.publisher,
             &self.topics.dead_letter,
             STAGE,
+            &self.stats.dead_letters,
             delivery,
             why,
             shutdown,

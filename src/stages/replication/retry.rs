@@ -55,7 +55,7 @@ impl ReplicationProcessor {
             else {
                 continue;
             };
-            if let Some(why) = super::admit::retry_refusal(&task, &self.stores) {
+            if let Some(why) = self.known.retry_refusal(&task) {
                 self.refuse(delivery, &why, &shutdown).await;
                 continue;
             }

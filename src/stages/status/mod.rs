@@ -38,6 +38,7 @@ use futures_util::FutureExt;
 use crate::bus::{Delivery, Publisher, StateReader, Subscription, Topics};
 use crate::model::{self, EntryState, GcTask, ReplicationStatus, TargetResult};
 
+use super::admit::Known;
 use super::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
 use crate::backoff::Backoff;
 
@@ -62,6 +63,8 @@ pub struct StatusStats {
 
 /// The status stage.
 pub struct StatusProcessor {
+    /// The locations results may name.
+    known: Known,
     publisher: Publisher,
     topics: Topics,
     subscription: Subscription,
@@ -83,8 +86,10 @@ impl StatusProcessor {
         subscription: Subscription,
         reader: StateReader,
         config: &crate::config::StatusConfig,
+        known: Known,
     ) -> Self {
         Self {
+            known,
             publisher,
             topics,
             subscription,
@@ -171,6 +176,19 @@ impl StatusProcessor {
                 else {
                     continue;
                 };
+                if let Some(why) = self.known.result_refusal(&result) {
+                    super::refuse(
+                        &self.publisher,
+                        &self.topics.dead_letter,
+                        STAGE,
+                        &self.stats.dead_letters,
+                        delivery,
+                        &why,
+                        &shutdown,
+                    )
+                    .await;
+                    continue;
+                }
                 self.stats.results.fetch_add(1, Ordering::Relaxed);
                 let id = result.entry.id();
                 let states = self.state.entry(partition).or_default();

@@ -1,16 +1,61 @@
-//! What the processor refuses to work on: entries and retry tasks naming locations this
+//! What the stages refuse to work on: entries, retry tasks and results naming locations this
 //! process does not have, or targets in numbers or repeats no rule produces. A stale or forged
-//! message goes to the dead-letter topic with the reason, before it takes a lane, a permit or
-//! a metric label of its own.
+//! message goes to the dead-letter topic with the reason, before it takes a lane, a permit, a
+//! state record or a metric label of its own.
 
 use std::collections::HashSet;
 
-use crate::model::{ReplicationEntry, RetryTask};
-use crate::storage::Stores;
+use crate::model::{ReplicationEntry, RetryTask, TargetResult};
 
-/// Why `entry` is not worked on here, if it is not.
-pub fn entry_refusal(entry: &ReplicationEntry, stores: &Stores) -> Option<String> {
-    let known = stores.iter().count();
+/// The locations of this process's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    locations: HashSet<String>,
+}
+
+impl<S: Into<String>> FromIterator<S> for Known {
+    fn from_iter<I: IntoIterator<Item = S>>(names: I) -> Self {
+        Self {
+            locations: names.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl Known {
+    fn has(&self, name: &str) -> bool {
+        self.locations.contains(name)
+    }
+
+    /// Why `entry` is not worked on here, if it is not.
+    pub fn entry_refusal(&self, entry: &ReplicationEntry) -> Option<String> {
+        entry_refusal(entry, self)
+    }
+
+    /// Why the retry `task` is not worked on here, if it is not.
+    pub fn retry_refusal(&self, task: &RetryTask) -> Option<String> {
+        if !task.entry.targets.contains(&task.target) {
+            return Some(format!(
+                "the retry is for target {:?}, which its entry does not name",
+                task.target
+            ));
+        }
+        entry_refusal(&task.entry, self)
+    }
+
+    /// Why `result` is not recorded here, if it is not.
+    pub fn result_refusal(&self, result: &TargetResult) -> Option<String> {
+        if !result.entry.targets.contains(&result.target) {
+            return Some(format!(
+                "the result is for target {:?}, which its entry does not name",
+                result.target
+            ));
+        }
+        entry_refusal(&result.entry, self)
+    }
+}
+
+fn entry_refusal(entry: &ReplicationEntry, stores: &Known) -> Option<String> {
+    let known = stores.locations.len();
     if entry.targets.is_empty() {
         return Some("the entry names no target".into());
     }
@@ -20,7 +65,7 @@ pub fn entry_refusal(entry: &ReplicationEntry, stores: &Stores) -> Option<String
             entry.targets.len()
         ));
     }
-    if stores.get(&entry.source).is_none() {
+    if !stores.has(&entry.source) {
         return Some(format!(
             "source {:?} is not a location of this configuration",
             entry.source
@@ -34,7 +79,7 @@ pub fn entry_refusal(entry: &ReplicationEntry, stores: &Stores) -> Option<String
         if target == &entry.source {
             return Some(format!("the entry copies {target:?} onto itself"));
         }
-        if stores.get(target).is_none() {
+        if !stores.has(target) {
             return Some(format!(
                 "target {target:?} is not a location of this configuration"
             ));
@@ -43,35 +88,13 @@ pub fn entry_refusal(entry: &ReplicationEntry, stores: &Stores) -> Option<String
     None
 }
 
-/// Why the retry `task` is not worked on here, if it is not.
-pub fn retry_refusal(task: &RetryTask, stores: &Stores) -> Option<String> {
-    if !task.entry.targets.contains(&task.target) {
-        return Some(format!(
-            "the retry is for target {:?}, which its entry does not name",
-            task.target
-        ));
-    }
-    entry_refusal(&task.entry, stores)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{EntryKind, SCHEMA};
-    use crate::storage::{FsStore, Store};
 
-    fn stores(names: &[&str]) -> Stores {
-        names
-            .iter()
-            .map(|n| {
-                Store::Fs(FsStore::new(
-                    n,
-                    n,
-                    format!("/nonexistent/{n}").into(),
-                    std::time::Duration::ZERO,
-                ))
-            })
-            .collect()
+    fn stores(names: &[&str]) -> Known {
+        names.iter().copied().collect()
     }
 
     fn entry(source: &str, targets: &[&str]) -> ReplicationEntry {
@@ -95,8 +118,8 @@ mod tests {
     #[test]
     fn only_configured_distinct_targets_are_taken() {
         let stores = stores(&["src", "a", "b"]);
-        assert_eq!(entry_refusal(&entry("src", &["a", "b"]), &stores), None);
-        let refused = |e: ReplicationEntry| entry_refusal(&e, &stores).unwrap_or_default();
+        assert_eq!(stores.entry_refusal(&entry("src", &["a", "b"])), None);
+        let refused = |e: ReplicationEntry| stores.entry_refusal(&e).unwrap_or_default();
         assert!(refused(entry("src", &[])).contains("no target"));
         assert!(refused(entry("src", &["a", "a"])).contains("twice"));
         assert!(refused(entry("src", &["src"])).contains("onto itself"));
@@ -120,7 +143,7 @@ mod tests {
             last_error: None,
             origin: None,
         };
-        assert_eq!(retry_refusal(&task("a"), &stores), None);
-        assert!(retry_refusal(&task("b"), &stores).is_some());
+        assert_eq!(stores.retry_refusal(&task("a")), None);
+        assert!(stores.retry_refusal(&task("b")).is_some());
     }
 }
