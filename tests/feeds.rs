@@ -78,6 +78,7 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
         ("日本.bin", "%E6%97%A5%E6%9C%AC.bin"),
         ("plain", "plain"),
     ];
+    let mut versions = Vec::new();
     for (n, (key, encoded)) in writes.iter().enumerate() {
         let version = s3::put(
             &clients[0],
@@ -100,6 +101,7 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
             .publish(&events_topic, key, Some(message.as_bytes()))
             .await
             .expect("publish event");
+        versions.push(version);
     }
     publisher
         .publish(&events_topic, "junk", Some(b"this is not an event"))
@@ -135,12 +137,40 @@ async fn events_feed_replicates_writes_and_deletes_and_dead_letters_garbage() {
         .await
         .expect("publish");
 
+    // A forged deletion: the "marker" it names is the object's own version. The source
+    // contradicts it, so the targets keep the object.
+    let message = event(
+        "ObjectRemoved:DeleteMarkerCreated",
+        src,
+        "%E6%97%A5%E6%9C%AC.bin",
+        versions[1].as_deref(),
+        0,
+    );
+    publisher
+        .publish(&events_topic, "日本.bin", Some(message.as_bytes()))
+        .await
+        .expect("publish forged delete");
+
     wait_until(
         TIMEOUT,
         "3 objects and 1 delete marker on both targets",
         || async { buckets.count(1).await == (3, 1) && buckets.count(2).await == (3, 1) },
     )
     .await;
+    wait_until(TIMEOUT, "the forged deletion refused", || async {
+        ferry.log().contains("is an object, not a delete marker")
+    })
+    .await;
+    assert_eq!(
+        buckets.count(1).await,
+        (3, 1),
+        "site-a applied a forged deletion"
+    );
+    assert_eq!(
+        buckets.count(2).await,
+        (3, 1),
+        "site-b applied a forged deletion"
+    );
     for (key, _) in writes.iter().filter(|(k, _)| *k != "plain") {
         let got = s3::fetch(&clients[1], a, key, None).await;
         assert!(

@@ -8,6 +8,7 @@
 //! entry of its partition is too.
 
 mod bloom;
+mod confirm;
 mod copier;
 mod fanout;
 pub mod gate;
@@ -651,8 +652,14 @@ impl ReplicationProcessor {
                         let first = fresh && attempts == 1;
                         self.copy_object(entry, source, store, &copier, first).await
                     }
-                    EntryKind::DeleteMarker => copier.copy_delete_marker(entry).await,
-                    EntryKind::VersionDelete => copier.delete_copy(entry).await,
+                    kind => match confirm::deletion(source, entry).await {
+                        Ok(None) if kind == EntryKind::DeleteMarker => {
+                            copier.copy_delete_marker(entry).await
+                        }
+                        Ok(None) => copier.delete_copy(entry).await,
+                        Ok(Some(outcome)) => Ok(outcome),
+                        Err(e) => Err(e),
+                    },
                 }
             };
             // Lost meanwhile (frozen mid-copy): no result, and a write that landed after the
