@@ -68,15 +68,19 @@ pub async fn create_bucket(client: &Client, bucket: &str, versioned: bool) {
 
 /// Deletes every version of every object, then the bucket (cleanup; errors ignored).
 pub async fn remove_bucket(client: &Client, bucket: &str) {
-    for v in versions(client, bucket).await.unwrap_or_default() {
-        let _ = client
-            .delete_object()
-            .bucket(bucket)
-            .key(&v.key)
-            .set_version_id(v.version_id.clone())
-            .send()
-            .await;
-    }
+    use futures_util::StreamExt;
+    // 16 at a time: a soak's buckets hold tens of thousands of versions.
+    futures_util::stream::iter(versions(client, bucket).await.unwrap_or_default())
+        .for_each_concurrent(16, |v| async move {
+            let _ = client
+                .delete_object()
+                .bucket(bucket)
+                .key(&v.key)
+                .set_version_id(v.version_id.clone())
+                .send()
+                .await;
+        })
+        .await;
     let _ = client.delete_bucket().bucket(bucket).send().await;
 }
 
