@@ -200,7 +200,7 @@ impl Ingest {
 /// the buffer's own errors) is logged, not sent: a client is told what it can act on.
 fn s3(e: StorageError, not_found: impl FnOnce(String) -> S3Error) -> S3Error {
     tracing::warn!(error = %e, "ingest request failed");
-    let message = e.message.clone();
+    let message = without_paths(&e.message);
     match e.kind {
         ErrorKind::NotFound => not_found(message),
         ErrorKind::Permanent => s3_error!(InvalidArgument, "{message}"),
@@ -216,6 +216,23 @@ fn s3(e: StorageError, not_found: impl FnOnce(String) -> S3Error) -> S3Error {
             "the buffer is not usable (see the server's log); retry later"
         ),
     }
+}
+
+/// `message` with every absolute path replaced: clients learn what failed, never where the
+/// buffer lives on the server (the log keeps the whole message).
+fn without_paths(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_start_matches(['"', '\'', '(', '[']);
+            if bare.starts_with('/') {
+                "(a path in the buffer)"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// For writes and listings, where "not found" can only mean something vanished under the
@@ -631,4 +648,23 @@ fn not_in_buffer(key: &str) -> S3Error {
         NoSuchKey,
         "{key:?} is not in the buffer: never written, or already replicated and removed (read it from a target)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_paths;
+
+    #[test]
+    fn client_messages_carry_no_server_path() {
+        let message = "open /var/lib/ferry/buffer/.ferry/meta/a.json: No such file (os error 2)";
+        assert_eq!(
+            without_paths(message),
+            "open (a path in the buffer) No such file (os error 2)"
+        );
+        assert_eq!(
+            without_paths("key \"a/b\" is not in the buffer"),
+            "key \"a/b\" is not in the buffer"
+        );
+        assert!(!without_paths("rename \"/tmp/x\" to '/tmp/y'").contains("/tmp"));
+    }
 }
