@@ -1056,7 +1056,7 @@ fn servers_used(before: &std::collections::HashMap<String, f64>) -> String {
         } else {
             name
         };
-        if ["radosgw", "ceph-osd", "ceph-mon", "tansu", "kernel workers"].contains(&name.as_str()) {
+        if ["radosgw", "ceph-osd", "ceph-mon", "java", "kernel workers"].contains(&name.as_str()) {
             *used.entry(name).or_default() += delta;
         }
     }
