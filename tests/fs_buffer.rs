@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
@@ -19,18 +18,6 @@ use support::admin::{cli_ok, port};
 use support::{files, free_port, s3, unique, wait_until, Ferry, TestEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
-
-/// A client of the ingest endpoint on `port`.
-fn endpoint_client(port: u16) -> Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .force_path_style(true)
-        .credentials_provider(Credentials::new("k", "s", None, None, "test"))
-        .build();
-    Client::from_conf(config)
-}
 
 /// Every path under `dir` (directories too).
 fn everything(dir: &Path) -> Vec<String> {
@@ -170,7 +157,7 @@ retry_max_delay = "2s"
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let (acked, refused) = (acked.clone(), refused.clone());
-        let client = endpoint_client(ingest);
+        let client = s3::endpoint_client(ingest, "k", "s");
         writers.push(tokio::spawn(async move {
             for n in 0..KEYS_PER_WRITER {
                 let key = key_of(n * WRITERS + w);

@@ -248,7 +248,7 @@ listen = "127.0.0.1:0"
     let started = Instant::now();
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let client = endpoint_client(ingest);
+        let client = support::s3::endpoint_client(ingest, "k", "s");
         writers.push(tokio::spawn(async move {
             for i in (w..entries).step_by(WRITERS) {
                 let key = format!("h/{i:06}");
@@ -306,7 +306,7 @@ listen = "127.0.0.1:0"
     ferry.terminate(Duration::from_secs(30));
     let restarted = Instant::now();
     ferry.restart();
-    let client = endpoint_client(ingest);
+    let client = support::s3::endpoint_client(ingest, "k", "s");
     while client
         .put_object()
         .bucket("inbox")
@@ -358,18 +358,4 @@ async fn median_ms(admin: u16, path: &str) -> f64 {
     }
     times.sort_by(f64::total_cmp);
     times[5]
-}
-
-/// A client of the ingest endpoint on `port`.
-fn endpoint_client(port: u16) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "k", "s", None, None, "test",
-        ))
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }

@@ -92,14 +92,7 @@ retry_max_delay = "2s"
     }
 
     fn client(&self, key: &str, secret: &str) -> Client {
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(format!("http://127.0.0.1:{}", self.port))
-            .force_path_style(true)
-            .credentials_provider(Credentials::new(key, secret, None, None, "test"))
-            .build();
-        Client::from_conf(config)
+        support::s3::endpoint_client(self.port, key, secret)
     }
 
     async fn ready(&self, ferry: &Ferry) {

@@ -43,6 +43,20 @@ pub fn client(env: &TestEnv, n: usize) -> Client {
     Client::from_conf(config)
 }
 
+/// A client of a ferry ingest endpoint on `port` that signs with `key`/`secret`.
+pub fn endpoint_client(port: u16, key: &str, secret: &str) -> Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            key, secret, None, None, "test",
+        ))
+        .build();
+    Client::from_conf(config)
+}
+
 /// Creates `bucket`, versioned or not.
 pub async fn create_bucket(client: &Client, bucket: &str, versioned: bool) {
     client
