@@ -42,9 +42,12 @@ async fn metrics_match_what_was_replicated_and_logs_hold_no_secret() {
         bytes += put.size as u64;
         s3::put(&buckets.clients[0], &buckets.source, &put).await;
     }
+    // The status processor counts an entry COMPLETED once all its writes of the batch are
+    // durable; the GC task is one of them, so a deletion may be counted first.
     wait_until(TIMEOUT, "every object replicated and collected", || async {
         let page = get(port, "/metrics").await.1;
         sample(&page, "ferry_gc_deletions_total") == Some(count as f64)
+            && sample(&page, "ferry_entries_completed_total") == Some(count as f64)
     })
     .await;
 
