@@ -220,6 +220,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             publisher: publisher.clone(),
             topic: topics.replication.clone(),
             stats: Arc::default(),
+            commits: tokio_util::task::TaskTracker::new(),
         };
         let token = stages.clone();
         spawn(

@@ -727,3 +727,90 @@ async fn quick_start_replicates_an_upload_to_both_sites_and_empties_the_buffer()
         assert!(log.contains(line), "the log says {line:?}:\n{log}");
     }
 }
+
+/// A client that hangs up while the endpoint commits cannot leave an object in the buffer that
+/// replication does not know about: what the endpoint stores it also enqueues (or removes
+/// again), whatever the client does meanwhile. Joining 128 MiB of parts takes a while; the
+/// client gives up after 100 ms, as an SDK with a short timeout does. The hourly scan would
+/// not find an object left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_commit_leaves_nothing_unreplicated() {
+    let site = Site::new();
+    let config = site
+        .config()
+        .replace("scan_interval = \"30s\"", "scan_interval = \"1h\"");
+    let mut ferry = Ferry::start(&config);
+    site.ready(&ferry).await;
+    let client = site.client("ingestkey", "ingestsecret");
+    let key = "hung-up/large.bin";
+    let body = data(7, 128 << 20);
+    let upload = client
+        .create_multipart_upload()
+        .bucket("inbox")
+        .key(key)
+        .send()
+        .await
+        .expect("create multipart upload");
+    let upload_id = upload.upload_id().expect("upload id").to_string();
+    let mut parts = Vec::new();
+    for (n, chunk) in body.chunks(32 << 20).enumerate() {
+        let number = n as i32 + 1;
+        let out = client
+            .upload_part()
+            .bucket("inbox")
+            .key(key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(ByteStream::from(chunk.to_vec()))
+            .send()
+            .await
+            .expect("upload part");
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .e_tag(out.e_tag().unwrap_or_default())
+                .build(),
+        );
+    }
+    let impatient = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(Duration::from_millis(100))
+        .build();
+    let gave_up = client
+        .complete_multipart_upload()
+        .bucket("inbox")
+        .key(key)
+        .upload_id(&upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .customize()
+        .config_override(
+            aws_sdk_s3::config::Config::builder()
+                .timeout_config(impatient)
+                .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled()),
+        )
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err(),
+        "the client was meant to hang up before the answer"
+    );
+    wait_until(
+        TIMEOUT,
+        "the object on both targets and the buffer emptied",
+        || async {
+            files(&site.path("site-a")) == [key]
+                && files(&site.path("site-b")) == [key]
+                && files(&site.path("buffer")).is_empty()
+        },
+    )
+    .await;
+    for target in ["site-a", "site-b"] {
+        let held = std::fs::read(site.path(target).join(key)).expect("copy readable");
+        assert!(held == body, "{target}: content differs");
+    }
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}

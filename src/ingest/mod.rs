@@ -39,6 +39,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let stats = ingest.stats.clone();
+    let commits = ingest.commits.clone();
     let mut builder = S3ServiceBuilder::new(ingest);
     builder.set_auth(OneKey {
         access_key_id: config.credentials.access_key_id.clone(),
@@ -94,6 +95,9 @@ pub async fn serve(
     }
     connections.close();
     connections.wait().await;
+    // Commits of clients that hung up run on: stored objects get their entries.
+    commits.close();
+    commits.wait().await;
     tracing::info!(
         objects = stats.objects.load(std::sync::atomic::Ordering::Relaxed),
         bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed),

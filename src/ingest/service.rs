@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use md5::{Digest, Md5};
 use s3s::dto::{self, StreamingBlob, Timestamp};
 use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
+use tokio_util::task::TaskTracker;
 
 use super::listing::{self, Query};
 use crate::bus::Publisher;
@@ -42,7 +43,9 @@ struct Listing {
     max_keys: i32,
 }
 
-/// The endpoint's state: where objects go and how they are enqueued.
+/// The endpoint's state: where objects go and how they are enqueued. Cheap to clone: a
+/// commit runs on a clone of its own.
+#[derive(Clone)]
 pub struct Ingest {
     pub store: Store,
     pub location: LocationConfig,
@@ -52,9 +55,26 @@ pub struct Ingest {
     /// The replication topic.
     pub topic: String,
     pub stats: Arc<IngestStats>,
+    /// The commits under way ([`Ingest::to_completion`]); shutdown waits for them.
+    pub commits: TaskTracker,
 }
 
 impl Ingest {
+    /// Runs `commit` (store, enqueue, undo) in a task of its own, so it completes whatever
+    /// the client does: a client hanging up drops its request, and would otherwise cancel
+    /// the commit half done (an object stored whose entry was never published, or an
+    /// unpublished one never removed).
+    async fn to_completion<T, F>(&self, commit: F) -> S3Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = S3Result<T>> + Send + 'static,
+    {
+        self.commits.spawn(commit).await.map_err(|e| {
+            tracing::error!(error = %e, "an ingest commit failed");
+            s3_error!(InternalError, "the write did not complete; retry")
+        })?
+    }
+
     fn bucket(&self, bucket: &str) -> S3Result<()> {
         if bucket == self.location.bucket {
             Ok(())
@@ -129,6 +149,33 @@ impl Ingest {
             next: page.next,
             max_keys,
         })
+    }
+
+    /// Joins an upload's parts into the object and enqueues it.
+    async fn complete(
+        &self,
+        rule: &RuleConfig,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> S3Result<Written> {
+        let written = self
+            .store
+            .complete_multipart(key, upload_id, parts)
+            .await
+            .map_err(|e| s3(e, no_upload))?;
+        let size = match self.store.head(key, written.version_id.as_deref()).await {
+            Ok(Head::Object(h)) => h.size,
+            Ok(_) => {
+                return Err(s3_error!(
+                    InternalError,
+                    "the completed object is not there"
+                ))
+            }
+            Err(e) => return Err(s3(e, retry_later)),
+        };
+        self.enqueue(rule, key, &written, size).await?;
+        Ok(written)
     }
 
     /// Publishes the entry for a version just written; on failure removes the version again.
@@ -206,6 +253,9 @@ fn s3(e: StorageError, not_found: impl FnOnce(String) -> S3Error) -> S3Error {
         ErrorKind::Permanent => s3_error!(InvalidArgument, "{message}"),
         ErrorKind::Transient if message.contains("BadDigest") || message.contains("MD5") => {
             s3_error!(BadDigest, "{message}")
+        }
+        ErrorKind::Transient if message.contains("SlowDown:") => {
+            s3_error!(SlowDown, "{message}")
         }
         ErrorKind::Transient | ErrorKind::Unreachable => s3_error!(
             ServiceUnavailable,
@@ -326,12 +376,18 @@ impl S3 for Ingest {
             input.content_encoding,
             input.metadata,
         );
+        let (this, rule, key) = (self.clone(), rule.clone(), input.key);
         let written = self
-            .store
-            .put(&input.key, body, &md5, &meta, input.tagging)
-            .await
-            .map_err(|e| s3(e, retry_later))?;
-        self.enqueue(rule, &input.key, &written, size).await?;
+            .to_completion(async move {
+                let written = this
+                    .store
+                    .put(&key, body, &md5, &meta, input.tagging)
+                    .await
+                    .map_err(|e| s3(e, retry_later))?;
+                this.enqueue(&rule, &key, &written, size).await?;
+                Ok(written)
+            })
+            .await?;
         Ok(S3Response::new(dto::PutObjectOutput {
             e_tag: etag(written.etag),
             version_id: written.version_id,
@@ -412,26 +468,12 @@ impl S3 for Ingest {
         if parts.is_empty() {
             return Err(s3_error!(MalformedXML, "the upload lists no parts"));
         }
+        let (this, rule, key) = (self.clone(), rule.clone(), input.key.clone());
         let written = self
-            .store
-            .complete_multipart(&input.key, &input.upload_id, &parts)
-            .await
-            .map_err(|e| s3(e, no_upload))?;
-        let size = match self
-            .store
-            .head(&input.key, written.version_id.as_deref())
-            .await
-        {
-            Ok(Head::Object(h)) => h.size,
-            Ok(_) => {
-                return Err(s3_error!(
-                    InternalError,
-                    "the completed object is not there"
-                ))
-            }
-            Err(e) => return Err(s3(e, retry_later)),
-        };
-        self.enqueue(rule, &input.key, &written, size).await?;
+            .to_completion(
+                async move { this.complete(&rule, &key, &input.upload_id, &parts).await },
+            )
+            .await?;
         Ok(S3Response::new(dto::CompleteMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
