@@ -216,8 +216,8 @@ impl Temp {
         Ok(())
     }
 
-    /// Renames the file to `path` in the same directory, without the directory fsync (for
-    /// staged parts, whose content is checked again when the upload completes).
+    /// Renames the file to `path` in the same directory, without the directory fsync (the
+    /// caller syncs the directory when the name must survive a crash).
     pub fn rename_to(mut self, path: &Path) -> Done<()> {
         self.rename(path)
             .map_err(|e| Fault::io(&format!("rename {} to", self.path.display()), path, e))

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::disk::{hex, new_id, verify_md5, Done, Fault, Layout, Temp};
+use super::disk::{hex, new_id, sync_dir, verify_md5, Done, Fault, Layout, Temp};
 use super::meta::Description;
 use super::objects::Pending;
 use crate::storage::{unquote, ErrorKind};
@@ -71,7 +71,24 @@ fn load(layout: &Layout, key: &str, id: &str) -> Done<(PathBuf, Upload)> {
     Ok((dir, upload))
 }
 
+/// Open uploads an `fs` store keeps at once: each holds disk until completed, aborted or
+/// swept, so a client cannot open them without bound.
+pub const MAX_OPEN_UPLOADS: usize = 1000;
+
 pub fn create(layout: &Layout, key: &str, description: Description) -> Done<String> {
+    let uploads = layout.uploads_dir();
+    let open = fs::read_dir(&uploads)
+        .map_err(|e| Fault::io("list", &uploads, e))?
+        .take(MAX_OPEN_UPLOADS)
+        .count();
+    if open >= MAX_OPEN_UPLOADS {
+        return Err(Fault::new(
+            ErrorKind::Transient,
+            format!(
+                "SlowDown: {MAX_OPEN_UPLOADS} multipart uploads are open; complete or abort some (uploads left for 7 days are removed)"
+            ),
+        ));
+    }
     let id = new_id();
     let dir = layout.uploads_dir().join(&id);
     fs::create_dir(&dir).map_err(|e| Fault::io("create the directory", &dir, e))?;
@@ -109,7 +126,10 @@ pub fn upload_part(
     let md5 = verify_md5(body, content_md5)?;
     let mut temp = Temp::create(&dir)?;
     temp.write(body)?;
+    // Durable before the client hears 200: it may discard its copy of the part then.
+    temp.sync()?;
     temp.rename_to(&dir.join(format!("{number}.part")))?;
+    sync_dir(&dir)?;
     Ok(hex(&md5))
 }
 

@@ -264,6 +264,33 @@ async fn multipart_round_trip_with_s3_etag() {
 }
 
 #[tokio::test]
+async fn open_uploads_are_capped_until_one_ends() {
+    let (_dir, store) = store().await;
+    let cap = super::multipart::MAX_OPEN_UPLOADS;
+    let mut ids = Vec::new();
+    for i in 0..cap {
+        let key = format!("u/{i}");
+        let id = store
+            .create_multipart(&key, &ObjectMeta::default(), None)
+            .await
+            .unwrap();
+        ids.push((key, id));
+    }
+    let refused = store
+        .create_multipart("u/more", &ObjectMeta::default(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, ErrorKind::Transient, "{refused}");
+    assert!(refused.message.contains("SlowDown"), "{refused}");
+    let (key, id) = &ids[0];
+    store.abort_multipart(key, id).await.unwrap();
+    store
+        .create_multipart("u/more", &ObjectMeta::default(), None)
+        .await
+        .expect("room again once an upload ended");
+}
+
+#[tokio::test]
 async fn every_write_has_a_version_and_deletes_can_name_it() {
     let (_dir, store) = store().await;
     let v1 = put(&store, "a/b/c", b"one").await.unwrap().unwrap();
