@@ -814,3 +814,134 @@ async fn a_client_that_hangs_up_mid_commit_leaves_nothing_unreplicated() {
     assert!(ferry.running());
     ferry.terminate(Duration::from_secs(30));
 }
+
+/// The additional checksums clients send (`x-amz-checksum-*`, in a header or in the trailer of
+/// an aws-chunked body) are checked before anything is stored: a mismatch is `BadDigest` and
+/// leaves the buffer as it was; the SDK's own checksums (its default) pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn additional_checksums_are_verified_and_a_mismatch_stores_nothing() {
+    use aws_sdk_s3::config::RequestChecksumCalculation;
+    use aws_sdk_s3::types::ChecksumAlgorithm;
+    let site = Site::new();
+    let mut ferry = Ferry::start(&site.config());
+    site.ready(&ferry).await;
+    let client = site.client("ingestkey", "ingestsecret");
+
+    let err = client
+        .put_object()
+        .bucket("inbox")
+        .key("sums/header")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+        .checksum_crc32_c("AAAAAA==")
+        .body(ByteStream::from_static(b"hello"))
+        .send()
+        .await
+        .expect_err("a wrong CRC32C header is refused");
+    assert_eq!(err.into_service_error().code(), Some("BadDigest"));
+
+    let trailer = |value: &str| chunked_put(site.port, "sums/trailer", b"hello", value);
+    let answer = tokio::task::spawn_blocking(trailer("AAAAAA=="))
+        .await
+        .expect("joined");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("BadDigest"),
+        "{answer}"
+    );
+    assert!(files(&site.path("buffer")).is_empty(), "nothing stored");
+
+    // Right values pass: a trailer, and the SDK computing its own (CRC32 by default).
+    let answer = tokio::task::spawn_blocking(trailer("NhCmhg=="))
+        .await
+        .expect("joined");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let config = client
+        .config()
+        .to_builder()
+        .request_checksum_calculation(RequestChecksumCalculation::WhenSupported)
+        .build();
+    let body = data(3, 3 << 20);
+    Client::from_conf(config)
+        .put_object()
+        .bucket("inbox")
+        .key("sums/sdk")
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .expect("the SDK's own checksum matches");
+    wait_until(TIMEOUT, "both objects on both targets", || async {
+        files(&site.path("site-a")) == ["sums/sdk", "sums/trailer"]
+            && files(&site.path("site-b")) == ["sums/sdk", "sums/trailer"]
+    })
+    .await;
+    let held = std::fs::read(site.path("site-a").join("sums/sdk")).expect("copy");
+    assert!(held == body, "sums/sdk: content differs");
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}
+
+/// A signed PUT whose body is aws-chunked with an unsigned trailer carrying
+/// `x-amz-checksum-crc32: crc32`, sent over a plain socket; returns the answer's head.
+fn chunked_put(port: u16, key: &str, body: &[u8], crc32: &str) -> impl FnOnce() -> String {
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+        SigningSettings,
+    };
+    let mut encoded = format!("{:x}\r\n", body.len()).into_bytes();
+    encoded.extend_from_slice(body);
+    encoded.extend_from_slice(format!("\r\n0\r\nx-amz-checksum-crc32:{crc32}\r\n\r\n").as_bytes());
+    let url = format!("http://127.0.0.1:{port}/inbox/{key}");
+    let mut request = http::Request::put(&url)
+        .header("host", format!("127.0.0.1:{port}"))
+        .header("content-encoding", "aws-chunked")
+        .header("x-amz-decoded-content-length", body.len().to_string())
+        .header("x-amz-trailer", "x-amz-checksum-crc32")
+        .header("content-length", encoded.len().to_string())
+        .body(())
+        .expect("request");
+    let identity =
+        aws_credential_types::Credentials::new("ingestkey", "ingestsecret", None, None, "test")
+            .into();
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("s3")
+        .time(std::time::SystemTime::now())
+        .settings(settings)
+        .build()
+        .expect("params")
+        .into();
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().expect("text").to_string()))
+        .collect();
+    let signable = SignableRequest::new(
+        "PUT",
+        &url,
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        SignableBody::Precomputed("STREAMING-UNSIGNED-PAYLOAD-TRAILER".into()),
+    )
+    .expect("signable");
+    let (instructions, _) = sign(signable, &params).expect("signed").into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+    let mut head = format!("PUT /inbox/{key} HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        head.push_str(&format!("{name}: {}\r\n", value.to_str().expect("text")));
+    }
+    head.push_str("\r\n");
+    move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.write_all(head.as_bytes()).expect("send the head");
+        stream.write_all(&encoded).expect("send the body");
+        let mut answer = [0u8; 4096];
+        let n = stream.read(&mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+}

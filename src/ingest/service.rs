@@ -11,10 +11,12 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
+use s3s::checksum::ChecksumHasher;
 use s3s::dto::{self, StreamingBlob, Timestamp};
 use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
 use tokio_util::task::TaskTracker;
 
+use super::checksum::Claims;
 use super::listing::{self, Query};
 use crate::bus::Publisher;
 use crate::config::{LocationConfig, RuleConfig};
@@ -302,8 +304,18 @@ fn no_upload(message: String) -> S3Error {
     s3_error!(NoSuchUpload, "{message}")
 }
 
-/// Reads a request body whole, refusing more than [`MAX_BODY`].
-async fn read_body(body: Option<StreamingBlob>) -> S3Result<Bytes> {
+/// Reads a request body whole, refusing more than [`MAX_BODY`], and checks it against the
+/// request's additional checksums (headers or aws-chunked trailer).
+async fn read_body<T>(req: &mut S3Request<T>, body: Option<StreamingBlob>) -> S3Result<Bytes> {
+    let claims = Claims::of(&req.headers)?;
+    let mut hasher = claims.hasher();
+    let body = read_whole(body, &mut hasher).await?;
+    let trailers = req.trailing_headers.as_ref().and_then(|t| t.take());
+    claims.verify(&hasher.finalize(), trailers.as_ref())?;
+    Ok(body)
+}
+
+async fn read_whole(body: Option<StreamingBlob>, hasher: &mut ChecksumHasher) -> S3Result<Bytes> {
     let mut buf = BytesMut::new();
     if let Some(mut body) = body {
         while let Some(chunk) = body.next().await {
@@ -315,6 +327,7 @@ async fn read_body(body: Option<StreamingBlob>) -> S3Result<Bytes> {
                     MAX_BODY >> 20
                 ));
             }
+            hasher.update(&chunk);
             buf.extend_from_slice(&chunk);
         }
     }
@@ -361,12 +374,13 @@ fn head_fields(h: &ObjectHead) -> (Option<dto::Metadata>, Option<String>) {
 impl S3 for Ingest {
     async fn put_object(
         &self,
-        req: S3Request<dto::PutObjectInput>,
+        mut req: S3Request<dto::PutObjectInput>,
     ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        self.bucket(&req.input.bucket)?;
+        let rule = self.rule(&req.input.key)?;
+        let body = req.input.body.take();
+        let body = read_body(&mut req, body).await?;
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        let rule = self.rule(&input.key)?;
-        let body = read_body(input.body).await?;
         let md5 = content_md5(input.content_md5, &body);
         let size = body.len() as u64;
         let meta = meta(
@@ -425,11 +439,12 @@ impl S3 for Ingest {
 
     async fn upload_part(
         &self,
-        req: S3Request<dto::UploadPartInput>,
+        mut req: S3Request<dto::UploadPartInput>,
     ) -> S3Result<S3Response<dto::UploadPartOutput>> {
+        self.bucket(&req.input.bucket)?;
+        let body = req.input.body.take();
+        let body = read_body(&mut req, body).await?;
         let input = req.input;
-        self.bucket(&input.bucket)?;
-        let body = read_body(input.body).await?;
         let md5 = content_md5(input.content_md5, &body);
         let part_etag = self
             .store
