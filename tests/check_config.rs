@@ -306,4 +306,36 @@ fn one_host_configuration_is_described_and_its_mistakes_named() {
         &EMBEDDED.replace("127.0.0.1:9000", "localhost"),
         &["ingest.listen"],
     );
+    // TLS: a certificate needs its key, and files that are not PEM are named.
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    let with_tls = |cert: &Path, key: Option<&Path>| {
+        let mut lines = format!("[ingest]\ntls_cert = {:?}\n", cert.display().to_string());
+        if let Some(key) = key {
+            lines.push_str(&format!("tls_key = {:?}\n", key.display().to_string()));
+        }
+        EMBEDDED.replace("[ingest]\n", &lines)
+    };
+    let out = check(&with_tls(&tls.join("cert.pem"), Some(&tls.join("key.pem"))));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("ingest: S3 endpoint on https://127.0.0.1:9000"),
+        "{stdout}"
+    );
+    assert_fails_naming(
+        &with_tls(&tls.join("cert.pem"), None),
+        &["ingest.tls_cert", "tls_key"],
+    );
+    assert_fails_naming(
+        &with_tls(&tls.join("README.md"), Some(&tls.join("key.pem"))),
+        &["ingest.tls_cert", "README.md", "no PEM certificate"],
+    );
+    assert_fails_naming(
+        &with_tls(&tls.join("cert.pem"), Some(&tls.join("missing.pem"))),
+        &["ingest.tls_cert", "missing.pem"],
+    );
+    assert_fails_naming(
+        &with_tls(&tls.join("cert.pem"), Some(&tls.join("ca.pem"))),
+        &["ingest.tls_cert", "ca.pem", "no PEM private key"],
+    );
 }

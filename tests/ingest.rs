@@ -945,3 +945,84 @@ fn chunked_put(port: u16, key: &str, body: &[u8], crc32: &str) -> impl FnOnce() 
         String::from_utf8_lossy(&answer[..n]).into_owned()
     }
 }
+
+/// With `tls_cert`/`tls_key` the endpoint speaks TLS only: a client trusting the certificate's
+/// CA writes over https and the object is replicated; one that does not trust it, and a
+/// plain-HTTP request on the port, get nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_serves_tls_with_the_configured_certificate() {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let site = Site::new();
+    let material = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    let config = site.config().replace(
+        "[ingest]\n",
+        &format!(
+            "[ingest]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            material.join("cert.pem").display().to_string(),
+            material.join("key.pem").display().to_string()
+        ),
+    );
+    let mut ferry = Ferry::start(&config);
+    site.ready(&ferry).await;
+    let https = |trusted: Option<Vec<u8>>| {
+        let mut store = TrustStore::empty().with_native_roots(false);
+        if let Some(pem) = trusted {
+            store = store.with_pem_certificate(pem);
+        }
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(
+                TlsContext::builder()
+                    .with_trust_store(store)
+                    .build()
+                    .expect("TLS context"),
+            )
+            .build_https();
+        let config = support::s3::endpoint_client(site.port, "ingestkey", "ingestsecret")
+            .config()
+            .to_builder()
+            .endpoint_url(format!("https://127.0.0.1:{}", site.port))
+            .http_client(http)
+            .build();
+        Client::from_conf(config)
+    };
+    let ca = std::fs::read(material.join("ca.pem")).expect("CA");
+    let body = data(5, 200_000);
+    https(Some(ca))
+        .put_object()
+        .bucket("inbox")
+        .key("tls/object")
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .expect("a PUT over TLS");
+    https(None)
+        .put_object()
+        .bucket("inbox")
+        .key("tls/untrusted")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .expect_err("a client that does not trust the certificate does not connect");
+    let plain = answer_without_body(
+        site.port,
+        format!(
+            "GET /inbox/tls/object HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            site.port
+        ),
+    )
+    .await;
+    assert!(
+        !plain.starts_with("HTTP/1.1 2"),
+        "plain HTTP answered: {plain}"
+    );
+    wait_until(TIMEOUT, "the object on both targets", || async {
+        files(&site.path("site-a")) == ["tls/object"]
+            && files(&site.path("site-b")) == ["tls/object"]
+    })
+    .await;
+    let held = std::fs::read(site.path("site-a").join("tls/object")).expect("copy");
+    assert!(held == body, "content differs");
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}

@@ -120,9 +120,11 @@ pub fn describe(config: &Config) -> String {
         }
     );
     if let Some(ingest) = &config.ingest {
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
-            "ingest: S3 endpoint on http://{} writing to {} (bucket {:?}), clients sign with key {}",
+            "ingest: S3 endpoint on {}://{} writing to {} (bucket {:?}), clients sign with key {}",
+            if ingest.tls.is_some() { "https" } else { "http" },
             ingest.listen,
             ingest.location,
             config

@@ -250,6 +250,9 @@ pub struct IngestConfig {
     /// How long a client has to send a request's headers, and how long an idle keep-alive
     /// connection stays open.
     pub header_timeout: Duration,
+    /// TLS (`tls_cert` and `tls_key`), loaded and checked with the configuration; none
+    /// serves plain HTTP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, Clone)]

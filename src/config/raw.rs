@@ -132,6 +132,8 @@ pub struct RawIngest {
     pub region: Option<String>,
     pub max_connections: Option<i64>,
     pub header_timeout: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 /// `[[rules]]`.

@@ -8,10 +8,12 @@ mod checksum;
 mod gate;
 mod listing;
 mod service;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hyper::server::conn::http1::Builder;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::S3ServiceBuilder;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use service::{Ingest, IngestStats, MAX_BODY};
+pub use tls::server_config;
 
 use crate::config::IngestConfig;
 
@@ -54,12 +57,13 @@ pub async fn serve(
     let address: Option<SocketAddr> = listener.local_addr().ok();
     // A permit per open connection: at the cap, new clients wait in the listen backlog.
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let mut http = hyper::server::conn::http1::Builder::new();
+    let mut http = Builder::new();
     // Without a timer hyper never fires its header timeout; with one, a client that sends no
     // (complete) request headers within it — also between keep-alive requests — is dropped.
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout);
-    tracing::info!(listen = ?address, max_connections = config.max_connections, "ingest endpoint ready");
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    tracing::info!(listen = ?address, max_connections = config.max_connections, tls = tls.is_some(), "ingest endpoint ready");
     loop {
         let Some(slot) = next_slot(&slots, &shutdown, config.max_connections).await else {
             break;
@@ -76,17 +80,24 @@ pub async fn serve(
                 }
             },
         };
-        let service = service.clone();
-        let shutdown = shutdown.clone();
-        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let (service, shutdown, http) = (service.clone(), shutdown.clone(), http.clone());
+        let (tls, handshake_within) = (tls.clone(), config.header_timeout);
         connections.spawn(async move {
             let _slot = slot;
-            tokio::pin!(connection);
-            let outcome = tokio::select! {
-                outcome = connection.as_mut() => outcome,
-                _ = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let outcome = match tls {
+                None => drive(&http, stream, service, &shutdown).await,
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_within, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => drive(&http, stream, service, &shutdown).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "ingest TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "no TLS handshake within ingest.header_timeout");
+                            return;
+                        }
+                    }
                 }
             };
             if let Err(e) = outcome {
@@ -105,6 +116,28 @@ pub async fn serve(
         refused = stats.refused.load(std::sync::atomic::Ordering::Relaxed),
         "ingest endpoint stopped"
     );
+}
+
+/// Serves one connection's requests until it ends; on shutdown, lets the request under way
+/// finish and closes.
+async fn drive<I>(
+    http: &Builder,
+    io: I,
+    service: gate::Gate,
+    shutdown: &CancellationToken,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        outcome = connection.as_mut() => outcome,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
 }
 
 /// A connection slot, waiting (with a warning) while all `max` are taken; `None` on shutdown.

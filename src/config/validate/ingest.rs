@@ -54,7 +54,20 @@ pub(super) fn ingest(
             ))
         }
     };
+    let tls =
+        match (&raw.tls_cert, &raw.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(
+                crate::ingest::server_config(cert.as_ref(), key.as_ref())
+                    .map_err(|e| ConfigError::invalid("ingest.tls_cert", e))?,
+            ),
+            _ => return Err(ConfigError::invalid(
+                "ingest.tls_cert",
+                "tls_cert and tls_key go together: the certificate chain and its private key, PEM",
+            )),
+        };
     Ok(IngestConfig {
+        tls,
         listen,
         location: raw.location.clone(),
         credentials,
