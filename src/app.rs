@@ -221,6 +221,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             topic: topics.replication.clone(),
             stats: Arc::default(),
             commits: tokio_util::task::TaskTracker::new(),
+            bodies: Arc::new(tokio::sync::Semaphore::new(
+                (settings.body_memory / ingest::BODY_UNIT) as usize,
+            )),
+            body_idle: settings.header_timeout,
         };
         let token = stages.clone();
         spawn(

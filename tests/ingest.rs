@@ -1026,3 +1026,83 @@ async fn the_endpoint_serves_tls_with_the_configured_certificate() {
     assert!(ferry.running());
     ferry.terminate(Duration::from_secs(30));
 }
+
+/// The request head of a PUT of `len` bytes to `key` at a presigned URL (UNSIGNED-PAYLOAD).
+async fn presigned_head(client: &Client, port: u16, key: &str, len: usize) -> String {
+    use aws_sdk_s3::presigning::PresigningConfig;
+    let presigned = client
+        .put_object()
+        .bucket("inbox")
+        .key(key)
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(600)).expect("config"))
+        .await
+        .expect("presign");
+    let uri: http::Uri = presigned.uri().parse().expect("presigned URI");
+    let mut head = format!(
+        "PUT {} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len}\r\n",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+    );
+    for (name, value) in presigned.headers() {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Bodies in memory are bounded over all connections (`ingest.body_memory`): while a client
+/// holds the room with a 60 MiB body it sends slowly, another's PUT waits; a body that sends
+/// nothing for `header_timeout` is dropped (`RequestTimeout`), and the waiting PUT goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_memory_are_bounded_and_a_stalled_body_times_out() {
+    let site = Site::new();
+    let config = site.config().replace(
+        "[ingest]\n",
+        "[ingest]\nbody_memory = \"64MiB\"\nheader_timeout = \"3s\"\n",
+    );
+    let mut ferry = Ferry::start(&config);
+    site.ready(&ferry).await;
+    let client = site.client("ingestkey", "ingestsecret");
+    let head = presigned_head(&client, site.port, "bounded/stalled", 60 << 20).await;
+    let port = site.port;
+    let stalled = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        stream.write_all(head.as_bytes()).expect("send the head");
+        stream.write_all(&[0u8; 1024]).expect("send the first KiB");
+        let mut answer = [0u8; 4096];
+        let n = stream.read(&mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let body = data(11, 10 << 20);
+    client
+        .put_object()
+        .bucket("inbox")
+        .key("bounded/waiting")
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .expect("the waiting PUT goes on once the room is free");
+    let waited = started.elapsed();
+    let answer = stalled.await.expect("joined");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("RequestTimeout"),
+        "{answer}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the second PUT did not wait for room: {waited:?}"
+    );
+    wait_until(TIMEOUT, "the waiting object on both targets", || async {
+        files(&site.path("site-a")) == ["bounded/waiting"]
+            && files(&site.path("site-b")) == ["bounded/waiting"]
+    })
+    .await;
+    assert!(files(&site.path("buffer")).is_empty());
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}

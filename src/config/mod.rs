@@ -253,6 +253,9 @@ pub struct IngestConfig {
     /// TLS (`tls_cert` and `tls_key`), loaded and checked with the configuration; none
     /// serves plain HTTP.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Bytes of request bodies held in memory at once, over all connections; a body waits
+    /// for room before it is read.
+    pub body_memory: u64,
 }
 
 #[derive(Debug, Clone)]

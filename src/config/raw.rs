@@ -134,6 +134,7 @@ pub struct RawIngest {
     pub header_timeout: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub body_memory: Option<RawSize>,
 }
 
 /// `[[rules]]`.

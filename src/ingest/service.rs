@@ -14,6 +14,7 @@ use md5::{Digest, Md5};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::{self, StreamingBlob, Timestamp};
 use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::checksum::Claims;
@@ -27,6 +28,12 @@ use crate::storage::{ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Stor
 /// Largest body of one PutObject or UploadPart: it is held in memory while it is verified
 /// and written. Larger objects are uploaded in parts (every S3 client does so by default).
 pub const MAX_BODY: usize = 64 << 20;
+
+/// A request body read whole, and the room it takes in `ingest.body_memory`.
+struct Body {
+    bytes: Bytes,
+    _room: OwnedSemaphorePermit,
+}
 
 /// Counters for logs and tests.
 #[derive(Debug, Default)]
@@ -59,9 +66,45 @@ pub struct Ingest {
     pub stats: Arc<IngestStats>,
     /// The commits under way ([`Ingest::to_completion`]); shutdown waits for them.
     pub commits: TaskTracker,
+    /// Room for request bodies in memory (`ingest.body_memory`), in [`BODY_UNIT`]s.
+    pub bodies: Arc<Semaphore>,
+    /// How long a body may send nothing before the request is dropped (`header_timeout`).
+    pub body_idle: Duration,
 }
 
+/// What [`Ingest::bodies`] counts in.
+pub const BODY_UNIT: u64 = 1024;
+
 impl Ingest {
+    /// Waits until the body the request declares (its decoded length, else Content-Length,
+    /// else the largest taken) fits in `ingest.body_memory`; the room is held until the
+    /// permit is dropped, after the commit.
+    async fn room_for(&self, headers: &http::HeaderMap) -> S3Result<OwnedSemaphorePermit> {
+        let declared = ["x-amz-decoded-content-length", "content-length"]
+            .into_iter()
+            .find_map(|name| headers.get(name)?.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(MAX_BODY as u64)
+            .min(MAX_BODY as u64);
+        let units = declared.div_ceil(BODY_UNIT).max(1) as u32;
+        if self.bodies.available_permits() < units as usize {
+            tracing::debug!(
+                bytes = declared,
+                "ingest.body_memory is taken; the body waits for room"
+            );
+        }
+        self.bodies
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| s3_error!(ServiceUnavailable, "the endpoint is stopping; retry"))
+    }
+
+    /// Reads the body within its room and idle timeout, checked against its checksums.
+    async fn body<T>(&self, req: &mut S3Request<T>, body: Option<StreamingBlob>) -> S3Result<Body> {
+        let room = self.room_for(&req.headers).await?;
+        let bytes = read_body(req, body, self.body_idle).await?;
+        Ok(Body { bytes, _room: room })
+    }
     /// Runs `commit` (store, enqueue, undo) in a task of its own, so it completes whatever
     /// the client does: a client hanging up drops its request, and would otherwise cancel
     /// the commit half done (an object stored whose entry was never published, or an
@@ -306,19 +349,34 @@ fn no_upload(message: String) -> S3Error {
 
 /// Reads a request body whole, refusing more than [`MAX_BODY`], and checks it against the
 /// request's additional checksums (headers or aws-chunked trailer).
-async fn read_body<T>(req: &mut S3Request<T>, body: Option<StreamingBlob>) -> S3Result<Bytes> {
+async fn read_body<T>(
+    req: &mut S3Request<T>,
+    body: Option<StreamingBlob>,
+    idle: Duration,
+) -> S3Result<Bytes> {
     let claims = Claims::of(&req.headers)?;
     let mut hasher = claims.hasher();
-    let body = read_whole(body, &mut hasher).await?;
+    let body = read_whole(body, &mut hasher, idle).await?;
     let trailers = req.trailing_headers.as_ref().and_then(|t| t.take());
     claims.verify(&hasher.finalize(), trailers.as_ref())?;
     Ok(body)
 }
 
-async fn read_whole(body: Option<StreamingBlob>, hasher: &mut ChecksumHasher) -> S3Result<Bytes> {
+async fn read_whole(
+    body: Option<StreamingBlob>,
+    hasher: &mut ChecksumHasher,
+    idle: Duration,
+) -> S3Result<Bytes> {
     let mut buf = BytesMut::new();
     if let Some(mut body) = body {
-        while let Some(chunk) = body.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(idle, body.next()).await else {
+                return Err(s3_error!(
+                    RequestTimeout,
+                    "no body bytes arrived for {idle:?} (ingest.header_timeout)"
+                ));
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "reading the body: {e}"))?;
             if buf.len() + chunk.len() > MAX_BODY {
                 return Err(s3_error!(
@@ -379,10 +437,10 @@ impl S3 for Ingest {
         self.bucket(&req.input.bucket)?;
         let rule = self.rule(&req.input.key)?;
         let body = req.input.body.take();
-        let body = read_body(&mut req, body).await?;
+        let body = self.body(&mut req, body).await?;
         let input = req.input;
-        let md5 = content_md5(input.content_md5, &body);
-        let size = body.len() as u64;
+        let md5 = content_md5(input.content_md5, &body.bytes);
+        let size = body.bytes.len() as u64;
         let meta = meta(
             input.content_type.map(|t| t.to_string()),
             input.cache_control,
@@ -393,11 +451,13 @@ impl S3 for Ingest {
         let (this, rule, key) = (self.clone(), rule.clone(), input.key);
         let written = self
             .to_completion(async move {
+                let Body { bytes, _room } = body;
                 let written = this
                     .store
-                    .put(&key, body, &md5, &meta, input.tagging)
+                    .put(&key, bytes, &md5, &meta, input.tagging)
                     .await
                     .map_err(|e| s3(e, retry_later))?;
+                drop(_room);
                 this.enqueue(&rule, &key, &written, size).await?;
                 Ok(written)
             })
@@ -443,14 +503,15 @@ impl S3 for Ingest {
     ) -> S3Result<S3Response<dto::UploadPartOutput>> {
         self.bucket(&req.input.bucket)?;
         let body = req.input.body.take();
-        let body = read_body(&mut req, body).await?;
+        let Body { bytes, _room } = self.body(&mut req, body).await?;
         let input = req.input;
-        let md5 = content_md5(input.content_md5, &body);
+        let md5 = content_md5(input.content_md5, &bytes);
         let part_etag = self
             .store
-            .upload_part(&input.key, &input.upload_id, input.part_number, body, &md5)
+            .upload_part(&input.key, &input.upload_id, input.part_number, bytes, &md5)
             .await
             .map_err(|e| s3(e, no_upload))?;
+        drop(_room);
         Ok(S3Response::new(dto::UploadPartOutput {
             e_tag: etag(Some(part_etag)),
             ..Default::default()

@@ -12,6 +12,9 @@ use crate::config::{ConfigError, IngestConfig, LocationConfig, StaticCredentials
 /// Each holds a socket and, while it writes, up to one body buffer.
 const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
+/// Request bodies held in memory at once by default: eight of the largest.
+const DEFAULT_BODY_MEMORY: u64 = 512 << 20;
+
 /// `[ingest]`: where it listens, which location it writes to, and the key clients sign with.
 pub(super) fn ingest(
     raw: &RawIngest,
@@ -66,8 +69,23 @@ pub(super) fn ingest(
                 "tls_cert and tls_key go together: the certificate chain and its private key, PEM",
             )),
         };
+    let body_memory = super::size(
+        "ingest.body_memory",
+        raw.body_memory.as_ref(),
+        DEFAULT_BODY_MEMORY,
+    )?;
+    if body_memory < crate::ingest::MAX_BODY as u64 {
+        return Err(ConfigError::invalid(
+            "ingest.body_memory",
+            format!(
+                "{body_memory} bytes cannot hold one body of the largest size taken ({} MiB)",
+                crate::ingest::MAX_BODY >> 20
+            ),
+        ));
+    }
     Ok(IngestConfig {
         tls,
+        body_memory,
         listen,
         location: raw.location.clone(),
         credentials,
