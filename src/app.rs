@@ -75,6 +75,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     };
 
     let stores = Stores::connect(&config).await;
+    for store in stores.iter() {
+        store
+            .claim()
+            .await
+            .map_err(|e| AppError::Listen(e.to_string()))?;
+    }
     // All at once (each is a round trip). Not fatal: a target may be down for a while; its
     // copies wait and retry.
     let checks = futures_util::future::join_all(stores.iter().map(|s| s.check())).await;

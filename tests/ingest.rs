@@ -1106,3 +1106,49 @@ async fn bodies_in_memory_are_bounded_and_a_stalled_body_times_out() {
     assert!(ferry.running());
     ferry.terminate(Duration::from_secs(30));
 }
+
+/// Two processes on one fs location would race each other's writes and deletes (the per-key
+/// locks hold within a process): a second ferry using the same buffer stops at start with an
+/// error naming the directory, and the first goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_fs_location_is_refused() {
+    let site = Site::new();
+    let mut first = Ferry::start(&site.config());
+    site.ready(&first).await;
+    let second_queue = site.path("queue-2");
+    let config = site
+        .config()
+        .replace(
+            &format!("127.0.0.1:{}", site.port),
+            &format!("127.0.0.1:{}", free_port()),
+        )
+        .replace(
+            &site.path("queue").display().to_string(),
+            &second_queue.display().to_string(),
+        );
+    let mut second = Ferry::start(&config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while second.running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second process runs on"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = second.log();
+    assert!(
+        log.contains("another process") && log.contains(".ferry/lock"),
+        "{log}"
+    );
+    assert!(first.running());
+    site.client("ingestkey", "ingestsecret")
+        .put_object()
+        .bucket("inbox")
+        .key("still/served")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .expect("the first process still serves");
+    first.terminate(Duration::from_secs(30));
+    second.terminate(Duration::from_secs(5));
+}

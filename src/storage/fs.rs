@@ -72,6 +72,9 @@ struct Inner {
     layout: Layout,
     /// Serialises the writes and deletes of one key within this process.
     locks: KeyLocks,
+    /// `.ferry/lock`, locked by [`FsStore::check`] for as long as this process runs: the
+    /// per-key locks hold within one process only, so a second process is refused.
+    owner: std::sync::OnceLock<fs::File>,
 }
 
 impl FsStore {
@@ -84,6 +87,7 @@ impl FsStore {
                 bucket: bucket.to_string(),
                 layout: Layout::new(root, stable_after),
                 locks: KeyLocks::default(),
+                owner: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -143,6 +147,30 @@ impl FsStore {
             e.kind = ErrorKind::Config;
             e
         })
+    }
+
+    /// Makes this process the directory's only user for as long as it runs (`.ferry/lock`):
+    /// the per-key locks hold within one process only, so another process using it is
+    /// refused, naming it. Called once at start; a second call changes nothing.
+    pub async fn claim(&self) -> Result<(), StorageError> {
+        if self.inner.owner.get().is_some() {
+            return Ok(());
+        }
+        let owner = self
+            .blocking("lock the directory", "", |layout| {
+                let dir = layout.root.join(".ferry");
+                fs::create_dir_all(&dir).map_err(|e| Fault::io("create the directory", &dir, e))?;
+                own(layout)
+            })
+            .await
+            .map_err(|mut e| {
+                e.kind = ErrorKind::Config;
+                e
+            })?;
+        if let Some(file) = owner {
+            let _ = self.inner.owner.set(file);
+        }
+        Ok(())
     }
 
     /// For readiness, often: the directories are there (no write, no sweep).
@@ -564,6 +592,46 @@ impl FsStore {
 /// (removed under us): a configuration problem.
 /// Removes temporary files and multipart uploads left untouched long enough to be a crashed
 /// process's (see [`STALE_TMP`], [`STALE_UPLOAD`]).
+/// Locks `.ferry/lock` for this process (released when it exits, however it exits) and
+/// writes its pid there; a location another process holds is refused, naming it. `None`:
+/// this process holds it already (a check racing the first).
+fn own(layout: &Layout) -> Done<Option<fs::File>> {
+    use std::io::{Read, Seek, Write};
+    let path = layout.root.join(".ferry/lock");
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Fault::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            if holder.trim() == std::process::id().to_string() {
+                return Ok(None);
+            }
+            return Err(Fault::new(
+                ErrorKind::Config,
+                format!(
+                    "another process (pid {}) uses this directory as a location; two ferry processes on one fs location would race (the lock is {})",
+                    holder.trim(),
+                    path.display()
+                ),
+            ));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(Fault::io("lock", &path, e)),
+    }
+    let pid = std::process::id().to_string();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(|e| Fault::io("write", &path, e))?;
+    Ok(Some(file))
+}
+
 fn sweep(layout: &Layout) {
     walk::remove_stale(&layout.tmp_dir(), STALE_TMP);
     walk::remove_stale(&layout.uploads_dir(), STALE_UPLOAD);

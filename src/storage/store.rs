@@ -65,6 +65,15 @@ impl Store {
         delegate!(self.check().await)
     }
 
+    /// Claims the location for this process where two processes would race (an fs
+    /// directory); nothing for S3, whose server orders concurrent requests.
+    pub async fn claim(&self) -> Result<(), StorageError> {
+        match self {
+            Store::S3(_) => Ok(()),
+            Store::Fs(store) => store.claim().await,
+        }
+    }
+
     /// A cheap readiness probe (no writes): the bucket or directory is there.
     pub async fn probe(&self) -> Result<(), StorageError> {
         match self {
