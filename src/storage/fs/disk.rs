@@ -232,6 +232,50 @@ impl Drop for Temp {
     }
 }
 
+/// The largest record file (sidecar, upload record) ferry reads: its own are a few KiB (S3
+/// caps user metadata at 2 KiB and tags at 10).
+pub const MAX_RECORD: u64 = 1 << 20;
+
+/// The whole of the small regular file at `path` — not through a link in its last
+/// component, never a FIFO or device, at most [`MAX_RECORD`] bytes (an `InvalidData` error
+/// beyond) — or `None` if there is nothing there.
+pub fn read_record(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if absent(&e) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a record file: a symbolic link",
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_RECORD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "not a record file: {}",
+                if meta.is_file() {
+                    format!("{} bytes, more than {MAX_RECORD}", meta.len())
+                } else {
+                    "not a regular file".to_string()
+                }
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_RECORD + 1).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 /// Not there, or a file stands where a directory of the path should be.
 pub fn absent(e: &io::Error) -> bool {
     matches!(

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::disk::{hex, new_id, sync_dir, verify_md5, Done, Fault, Layout, Temp};
+use super::disk::{hex, new_id, read_record, sync_dir, verify_md5, Done, Fault, Layout, Temp};
 use super::meta::Description;
 use super::objects::Pending;
 use crate::storage::{unquote, ErrorKind};
@@ -52,11 +52,9 @@ fn staging(layout: &Layout, id: &str) -> Done<PathBuf> {
 fn load(layout: &Layout, key: &str, id: &str) -> Done<(PathBuf, Upload)> {
     let dir = staging(layout, id)?;
     let path = dir.join(UPLOAD_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(no_such_upload(id, "does not exist (completed or aborted)"))
-        }
+    let bytes = match read_record(&path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(no_such_upload(id, "does not exist (completed or aborted)")),
         Err(e) => return Err(Fault::io("read", &path, e)),
     };
     let upload: Upload = serde_json::from_slice(&bytes).map_err(|e| {

@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::disk::{absent, new_id, sync_dir, Done, Fault, Layout, Temp, Tree};
+use super::disk::{absent, new_id, read_record, sync_dir, Done, Fault, Layout, Temp, Tree};
 use super::keys::SIDECAR_SUFFIX;
 use super::meta::{Description, Sidecar};
 use crate::storage::ErrorKind;
@@ -240,13 +240,17 @@ fn described(layout: &Layout, comps: &[String]) -> Done<Option<Sidecar>> {
 /// The sidecar of `comps`, if there is a readable one.
 pub fn read_sidecar(layout: &Layout, comps: &[String]) -> Done<Option<Sidecar>> {
     let path = layout.path(Tree::Meta, comps);
-    match fs::read(&path) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes)
+    match read_record(&path) {
+        Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes)
             .inspect_err(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "unreadable metadata file; the object counts as missing");
             })
             .ok()),
-        Err(e) if absent(&e) => Ok(None),
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!(path = %path.display(), error = %e, "not a metadata file ferry wrote; the object counts as missing");
+            Ok(None)
+        }
         Err(e) => Err(Fault::io("read", &path, e)),
     }
 }

@@ -505,6 +505,36 @@ fn set_mtime(path: &Path, secs: u64) {
 }
 
 #[tokio::test]
+async fn planted_sidecars_are_never_followed_or_read_unbounded() {
+    let (_dir, store) = store().await;
+    let meta = store.root().join(".ferry/meta");
+    // A link to an endless device, a FIFO nobody writes, a file far larger than a record.
+    put(&store, "link", b"l").await.unwrap();
+    std::fs::remove_file(meta.join("link.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", meta.join("link.json")).unwrap();
+    put(&store, "fifo", b"f").await.unwrap();
+    std::fs::remove_file(meta.join("fifo.json")).unwrap();
+    let fifo =
+        std::ffi::CString::new(meta.join("fifo.json").as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    put(&store, "huge", b"h").await.unwrap();
+    std::fs::write(meta.join("huge.json"), vec![b' '; 2 << 20]).unwrap();
+    for key in ["link", "fifo", "huge"] {
+        let head = tokio::time::timeout(std::time::Duration::from_secs(10), store.head(key, None))
+            .await
+            .unwrap_or_else(|_| panic!("{key}: the head hung"));
+        let Head::Object(h) = head.unwrap() else {
+            panic!("{key}: the data file is still an object");
+        };
+        assert_eq!(
+            h.meta,
+            ObjectMeta::default(),
+            "{key}: no metadata taken from it"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_data_file_changed_behind_the_sidecar_is_a_new_ordinary_version() {
     let (_dir, store) = store().await;
     let v1 = put(&store, "k", b"original").await.unwrap();
