@@ -27,6 +27,8 @@ fi
 pkgs=()
 command -v radosgw >/dev/null || pkgs+=(ceph-mon ceph-osd radosgw ceph-common)
 command -v curl >/dev/null || pkgs+=(curl)
+# libfaketime: tests/ingest.rs runs ferry with its clock an hour behind.
+command -v faketime >/dev/null || pkgs+=(faketime)
 
 apt_update() { log "apt-get update"; "${SUDO[@]}" apt-get update -q; }
 apt_install() { "${SUDO[@]}" apt-get install -y -q --no-install-recommends "$@"; }
@@ -46,7 +48,7 @@ if ((${#pkgs[@]})); then
         apt_install "${pkgs[@]}"
     fi
 else
-    log "ceph/radosgw and curl already installed ($(command -v radosgw))"
+    log "ceph/radosgw, curl and faketime already installed ($(command -v radosgw))"
 fi
 
 # ---- Apache Kafka -----------------------------------------------------------

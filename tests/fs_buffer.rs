@@ -246,7 +246,12 @@ retry_max_delay = "2s"
         .filter(|p| {
             !matches!(
                 p.as_str(),
-                ".ferry" | ".ferry/meta" | ".ferry/tmp" | ".ferry/uploads"
+                ".ferry"
+                    | ".ferry/meta"
+                    | ".ferry/tmp"
+                    | ".ferry/uploads"
+                    | ".ferry/clock"
+                    | ".ferry/lock"
             )
         })
         .collect();

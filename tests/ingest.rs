@@ -1152,3 +1152,71 @@ async fn a_second_process_on_the_same_fs_location_is_refused() {
     first.terminate(Duration::from_secs(30));
     second.terminate(Duration::from_secs(5));
 }
+
+/// The order of a key's versions is the buffer's, never this process's clock: after a
+/// restart with ferry's clock an hour behind (libfaketime), a new write of a key whose older
+/// version was replicated is still newer than the targets' copies, so it is copied. (Stamped
+/// by ferry's clock, it looked an hour older than the copy and was taken as superseded; only
+/// the GC's check of the copies kept the buffer from deleting it, and only a later scan
+/// copied it.) The fs buffer's own stamps never go back either (`storage/fs/clock.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_stepped_back_does_not_make_a_new_write_look_superseded() {
+    let faketime = std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime (Debian's faketime; scripts/install-deps.sh installs it)");
+    let site = Site::new();
+    // No scan during the test: the ingest endpoint's entry alone must copy the version.
+    let config = site
+        .config()
+        .replace("scan_interval = \"30s\"", "scan_interval = \"1h\"");
+    let mut ferry = Ferry::start(&config);
+    site.ready(&ferry).await;
+    let put = |body: &'static [u8]| {
+        let client = site.client("ingestkey", "ingestsecret");
+        async move {
+            client
+                .put_object()
+                .bucket("inbox")
+                .key("clock/k")
+                .body(ByteStream::from_static(body))
+                .send()
+                .await
+                .expect("put");
+        }
+    };
+    let copies_hold = |body: &'static [u8]| {
+        let site = &site;
+        move || async move {
+            ["site-a", "site-b"]
+                .iter()
+                .all(|t| std::fs::read(site.path(t).join("clock/k")).ok().as_deref() == Some(body))
+                && files(&site.path("buffer")).is_empty()
+        }
+    };
+    put(b"first").await;
+    wait_until(
+        TIMEOUT,
+        "the first version copied and collected",
+        copies_hold(b"first"),
+    )
+    .await;
+
+    ferry.restart_with_env(&[
+        ("LD_PRELOAD", &faketime.display().to_string()),
+        ("FAKETIME", "-1h"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    site.ready(&ferry).await;
+    put(b"second, written an hour 'earlier'").await;
+    wait_until(
+        TIMEOUT,
+        "the second version on both targets",
+        copies_hold(b"second, written an hour 'earlier'"),
+    )
+    .await;
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}

@@ -209,8 +209,8 @@ impl Ingest {
             .complete_multipart(key, upload_id, parts)
             .await
             .map_err(|e| s3(e, no_upload))?;
-        let size = match self.store.head(key, written.version_id.as_deref()).await {
-            Ok(Head::Object(h)) => h.size,
+        let (size, stamp) = match self.store.head(key, written.version_id.as_deref()).await {
+            Ok(Head::Object(h)) => (h.size, h.last_modified_ms),
             Ok(_) => {
                 return Err(s3_error!(
                     InternalError,
@@ -219,8 +219,27 @@ impl Ingest {
             }
             Err(e) => return Err(s3(e, retry_later)),
         };
-        self.enqueue(rule, key, &written, size).await?;
+        let stamp = written.last_modified_ms.unwrap_or(stamp);
+        self.enqueue(rule, key, &written, size, stamp).await?;
         Ok(written)
+    }
+
+    /// Where a version just written stands in its key's order: the store's own stamp (an fs
+    /// buffer's, later than every earlier write there) or the S3 buffer's Last-Modified, so
+    /// versions are ordered by the buffer, never by this host's clock. Only if the buffer
+    /// cannot be asked, this host's time.
+    async fn order_stamp(&self, key: &str, written: &Written) -> i64 {
+        if let Some(stamp) = written.last_modified_ms {
+            return stamp;
+        }
+        match self.store.head(key, written.version_id.as_deref()).await {
+            Ok(Head::Object(h)) => h.last_modified_ms,
+            other => {
+                let error = other.err().map(|e| e.to_string()).unwrap_or_default();
+                tracing::warn!(key, error, "the buffer did not say when it stored the version; ordering it by this host's clock");
+                model::now_ms()
+            }
+        }
     }
 
     /// Publishes the entry for a version just written; on failure removes the version again.
@@ -230,6 +249,7 @@ impl Ingest {
         key: &str,
         written: &Written,
         size: u64,
+        stamp: i64,
     ) -> S3Result<()> {
         if !wanted(rule, EntryKind::Object) {
             return Ok(());
@@ -243,7 +263,7 @@ impl Ingest {
                 kind: EntryKind::Object,
                 size,
                 etag: written.etag.as_deref(),
-                last_modified_ms: model::now_ms(),
+                last_modified_ms: stamp,
             },
         );
         let published = self
@@ -458,7 +478,8 @@ impl S3 for Ingest {
                     .await
                     .map_err(|e| s3(e, retry_later))?;
                 drop(_room);
-                this.enqueue(&rule, &key, &written, size).await?;
+                let stamp = this.order_stamp(&key, &written).await;
+                this.enqueue(&rule, &key, &written, size, stamp).await?;
                 Ok(written)
             })
             .await?;

@@ -17,6 +17,7 @@
 //! time, inode and size; listings show it once it has not changed for `stable_after`, and the
 //! first complete read records its MD5 as its ETag. A read that sees the file change fails.
 
+mod clock;
 mod dirs;
 mod disk;
 mod keys;
@@ -446,6 +447,7 @@ impl FsStore {
         Ok(Written {
             version_id: None,
             etag: None,
+            last_modified_ms: None,
         })
     }
 
@@ -513,6 +515,7 @@ impl FsStore {
         Ok(Written {
             version_id: Some(sidecar.version_id),
             etag: Some(sidecar.etag),
+            last_modified_ms: Some(sidecar.last_modified_ms),
         })
     }
 

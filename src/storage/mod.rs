@@ -112,6 +112,9 @@ pub enum Head {
 pub struct Written {
     pub version_id: Option<String>,
     pub etag: Option<String>,
+    /// The store's own order stamp of the version, where it gives one at once (an `fs`
+    /// location: later than every earlier write there, whatever the system clock did).
+    pub last_modified_ms: Option<i64>,
 }
 
 /// Strips the quotes S3 puts around ETags.

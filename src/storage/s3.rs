@@ -491,6 +491,7 @@ impl S3Store {
         Ok(Written {
             version_id: out.version_id().map(str::to_string),
             etag: out.e_tag().map(unquote),
+            last_modified_ms: None,
         })
     }
 
@@ -593,6 +594,7 @@ impl S3Store {
         Ok(Written {
             version_id: out.version_id().map(str::to_string),
             etag: out.e_tag().map(unquote),
+            last_modified_ms: None,
         })
     }
 
@@ -640,6 +642,7 @@ impl S3Store {
         Ok(Written {
             version_id: out.version_id().map(str::to_string),
             etag: None,
+            last_modified_ms: None,
         })
     }
 

@@ -116,6 +116,8 @@ pub struct Ferry {
     log: PathBuf,
     _dir: tempfile::TempDir,
     runs: usize,
+    /// Set in the daemon's environment, beside the runner's.
+    env: Vec<(String, String)>,
 }
 
 impl Ferry {
@@ -130,6 +132,7 @@ impl Ferry {
             log: dir.path().join("ferry-0.log"),
             _dir: dir,
             runs: 0,
+            env: Vec::new(),
         };
         ferry.spawn();
         ferry
@@ -149,6 +152,7 @@ impl Ferry {
                 "FERRY_LOG",
                 std::env::var("FERRY_LOG").unwrap_or_else(|_| "info,ferry=debug".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -168,6 +172,17 @@ impl Ferry {
     /// Starts ferry again on the same configuration.
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// After a clean stop, starts ferry again on the same configuration with `env` added to
+    /// its environment.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.terminate(Duration::from_secs(30));
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.spawn();
     }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use md5::{Digest, Md5};
 
+use super::clock::Clock;
 use super::dirs::{ancestors, DirPins, Pinned};
 use super::keys::{RESERVED, SIDECAR_SUFFIX};
 use crate::storage::ErrorKind;
@@ -56,6 +57,8 @@ pub struct Layout {
     pub pins: Arc<DirPins>,
     /// An ordinary file (not written by ferry) is listed once it has not changed for this long.
     pub stable_after: Duration,
+    /// The order stamps of ferry's writes here.
+    pub clock: Arc<Clock>,
 }
 
 /// Which tree a path is in, to name what a collision is with.
@@ -70,6 +73,7 @@ pub enum Tree {
 impl Layout {
     pub fn new(root: PathBuf, stable_after: Duration) -> Self {
         Self {
+            clock: Arc::new(Clock::new(root.join(RESERVED).join("clock"))),
             root,
             pins: Arc::default(),
             stable_after,

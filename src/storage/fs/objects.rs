@@ -61,6 +61,8 @@ pub fn commit(layout: &Layout, comps: &[String], pending: Pending) -> Done<Sidec
         pending.parts,
         pending.description,
     );
+    // Later than every earlier write here, whatever the system clock did meanwhile.
+    sidecar.last_modified_ms = layout.clock.stamp(sidecar.last_modified_ms)?;
     sidecar.prior = prior.map(Box::new);
     write_sidecar(layout, comps, &sidecar)?;
     if let Err(fault) = place(layout, &path, pending.temp) {

@@ -196,6 +196,7 @@ impl Wire {
         Ok(Written {
             version_id: headers.get("x-amz-version-id").map(str::to_string),
             etag: headers.get("etag").map(unquote),
+            last_modified_ms: None,
         })
     }
 
