@@ -1,5 +1,6 @@
 //! ListObjects (v1 and v2) over the buffer's current objects: prefix, delimiter, start-after and
-//! continuation, max-keys — computed from a sorted listing, no state kept between pages.
+//! continuation, max-keys — computed from a sorted listing that starts after the marker and
+//! stops once the page is full; no state kept between pages.
 
 use crate::storage::Listed;
 
@@ -22,21 +23,49 @@ pub struct Query<'a> {
 }
 
 /// Pages `listed` (sorted by key) per `query`.
+#[cfg(test)]
 pub fn page(listed: Vec<Listed>, query: &Query<'_>) -> Page {
-    let mut out = Page::default();
-    if query.max_keys == 0 {
-        // S3 answers max-keys=0 with an empty page that is not truncated.
-        return out;
-    }
+    let mut pager = Pager::new(query);
     for object in listed {
+        if !pager.offer(object) {
+            break;
+        }
+    }
+    pager.finish()
+}
+
+/// A page built as a sorted listing comes in, so the listing can stop once it is full.
+pub struct Pager<'a> {
+    query: &'a Query<'a>,
+    out: Page,
+    full: bool,
+}
+
+impl<'a> Pager<'a> {
+    pub fn new(query: &'a Query<'a>) -> Self {
+        Self {
+            query,
+            out: Page::default(),
+            // S3 answers max-keys=0 with an empty page that is not truncated.
+            full: query.max_keys == 0,
+        }
+    }
+
+    /// Takes the listing's next object; false once the page is full (nothing after it is
+    /// needed).
+    pub fn offer(&mut self, object: Listed) -> bool {
+        let (query, out) = (self.query, &mut self.out);
+        if self.full {
+            return false;
+        }
         if !object.key.starts_with(query.prefix) {
-            continue;
+            return true;
         }
         if query
             .after
             .is_some_and(|after| object.key.as_str() <= after)
         {
-            continue;
+            return true;
         }
         let rest = &object.key[query.prefix.len()..];
         let rolled_up = query.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
@@ -45,14 +74,14 @@ pub fn page(listed: Vec<Listed>, query: &Query<'_>) -> Page {
         });
         if let Some(common) = &rolled_up {
             if out.common_prefixes.last() == Some(common) {
-                continue;
+                return true;
             }
             // Everything under a prefix already returned on an earlier page is behind `after`.
             if query
                 .after
                 .is_some_and(|after| after.starts_with(common.as_str()))
             {
-                continue;
+                return true;
             }
         }
         if out.objects.len() + out.common_prefixes.len() == query.max_keys {
@@ -64,14 +93,19 @@ pub fn page(listed: Vec<Listed>, query: &Query<'_>) -> Page {
                     .or_else(|| out.objects.last().map(|o| o.key.clone()))
                     .unwrap_or_default(),
             );
-            break;
+            self.full = true;
+            return false;
         }
         match rolled_up {
             Some(common) => out.common_prefixes.push(common),
             None => out.objects.push(object),
         }
+        true
     }
-    out
+
+    pub fn finish(self) -> Page {
+        self.out
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::checksum::Claims;
-use super::listing::{self, Query};
+use super::listing::{Pager, Query};
 use crate::bus::Publisher;
 use crate::config::{LocationConfig, RuleConfig};
 use crate::model::{self, EntryKind};
@@ -160,20 +160,24 @@ impl Ingest {
         self.bucket(bucket)?;
         let prefix = prefix.unwrap_or_default();
         let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
-        let listed = self
-            .store
-            .list_current(prefix)
-            .await
-            .map_err(|e| s3(e, retry_later))?;
-        let page = listing::page(
-            listed,
-            &Query {
-                prefix,
-                delimiter,
-                after,
-                max_keys: max_keys as usize,
-            },
-        );
+        let query = Query {
+            prefix,
+            delimiter,
+            after,
+            max_keys: max_keys as usize,
+        };
+        // The listing starts after the marker and stops once the page is full: a page costs
+        // what it returns, not what sorts before it.
+        let mut pager = Pager::new(&query);
+        let mut pages = self.store.current_after(prefix, after);
+        'pages: while let Some(listed) = pages.next().await.map_err(|e| s3(e, retry_later))? {
+            for object in listed {
+                if !pager.offer(object) {
+                    break 'pages;
+                }
+            }
+        }
+        let page = pager.finish();
         Ok(Listing {
             contents: page
                 .objects

@@ -112,6 +112,16 @@ impl Store {
         }
     }
 
+    /// The current objects under `prefix` whose keys sort after `after`, a page at a time:
+    /// what sorts before `after` is not listed at all (S3's StartAfter; an fs walk that passes
+    /// over it).
+    pub fn current_after(&self, prefix: &str, after: Option<&str>) -> Pages {
+        match self {
+            Store::S3(store) => Pages::S3(store.pages(prefix, false).after(after)),
+            Store::Fs(store) => Pages::Fs(store.pages(prefix).after(after)),
+        }
+    }
+
     /// Hands every key the store holds anything under (a version, a delete marker) to `key`,
     /// a listing page at a time (memory O(page)); a key may come more than once.
     pub async fn each_key(&self, key: impl FnMut(&str)) -> Result<(), StorageError> {

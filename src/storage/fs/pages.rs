@@ -15,6 +15,8 @@ const AHEAD: usize = 2;
 pub struct FsPages {
     store: FsStore,
     prefix: String,
+    /// Keys after this one only.
+    after: Option<String>,
     pages: Option<mpsc::Receiver<Done<Vec<Listed>>>>,
     done: bool,
     /// Pages read so far (the fs counterpart of LIST requests).
@@ -26,10 +28,17 @@ impl FsPages {
         Self {
             store,
             prefix: prefix.to_string(),
+            after: None,
             pages: None,
             done: false,
             requests: 0,
         }
+    }
+
+    /// The objects after `key` only: the walk skips what sorts before it unread.
+    pub fn after(mut self, key: Option<&str>) -> Self {
+        self.after = key.map(str::to_string);
+        self
     }
 
     /// The next page, or `None` once the walk ended. Dropping the listing stops the walk.
@@ -38,8 +47,10 @@ impl FsPages {
             return Ok(None);
         }
         let store = self.store.clone();
-        let prefix = self.prefix.clone();
-        let pages = self.pages.get_or_insert_with(|| start(store, prefix));
+        let (prefix, after) = (self.prefix.clone(), self.after.clone());
+        let pages = self
+            .pages
+            .get_or_insert_with(|| start(store, prefix, after));
         match pages.recv().await {
             Some(Ok(page)) => {
                 self.requests += 1;
@@ -58,12 +69,16 @@ impl FsPages {
 }
 
 /// Starts the walk; the channel closes after the last page (or after an error).
-fn start(store: FsStore, prefix: String) -> mpsc::Receiver<Done<Vec<Listed>>> {
+fn start(
+    store: FsStore,
+    prefix: String,
+    after: Option<String>,
+) -> mpsc::Receiver<Done<Vec<Listed>>> {
     let (tx, rx) = mpsc::channel(AHEAD);
     tokio::task::spawn_blocking(move || {
         let layout = &store.inner.layout;
         let mut page = Vec::with_capacity(PAGE);
-        let walked = walk::each(layout, &prefix, |listed| {
+        let walked = walk::each_after(layout, &prefix, after.as_deref(), |listed| {
             page.push(listed);
             if page.len() < PAGE {
                 return true;

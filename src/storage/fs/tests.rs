@@ -1151,3 +1151,34 @@ async fn stale_leftovers_are_swept_on_a_timer_and_fresh_ones_kept() {
         "fresh files removed"
     );
 }
+
+#[tokio::test]
+async fn a_listing_after_a_key_returns_exactly_the_keys_that_sort_after_it() {
+    let (_dir, store) = store().await;
+    // Directories sort as `name/`: `d.txt` < `d/…` < `d0`.
+    let keys = [
+        "a", "b/1", "b/2", "b/c/1", "b/c/2", "b/d", "d.txt", "d/x", "d/y/z", "d0", "e",
+    ];
+    for key in keys {
+        put(&store, key, b"x").await.unwrap();
+    }
+    let mut all = Vec::new();
+    for after in std::iter::once("")
+        .chain(keys)
+        .chain(["b/", "b/c", "b/c/", "c", "zz"])
+    {
+        let mut pages = store.pages("").after(Some(after).filter(|a| !a.is_empty()));
+        let mut got = Vec::new();
+        while let Some(page) = pages.next().await.unwrap() {
+            got.extend(page.into_iter().map(|l| l.key));
+        }
+        let expected: Vec<String> = keys
+            .iter()
+            .filter(|k| **k > after)
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(got, expected, "after {after:?}");
+        all.push(got.len());
+    }
+    assert_eq!(all[0], keys.len());
+}

@@ -27,18 +27,46 @@ pub fn list(layout: &Layout, prefix: &str) -> Done<Vec<Listed>> {
 /// [`list`] one object at a time, in ascending byte order of the keys, until `found` returns
 /// false; memory O(entries of the directories on the way), not O(objects). Returns whether
 /// the walk reached the end.
-pub fn each(layout: &Layout, prefix: &str, mut found: impl FnMut(Listed) -> bool) -> Done<bool> {
+pub fn each(layout: &Layout, prefix: &str, found: impl FnMut(Listed) -> bool) -> Done<bool> {
+    each_after(layout, prefix, None, found)
+}
+
+/// [`each`] from the first key after `after`: files and whole directories that sort before it
+/// are passed over unread, so a listing resumed deep in a large tree costs what it returns.
+pub fn each_after(
+    layout: &Layout,
+    prefix: &str,
+    after: Option<&str>,
+    mut found: impl FnMut(Listed) -> bool,
+) -> Done<bool> {
     let now = Stamp {
         now_ns: now_ns() as i64,
         settle_ns: layout.stable_after.as_nanos().min(i64::MAX as u128) as i64,
+        after: after.map(str::to_string),
     };
     walk(layout, &now, &layout.root, "", prefix, &mut found)
 }
 
-/// When a listing looks, and how old an ordinary file must be to be listed.
+/// When a listing looks, how old an ordinary file must be to be listed, and where it starts.
 struct Stamp {
     now_ns: i64,
     settle_ns: i64,
+    after: Option<String>,
+}
+
+impl Stamp {
+    /// Whether every key of the directory `sub` (a key prefix ending in `/`) sorts at or
+    /// before `after`: then none of it is listed. A key `sub…` and `after` compare as `sub`
+    /// and `after` do unless `after` starts with `sub`.
+    fn passes_over(&self, sub: &str) -> bool {
+        self.after
+            .as_deref()
+            .is_some_and(|after| sub < after && !after.starts_with(sub))
+    }
+
+    fn before_start(&self, key: &str) -> bool {
+        self.after.as_deref().is_some_and(|after| key <= after)
+    }
 }
 
 /// One entry of a directory, named as it sorts among the keys: a directory `d` holds the
@@ -103,13 +131,14 @@ fn walk(
         if entry.dir {
             let sub = format!("{key}/");
             if (sub.starts_with(prefix) || prefix.starts_with(&sub))
+                && !now.passes_over(&sub)
                 && !walk(layout, now, &path, &sub, prefix, found)?
             {
                 return Ok(false);
             }
             continue;
         }
-        if !key.starts_with(prefix) {
+        if !key.starts_with(prefix) || now.before_start(&key) {
             continue;
         }
         let Ok(comps) = keys::components(&key) else {

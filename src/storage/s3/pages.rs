@@ -28,6 +28,8 @@ pub struct S3Pages {
     store: S3Store,
     prefix: String,
     cursor: Cursor,
+    /// Current objects only: keys after this one (S3's StartAfter).
+    after: Option<String>,
     /// LIST requests made so far.
     pub requests: u64,
 }
@@ -47,8 +49,15 @@ impl S3Pages {
             store,
             prefix: prefix.to_string(),
             cursor,
+            after: None,
             requests: 0,
         }
+    }
+
+    /// The current objects after `key` only (for ListObjects pages resumed at a marker).
+    pub fn after(mut self, key: Option<&str>) -> Self {
+        self.after = key.map(str::to_string);
+        self
     }
 
     /// The next page, or `None` once the listing ended.
@@ -118,6 +127,7 @@ impl S3Pages {
             .bucket(&self.store.bucket)
             .prefix(&self.prefix)
             .max_keys(LIST_PAGE)
+            .set_start_after(self.after.clone().filter(|_| token.is_none()))
             .set_continuation_token(token)
             .send()
             .await
