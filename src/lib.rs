@@ -25,6 +25,8 @@ pub mod bus;
 pub mod client;
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

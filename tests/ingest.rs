@@ -506,7 +506,7 @@ async fn outdated_signatures_other_regions_and_oversized_bodies_are_refused_unre
     refused(&post, "501", "NotImplemented");
     let too_big = answer_without_body(
         port,
-        format!("PUT /inbox/big HTTP/1.1\r\n{host}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=ingestkey/20261203/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\nContent-Length: {}\r\n\r\n", (64u64 << 20) + 1),
+        format!("PUT /inbox/big?partNumber=1&uploadId=00 HTTP/1.1\r\n{host}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=ingestkey/20261203/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\nContent-Length: {}\r\n\r\n", (64u64 << 20) + 1),
     )
     .await;
     refused(&too_big, "400", "EntityTooLarge");
@@ -1049,11 +1049,14 @@ async fn presigned_head(client: &Client, port: u16, key: &str, len: usize) -> St
     head
 }
 
-/// Bodies in memory are bounded over all connections (`ingest.body_memory`): while a client
-/// holds the room with a 60 MiB body it sends slowly, another's PUT waits; a body that sends
-/// nothing for `header_timeout` is dropped (`RequestTimeout`), and the waiting PUT goes on.
+/// Part bodies in memory are bounded over all connections (`ingest.body_memory`): while a
+/// client holds the room with a 60 MiB part it sends slowly, another's part waits; a body that
+/// sends nothing for `header_timeout` is dropped (`RequestTimeout`), and the waiting part goes
+/// on. A stalled PutObject (streamed, so it holds no room) times out the same way and leaves
+/// nothing in the buffer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_in_memory_are_bounded_and_a_stalled_body_times_out() {
+async fn part_bodies_in_memory_are_bounded_and_a_stalled_body_times_out() {
+    use aws_sdk_s3::presigning::PresigningConfig;
     let site = Site::new();
     let config = site.config().replace(
         "[ingest]\n",
@@ -1062,48 +1065,122 @@ async fn bodies_in_memory_are_bounded_and_a_stalled_body_times_out() {
     let mut ferry = Ferry::start(&config);
     site.ready(&ferry).await;
     let client = site.client("ingestkey", "ingestsecret");
-    let head = presigned_head(&client, site.port, "bounded/stalled", 60 << 20).await;
+    let upload = client
+        .create_multipart_upload()
+        .bucket("inbox")
+        .key("bounded/parts")
+        .send()
+        .await
+        .expect("create multipart upload");
+    let upload_id = upload.upload_id().expect("upload id").to_string();
+    let presigned = client
+        .upload_part()
+        .bucket("inbox")
+        .key("bounded/parts")
+        .upload_id(&upload_id)
+        .part_number(1)
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(600)).expect("config"))
+        .await
+        .expect("presign");
+    let uri: http::Uri = presigned.uri().parse().expect("presigned URI");
     let port = site.port;
-    let stalled = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        stream.write_all(head.as_bytes()).expect("send the head");
-        stream.write_all(&[0u8; 1024]).expect("send the first KiB");
-        let mut answer = [0u8; 4096];
-        let n = stream.read(&mut answer).unwrap_or(0);
-        String::from_utf8_lossy(&answer[..n]).into_owned()
-    });
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        60 << 20
+    );
+    let stalled_part = tokio::task::spawn_blocking(move || stall(port, head));
+    let stalled_put = {
+        let head = presigned_head(&client, port, "bounded/stalled", 10 << 20).await;
+        tokio::task::spawn_blocking(move || stall(port, head))
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = std::time::Instant::now();
-    let body = data(11, 10 << 20);
     client
+        .upload_part()
+        .bucket("inbox")
+        .key("bounded/parts")
+        .upload_id(&upload_id)
+        .part_number(2)
+        .body(ByteStream::from(data(11, 10 << 20)))
+        .send()
+        .await
+        .expect("the waiting part goes on once the room is free");
+    let waited = started.elapsed();
+    for stalled in [stalled_part, stalled_put] {
+        let answer = stalled.await.expect("joined");
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("RequestTimeout"),
+            "{answer}"
+        );
+    }
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the second part did not wait for room: {waited:?}"
+    );
+    assert!(
+        files(&site.path("buffer")).is_empty(),
+        "a stalled PutObject left data"
+    );
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}
+
+/// Sends `head` and the first KiB of its body, then nothing; returns the answer.
+fn stall(port: u16, head: String) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream.write_all(head.as_bytes()).expect("send the head");
+    stream.write_all(&[0u8; 1024]).expect("send the first KiB");
+    let mut answer = [0u8; 4096];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// A PutObject is streamed into the buffer: one of 300 MiB (over the in-memory part limit)
+/// is taken, replicated and collected while ferry's memory stays far below its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_object_larger_than_memory_is_streamed_into_the_buffer() {
+    let site = Site::new();
+    let config = site.config().replace(
+        "[replication]\n",
+        "[replication]\nbuffer_memory = \"32MiB\"\n",
+    );
+    let mut ferry = Ferry::start(&config);
+    site.ready(&ferry).await;
+    let body = data(13, 300 << 20);
+    site.client("ingestkey", "ingestsecret")
         .put_object()
         .bucket("inbox")
-        .key("bounded/waiting")
+        .key("streamed/large.bin")
         .body(ByteStream::from(body.clone()))
         .send()
         .await
-        .expect("the waiting PUT goes on once the room is free");
-    let waited = started.elapsed();
-    let answer = stalled.await.expect("joined");
-    assert!(
-        answer.starts_with("HTTP/1.1 400") && answer.contains("RequestTimeout"),
-        "{answer}"
-    );
-    assert!(
-        waited >= Duration::from_secs(2),
-        "the second PUT did not wait for room: {waited:?}"
-    );
-    wait_until(TIMEOUT, "the waiting object on both targets", || async {
-        files(&site.path("site-a")) == ["bounded/waiting"]
-            && files(&site.path("site-b")) == ["bounded/waiting"]
-    })
+        .expect("a 300 MiB PutObject");
+    wait_until(
+        TIMEOUT,
+        "the object on both targets, the buffer empty",
+        || async {
+            files(&site.path("site-a")) == ["streamed/large.bin"]
+                && files(&site.path("site-b")) == ["streamed/large.bin"]
+                && files(&site.path("buffer")).is_empty()
+        },
+    )
     .await;
-    assert!(files(&site.path("buffer")).is_empty());
-    assert!(ferry.running());
+    let peak = ferry.peak_rss().expect("peak RSS");
+    eprintln!("ferry's peak RSS for a 300 MiB PutObject: {} MiB", peak >> 20);
+    assert!(
+        peak < 200 << 20,
+        "ferry's peak RSS {} MiB for a 300 MiB object",
+        peak >> 20
+    );
+    for target in ["site-a", "site-b"] {
+        let held = std::fs::read(site.path(target).join("streamed/large.bin")).expect("copy");
+        assert!(held == body, "{target}: content differs");
+    }
     ferry.terminate(Duration::from_secs(30));
 }
 

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use s3s::service::S3Service;
 use s3s::{Body, HttpError, HttpResponse};
 
-use super::MAX_BODY;
+use super::{MAX_BODY, MAX_OBJECT};
 
 /// The longest a presigned URL may be valid, as AWS allows: seven days.
 const MAX_PRESIGNED_SECONDS: u64 = 7 * 24 * 3600;
@@ -142,17 +142,28 @@ pub fn refusal<B>(req: &Request<B>, region: &str) -> Option<Refusal> {
     // An aws-chunked body's Content-Length counts its chunk signatures; the object's size
     // is the decoded length.
     let size = header("x-amz-decoded-content-length").or_else(|| header("content-length"));
+    // A part is held in memory; a PutObject is streamed into the buffer.
+    let (limit, what) = if query_value(query, "uploadId").is_some() {
+        (
+            MAX_BODY as u64,
+            "part (parts are held in memory: use smaller parts)",
+        )
+    } else {
+        (
+            MAX_OBJECT,
+            "PutObject (S3's limit: upload larger objects in parts)",
+        )
+    };
     if let Some(size) = size {
         match size.parse::<u64>() {
-            Ok(n) if n <= MAX_BODY as u64 => {}
+            Ok(n) if n <= limit => {}
             Ok(n) => {
                 return Some(Refusal::new(
                     StatusCode::BAD_REQUEST,
                     "EntityTooLarge",
                     format!(
-                        "a body of {n} bytes is over this endpoint's limit of {MAX_BODY} bytes per \
-                         request: upload larger objects in parts"
-                    ),
+                    "a body of {n} bytes is over this endpoint's limit of {limit} bytes per {what}"
+                ),
                 ))
             }
             Err(_) => {
@@ -272,10 +283,27 @@ mod tests {
         );
         assert_eq!(code(&post), Some("NotImplemented"));
         let big = (MAX_BODY as u64 + 1).to_string();
+        let part = request(
+            "PUT",
+            "/inbox/x?partNumber=1&uploadId=abc",
+            &[("authorization", V4), ("content-length", &big)],
+        );
+        assert_eq!(code(&part), Some("EntityTooLarge"));
         let put = request(
             "PUT",
             "/inbox/x",
             &[("authorization", V4), ("content-length", &big)],
+        );
+        assert_eq!(
+            code(&put),
+            None,
+            "a PutObject is streamed: larger bodies are taken"
+        );
+        let huge = (MAX_OBJECT + 1).to_string();
+        let put = request(
+            "PUT",
+            "/inbox/x",
+            &[("authorization", V4), ("content-length", &huge)],
         );
         assert_eq!(code(&put), Some("EntityTooLarge"));
         // aws-chunked: the decoded length counts, not the framing.
@@ -283,7 +311,7 @@ mod tests {
         let max = MAX_BODY.to_string();
         let chunked = request(
             "PUT",
-            "/inbox/x",
+            "/inbox/x?partNumber=1&uploadId=abc",
             &[
                 ("authorization", V4),
                 ("content-length", &framed),

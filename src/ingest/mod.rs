@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use service::{Ingest, IngestStats, BODY_UNIT, MAX_BODY};
+pub use service::{Ingest, IngestStats, BODY_UNIT, MAX_BODY, MAX_OBJECT};
 pub use tls::server_config;
 
 use crate::config::IngestConfig;

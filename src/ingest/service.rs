@@ -23,11 +23,16 @@ use crate::bus::Publisher;
 use crate::config::{LocationConfig, RuleConfig};
 use crate::model::{self, EntryKind};
 use crate::stages::populator::{entry_for, wanted, Observed};
-use crate::storage::{ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store, Written};
+use crate::storage::{
+    BodyAborted, ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store, Written,
+};
 
-/// Largest body of one PutObject or UploadPart: it is held in memory while it is verified
-/// and written. Larger objects are uploaded in parts (every S3 client does so by default).
+/// Largest body of one UploadPart: it is held in memory while it is verified and written
+/// (S3 clients upload parts of 5–16 MiB by default).
 pub const MAX_BODY: usize = 64 << 20;
+
+/// Largest object of one PutObject (S3's own limit): it is streamed into the buffer.
+pub const MAX_OBJECT: u64 = 5 << 30;
 
 /// A request body read whole, and the room it takes in `ingest.body_memory`.
 struct Body {
@@ -80,9 +85,7 @@ impl Ingest {
     /// else the largest taken) fits in `ingest.body_memory`; the room is held until the
     /// permit is dropped, after the commit.
     async fn room_for(&self, headers: &http::HeaderMap) -> S3Result<OwnedSemaphorePermit> {
-        let declared = ["x-amz-decoded-content-length", "content-length"]
-            .into_iter()
-            .find_map(|name| headers.get(name)?.to_str().ok()?.parse::<u64>().ok())
+        let declared = declared_length(headers)
             .unwrap_or(MAX_BODY as u64)
             .min(MAX_BODY as u64);
         let units = declared.div_ceil(BODY_UNIT).max(1) as u32;
@@ -371,6 +374,57 @@ fn no_upload(message: String) -> S3Error {
     s3_error!(NoSuchUpload, "{message}")
 }
 
+/// Chunks of a streamed body queued between the client and the store.
+const STREAM_QUEUE: usize = 4;
+
+/// The body's length as the request declares it: the decoded length of an aws-chunked
+/// body, else Content-Length.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    ["x-amz-decoded-content-length", "content-length"]
+        .into_iter()
+        .find_map(|name| headers.get(name)?.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Feeds a request body to the store as it arrives, hashing it for the request's checksums.
+/// A body that stalls for `idle`, breaks off or does not match its checksums is aborted (the
+/// store keeps nothing of it) and the reason returned.
+async fn feed(
+    body: Option<StreamingBlob>,
+    chunks: tokio::sync::mpsc::Sender<Result<Bytes, BodyAborted>>,
+    claims: &Claims,
+    trailers: Option<s3s::TrailingHeaders>,
+    idle: Duration,
+) -> S3Result<()> {
+    let mut hasher = claims.hasher();
+    let outcome = async {
+        if let Some(mut body) = body {
+            loop {
+                let Ok(next) = tokio::time::timeout(idle, body.next()).await else {
+                    return Err(s3_error!(
+                        RequestTimeout,
+                        "no body bytes arrived for {idle:?} (ingest.header_timeout)"
+                    ));
+                };
+                let Some(chunk) = next else { break };
+                let chunk =
+                    chunk.map_err(|e| s3_error!(IncompleteBody, "reading the body: {e}"))?;
+                hasher.update(&chunk);
+                if chunks.send(Ok(chunk)).await.is_err() {
+                    // The store stopped taking the body: its error says why.
+                    return Ok(());
+                }
+            }
+        }
+        let trailers = trailers.as_ref().and_then(|t| t.take());
+        claims.verify(&hasher.finalize(), trailers.as_ref())
+    }
+    .await;
+    if let Err(e) = &outcome {
+        let _ = chunks.send(Err(BodyAborted(e.to_string()))).await;
+    }
+    outcome
+}
+
 /// Reads a request body whole, refusing more than [`MAX_BODY`], and checks it against the
 /// request's additional checksums (headers or aws-chunked trailer).
 async fn read_body<T>(
@@ -460,11 +514,18 @@ impl S3 for Ingest {
     ) -> S3Result<S3Response<dto::PutObjectOutput>> {
         self.bucket(&req.input.bucket)?;
         let rule = self.rule(&req.input.key)?;
+        // Streamed into the store as it arrives (memory O(chunk), whatever the size); the
+        // checksums are checked at its end, before the store commits.
+        let size = declared_length(&req.headers).ok_or_else(|| {
+            s3_error!(
+                MissingContentLength,
+                "PutObject needs Content-Length (or x-amz-decoded-content-length)"
+            )
+        })?;
+        let claims = Claims::of(&req.headers)?;
         let body = req.input.body.take();
-        let body = self.body(&mut req, body).await?;
+        let trailers = req.trailing_headers.take();
         let input = req.input;
-        let md5 = content_md5(input.content_md5, &body.bytes);
-        let size = body.bytes.len() as u64;
         let meta = meta(
             input.content_type.map(|t| t.to_string()),
             input.cache_control,
@@ -472,21 +533,24 @@ impl S3 for Ingest {
             input.content_encoding,
             input.metadata,
         );
-        let (this, rule, key) = (self.clone(), rule.clone(), input.key);
-        let written = self
-            .to_completion(async move {
-                let Body { bytes, _room } = body;
-                let written = this
-                    .store
-                    .put(&key, bytes, &md5, &meta, input.tagging)
-                    .await
-                    .map_err(|e| s3(e, retry_later))?;
-                drop(_room);
-                let stamp = this.order_stamp(&key, &written).await;
-                this.enqueue(&rule, &key, &written, size, stamp).await?;
-                Ok(written)
-            })
-            .await?;
+        let (chunks, received) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+        let (this, rule, key, md5) = (self.clone(), rule.clone(), input.key, input.content_md5);
+        let commit = self.to_completion(async move {
+            let written = this
+                .store
+                .put_stream(&key, size, md5.as_deref(), received, &meta, input.tagging)
+                .await
+                .map_err(|e| s3(e, retry_later))?;
+            let stamp = this.order_stamp(&key, &written).await;
+            this.enqueue(&rule, &key, &written, size, stamp).await?;
+            Ok(written)
+        });
+        let fed = feed(body, chunks, &claims, trailers, self.body_idle);
+        let (fed, written) = tokio::join!(fed, commit);
+        // A body that stalled or failed its checksums was aborted: that is the answer, not
+        // the store's "aborted".
+        fed?;
+        let written = written?;
         Ok(S3Response::new(dto::PutObjectOutput {
             e_tag: etag(written.etag),
             version_id: written.version_id,

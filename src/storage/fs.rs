@@ -20,9 +20,9 @@
 mod clock;
 mod dirs;
 mod disk;
-mod keys;
+pub(crate) mod keys;
 mod locks;
-mod meta;
+pub(crate) mod meta;
 mod multipart;
 mod objects;
 mod pages;
@@ -305,13 +305,13 @@ impl FsStore {
         self.commit(OP, key, comps, pending).await
     }
 
-    /// Writes a whole object from a stream of `length` bytes; checks `content_md5` as
-    /// [`Self::put`] does. An aborted or short stream leaves nothing behind.
+    /// Writes a whole object from a stream of `length` bytes; checks `content_md5`, if given,
+    /// as [`Self::put`] does. An aborted or short stream leaves nothing behind.
     pub async fn put_stream(
         &self,
         key: &str,
         length: u64,
-        content_md5: &str,
+        content_md5: Option<&str>,
         mut body: BodyChunks,
         meta: &ObjectMeta,
         tagging: Option<String>,
@@ -319,10 +319,10 @@ impl FsStore {
         const OP: &str = "PutObject";
         let comps = self.comps(OP, key)?;
         let description = self.describe(OP, key, meta, tagging)?;
-        let content_md5 = content_md5.to_string();
+        let content_md5 = content_md5.map(str::to_string);
         let pending = self
             .blocking(OP, key, move |layout| {
-                let expected = disk::decode_md5(&content_md5)?;
+                let expected = content_md5.as_deref().map(disk::decode_md5).transpose()?;
                 let mut temp = Temp::create(&layout.tmp_dir())?;
                 let mut md5 = Md5::new();
                 let mut received = 0u64;
@@ -339,7 +339,10 @@ impl FsStore {
                         format!("IncompleteBody: received {received} of {length} bytes"),
                     ));
                 }
-                let md5 = disk::check_md5(&expected, md5.finalize().into())?;
+                let md5: [u8; 16] = md5.finalize().into();
+                if let Some(expected) = expected {
+                    disk::check_md5(&expected, md5)?;
+                }
                 Pending::whole(temp, &md5, description)
             })
             .await?;

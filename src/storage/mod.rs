@@ -5,7 +5,7 @@
 //! `fs.rs`).
 
 mod body;
-mod fs;
+pub(crate) mod fs;
 mod s3;
 mod store;
 

@@ -424,7 +424,7 @@ impl S3Store {
         }
         let length = body.len() as u64;
         let body = ByteStream::from(body);
-        self.put_object(key, length, content_md5, body, meta, tagging, None)
+        self.put_object(key, length, Some(content_md5), body, meta, tagging, None)
             .await
     }
 
@@ -435,7 +435,7 @@ impl S3Store {
         &self,
         key: &str,
         length: u64,
-        content_md5: &str,
+        content_md5: Option<&str>,
         body: BodyChunks,
         meta: &ObjectMeta,
         tagging: Option<String>,
@@ -452,7 +452,7 @@ impl S3Store {
         &self,
         key: &str,
         length: u64,
-        content_md5: &str,
+        content_md5: Option<&str>,
         body: ByteStream,
         meta: &ObjectMeta,
         tagging: Option<String>,
@@ -464,7 +464,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .content_length(length as i64)
-            .content_md5(content_md5)
+            .set_content_md5(content_md5.map(str::to_string))
             .body(body)
             .set_content_type(meta.content_type.clone())
             .set_cache_control(meta.cache_control.clone())

@@ -178,12 +178,12 @@ impl Store {
     }
 
     /// Writes a whole object of `length` bytes streamed from `body`; the store checks
-    /// `content_md5` (base64) and keeps nothing if the body is aborted or cut short.
+    /// `content_md5` (base64) if given and keeps nothing if the body is aborted or cut short.
     pub async fn put_stream(
         &self,
         key: &str,
         length: u64,
-        content_md5: &str,
+        content_md5: Option<&str>,
         body: BodyChunks,
         meta: &ObjectMeta,
         tagging: Option<String>,

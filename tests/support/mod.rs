@@ -214,15 +214,23 @@ impl Ferry {
 
     /// Resident memory of the running ferry, in bytes (from /proc).
     pub fn rss(&self) -> Option<u64> {
+        self.status_kib("VmRSS:").map(|kib| kib * 1024)
+    }
+
+    /// The most resident memory the running ferry has had, in bytes (from /proc).
+    pub fn peak_rss(&self) -> Option<u64> {
+        self.status_kib("VmHWM:").map(|kib| kib * 1024)
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kib: u64 = status
+        status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
+            .find(|l| l.starts_with(field))?
             .split_whitespace()
             .nth(1)?
             .parse()
-            .ok()?;
-        Some(kib * 1024)
+            .ok()
     }
 
     /// Whether the process is still running.

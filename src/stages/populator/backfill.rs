@@ -37,7 +37,7 @@ pub enum BackfillError {
 
 /// The progress record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Progress {
+pub(crate) struct Progress {
     schema: u32,
     /// Every version of this key and of the keys before it is enqueued.
     after_key: Option<String>,

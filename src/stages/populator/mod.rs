@@ -6,7 +6,7 @@
 
 pub mod backfill;
 pub mod events;
-mod progress;
+pub(crate) mod progress;
 pub mod scan;
 
 use std::sync::atomic::AtomicU64;

@@ -93,7 +93,7 @@ impl Writer {
         let put = self.target.put_stream(
             &self.key,
             length,
-            &content_md5,
+            Some(&content_md5),
             chunks,
             &self.meta,
             self.tagging.clone(),

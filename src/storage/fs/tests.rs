@@ -757,7 +757,7 @@ async fn a_streamed_put_is_checked_and_an_aborted_or_short_one_leaves_nothing() 
         .put_stream(
             "s",
             10,
-            &md5_b64(b"0123456789"),
+            Some(&md5_b64(b"0123456789")),
             body_of(&[b"0123", b"456", b"789"], false),
             &meta(),
             None,
@@ -780,7 +780,7 @@ async fn a_streamed_put_is_checked_and_an_aborted_or_short_one_leaves_nothing() 
     ];
     for (body, named) in cases {
         let e = store
-            .put_stream("s", 10, &md5, body, &ObjectMeta::default(), None)
+            .put_stream("s", 10, Some(&md5), body, &ObjectMeta::default(), None)
             .await
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Transient, "{e}");
