@@ -1171,7 +1171,10 @@ async fn a_put_object_larger_than_memory_is_streamed_into_the_buffer() {
     )
     .await;
     let peak = ferry.peak_rss().expect("peak RSS");
-    eprintln!("ferry's peak RSS for a 300 MiB PutObject: {} MiB", peak >> 20);
+    eprintln!(
+        "ferry's peak RSS for a 300 MiB PutObject: {} MiB",
+        peak >> 20
+    );
     assert!(
         peak < 200 << 20,
         "ferry's peak RSS {} MiB for a 300 MiB object",
