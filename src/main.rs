@@ -65,6 +65,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Messages no stage could read: list them, or replay them onto the topics they came from.
+    DeadLetter {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Targets: list their state, pause or resume one.
     Targets {
         #[command(subcommand)]
@@ -118,6 +125,26 @@ enum FailedCommand {
         prefix: Option<String>,
         /// Ids from `ferry failed list --json`.
         ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List dead letters, oldest first, a page at a time.
+    List {
+        /// The offset the page starts at (printed at the end of the previous page).
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Publish dead letters again to the topics they came from (once the cause is fixed).
+    Replay {
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "offsets")]
+        all: bool,
+        /// Offsets from `ferry dead-letter list`.
+        offsets: Vec<i64>,
     },
 }
 
@@ -218,6 +245,18 @@ fn main() -> ExitCode {
                             &ids,
                         )
                         .await
+                    }
+                }
+            })
+        }),
+        Command::DeadLetter { command, admin } => client(admin, |c, json| {
+            Box::pin(async move {
+                match command {
+                    DeadLetterCommand::List { from, limit } => {
+                        commands::dead_letters(c, json, from, limit).await
+                    }
+                    DeadLetterCommand::Replay { all, offsets } => {
+                        commands::replay_dead_letters(c, json, all, &offsets).await
                     }
                 }
             })

@@ -310,6 +310,36 @@ async fn malformed_entries_are_dead_lettered_and_replication_continues() {
         all.contains(&format!("{id}.replication/")) && all.contains(&format!("{id}.status/")),
         "names the origin: {all}"
     );
+
+    // An operator lists them and replays them onto the topics they came from; still
+    // unreadable, each is dead-lettered again (with its new origin), nothing is lost.
+    let port = support::admin::port(&ferry.log()).expect("admin port");
+    let listed = support::admin::cli_ok(port, &["dead-letter", "list"]).await;
+    assert!(
+        listed.contains("REASON") && listed.contains("schema 99"),
+        "{listed}"
+    );
+    let before = dead.len();
+    let replayed = support::admin::cli_ok(port, &["dead-letter", "replay", "--all"]).await;
+    assert_eq!(
+        replayed
+            .lines()
+            .filter(|l| l.contains(&format!("sent to {id}.")))
+            .count(),
+        before,
+        "{replayed}"
+    );
+    wait_until(
+        TIMEOUT,
+        "the replayed messages dead-lettered again",
+        || async { read_topic(&bus, &topic).await.len() >= 2 * before },
+    )
+    .await;
+    let again = support::admin::cli_ok(port, &["dead-letter", "replay", "0", "999999"]).await;
+    assert!(
+        again.contains("0: sent to") && again.contains("999999: skipped: no dead letter"),
+        "{again}"
+    );
     assert!(ferry.running());
     ferry.terminate(Duration::from_secs(30));
     buckets.remove().await;

@@ -314,6 +314,68 @@ pub async fn failed_retry(
     Ok(Json(json!({ "retried": retried })))
 }
 
+/// The query of `GET /api/v1/dead-letters`.
+#[derive(Deserialize)]
+pub struct DeadLetterQuery {
+    /// The offset the page starts at (the previous page's `next`).
+    #[serde(default)]
+    from: i64,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/dead-letters?from=&limit=`: the messages no stage could read, oldest first, a
+/// page at a time, each with its offset, origin and reason.
+pub async fn dead_letters(
+    State(admin): State<Arc<Admin>>,
+    Query(q): Query<DeadLetterQuery>,
+) -> Answer {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let (page, next) = super::dead_letters::list(&admin, q.from.max(0), limit).await?;
+    Ok(Json(json!({ "dead_letters": page, "next": next })))
+}
+
+/// The body of `POST /api/v1/dead-letters/replay`: offsets, or `all`.
+#[derive(Deserialize)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    offsets: Vec<i64>,
+}
+
+/// `POST /api/v1/dead-letters/replay`: publishes dead letters again to the topics they came
+/// from; answers what became of each.
+pub async fn dead_letters_replay(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    body: Option<Json<ReplayRequest>>,
+) -> Answer {
+    authorize(&admin, &headers)?;
+    let request = match body {
+        Some(Json(r)) if r.all == r.offsets.is_empty() => r,
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "send a JSON body: {\"offsets\": [N, ...]} or {\"all\": true}".into(),
+            ))
+        }
+    };
+    let offsets = (!request.all).then_some(request.offsets.as_slice());
+    let done = super::dead_letters::replay(&admin, offsets).await?;
+    let replayed: Vec<Value> = done
+        .into_iter()
+        .map(|(offset, outcome)| match outcome {
+            super::dead_letters::Replayed::Sent { topic } => {
+                json!({ "offset": offset, "sent_to": topic })
+            }
+            super::dead_letters::Replayed::Skipped(why) => {
+                json!({ "offset": offset, "skipped": why })
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "replayed": replayed })))
+}
+
 /// `GET /api/v1/targets`: every target with its state, backlog and what this process copied.
 pub async fn targets(State(admin): State<Arc<Admin>>) -> Answer {
     let names = target_names(&admin);

@@ -7,6 +7,7 @@
 //! ([`api`]) shows and changes replication state.
 
 mod api;
+mod dead_letters;
 mod health;
 mod views;
 
@@ -68,6 +69,11 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         .route("/api/v1/objects/{bucket}/{*key}", get(api::object))
         .route("/api/v1/failed", get(api::failed_list))
         .route("/api/v1/failed/retry", post(api::failed_retry))
+        .route("/api/v1/dead-letters", get(api::dead_letters))
+        .route(
+            "/api/v1/dead-letters/replay",
+            post(api::dead_letters_replay),
+        )
         .route("/api/v1/targets", get(api::targets))
         .route("/api/v1/targets/{name}/pause", post(api::pause))
         .route("/api/v1/targets/{name}/resume", post(api::resume))

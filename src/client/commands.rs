@@ -94,6 +94,46 @@ pub async fn failed_retry(
     }))
 }
 
+/// `ferry dead-letter list`.
+pub async fn dead_letters(
+    client: &AdminClient,
+    json: bool,
+    from: i64,
+    limit: usize,
+) -> Result<String, ClientError> {
+    let path = format!("/api/v1/dead-letters?from={from}&limit={limit}");
+    let answer = client.get(&path).await?;
+    Ok(output(&answer, json, render::render_dead_letters))
+}
+
+/// `ferry dead-letter replay (OFFSET... | --all)`.
+pub async fn replay_dead_letters(
+    client: &AdminClient,
+    json: bool,
+    all: bool,
+    offsets: &[i64],
+) -> Result<String, ClientError> {
+    let body = json!({ "all": all, "offsets": offsets });
+    let answer = client
+        .post("/api/v1/dead-letters/replay", Some(&body))
+        .await?;
+    Ok(output(&answer, json, |a| {
+        let mut out = String::new();
+        for r in a["replayed"].as_array().into_iter().flatten() {
+            let what = match (r["sent_to"].as_str(), r["skipped"].as_str()) {
+                (Some(topic), _) => format!("sent to {topic}"),
+                (_, Some(why)) => format!("skipped: {why}"),
+                _ => "?".into(),
+            };
+            out.push_str(&format!("{}: {what}\n", r["offset"]));
+        }
+        if out.is_empty() {
+            out.push_str("no dead letters\n");
+        }
+        out
+    }))
+}
+
 /// `ferry targets list`.
 pub async fn targets_list(client: &AdminClient, json: bool) -> Result<String, ClientError> {
     let answer = client.get("/api/v1/targets").await?;

@@ -118,6 +118,32 @@ pub fn render_failed(answer: &Value) -> String {
     out
 }
 
+/// `ferry dead-letter list`.
+pub fn render_dead_letters(answer: &Value) -> String {
+    let empty = Vec::new();
+    let letters = answer["dead_letters"].as_array().unwrap_or(&empty);
+    if letters.is_empty() {
+        return "no dead letters\n".into();
+    }
+    let rows: Vec<Vec<String>> = letters
+        .iter()
+        .map(|d| {
+            vec![
+                cell(&d["offset"]),
+                time(&d["at_ms"]),
+                cell(&d["stage"]),
+                cell(&d["origin"]),
+                cell(&d["reason"]),
+            ]
+        })
+        .collect();
+    let mut out = table(&["OFFSET", "AT", "STAGE", "FROM", "REASON"], &rows);
+    if let Some(next) = answer["next"].as_i64() {
+        out.push_str(&format!("more: --from {next}\n"));
+    }
+    out
+}
+
 /// `ferry targets list`.
 pub fn render_targets(answer: &Value) -> String {
     let empty = Vec::new();
