@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use crate::admin::dead_letters;
 use crate::config::raw::RawConfig;
 use crate::config::{validate, Config};
 use crate::model::{
@@ -18,9 +19,14 @@ use crate::storage::fs::{keys, meta};
 
 /// Decodes `bytes` as the message of every topic, as its consumer does: replication entries,
 /// retry tasks, target results (the status and failed topics), GC tasks, entry states (the
-/// status-state changelog), target pauses (control), and the populator-state topic's backfill
-/// progress values and scan record keys.
+/// status-state changelog), target pauses (control), the populator-state topic's backfill
+/// progress values and scan record keys, and dead letters (as the admin API lists them, and
+/// the topic a replay would send one back to).
 pub fn message(bytes: &[u8]) {
+    let listed = dead_letters::describe(0, Some(bytes));
+    if let Some(origin) = listed["origin"].as_str() {
+        let _ = dead_letters::origin_topic(origin, &["ferry.replication", "ferry.status"]);
+    }
     let _ = model::decode::<ReplicationEntry>("replication entry", bytes);
     let _ = model::decode::<RetryTask>("retry task", bytes);
     let _ = model::decode::<TargetResult>("target result", bytes);
@@ -165,6 +171,7 @@ mod tests {
                 "control" => model::decode::<TargetPause>("", &bytes).is_ok(),
                 "backfill" => model::decode::<Progress>("", &bytes).is_ok(),
                 "scankey" => Version::from_record_key(&bytes).is_some(),
+                "dead" => dead_letters::describe(0, Some(&bytes))["origin"].is_string(),
                 _ => panic!("{name}: name it after its topic"),
             };
             assert!(read, "{name} does not decode");

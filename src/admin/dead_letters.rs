@@ -130,14 +130,14 @@ async fn send(admin: &Admin, record: &Record) -> Result<Replayed, BusError> {
 }
 
 /// The topic of an origin `topic/partition@offset`, if it is one of `consumed`.
-fn origin_topic(origin: &str, consumed: &[&str]) -> Option<String> {
+pub(crate) fn origin_topic(origin: &str, consumed: &[&str]) -> Option<String> {
     let (topic, _) = origin.rsplit_once('@')?;
     let (topic, _) = topic.rsplit_once('/')?;
     consumed.contains(&topic).then(|| topic.to_string())
 }
 
 /// A dead letter as the admin API shows it.
-fn describe(offset: i64, payload: Option<&[u8]>) -> Value {
+pub(crate) fn describe(offset: i64, payload: Option<&[u8]>) -> Value {
     match payload.and_then(|p| serde_json::from_slice::<Record>(p).ok()) {
         Some(r) => json!({
             "offset": offset,

@@ -7,7 +7,7 @@
 //! ([`api`]) shows and changes replication state.
 
 mod api;
-mod dead_letters;
+pub(crate) mod dead_letters;
 mod health;
 mod views;
 

@@ -398,16 +398,7 @@ async fn feed(
     let mut hasher = claims.hasher();
     let outcome = async {
         if let Some(mut body) = body {
-            loop {
-                let Ok(next) = tokio::time::timeout(idle, body.next()).await else {
-                    return Err(s3_error!(
-                        RequestTimeout,
-                        "no body bytes arrived for {idle:?} (ingest.header_timeout)"
-                    ));
-                };
-                let Some(chunk) = next else { break };
-                let chunk =
-                    chunk.map_err(|e| s3_error!(IncompleteBody, "reading the body: {e}"))?;
+            while let Some(chunk) = next_chunk(&mut body, idle).await? {
                 hasher.update(&chunk);
                 if chunks.send(Ok(chunk)).await.is_err() {
                     // The store stopped taking the body: its error says why.
@@ -423,6 +414,21 @@ async fn feed(
         let _ = chunks.send(Err(BodyAborted(e.to_string()))).await;
     }
     outcome
+}
+
+/// The body's next chunk, `None` at its end; a body that sends nothing for `idle` is a
+/// `RequestTimeout`.
+async fn next_chunk(body: &mut StreamingBlob, idle: Duration) -> S3Result<Option<Bytes>> {
+    match tokio::time::timeout(idle, body.next()).await {
+        Err(_) => Err(s3_error!(
+            RequestTimeout,
+            "no body bytes arrived for {idle:?} (ingest.header_timeout)"
+        )),
+        Ok(None) => Ok(None),
+        Ok(Some(chunk)) => chunk
+            .map(Some)
+            .map_err(|e| s3_error!(IncompleteBody, "reading the body: {e}")),
+    }
 }
 
 /// Reads a request body whole, refusing more than [`MAX_BODY`], and checks it against the
@@ -447,15 +453,7 @@ async fn read_whole(
 ) -> S3Result<Bytes> {
     let mut buf = BytesMut::new();
     if let Some(mut body) = body {
-        loop {
-            let Ok(next) = tokio::time::timeout(idle, body.next()).await else {
-                return Err(s3_error!(
-                    RequestTimeout,
-                    "no body bytes arrived for {idle:?} (ingest.header_timeout)"
-                ));
-            };
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "reading the body: {e}"))?;
+        while let Some(chunk) = next_chunk(&mut body, idle).await? {
             if buf.len() + chunk.len() > MAX_BODY {
                 return Err(s3_error!(
                     EntityTooLarge,
