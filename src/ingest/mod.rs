@@ -4,6 +4,7 @@
 //! once instead of at the next scan. Operations outside the served subset get S3's
 //! `NotImplemented` error.
 
+mod body;
 mod checksum;
 mod gate;
 mod listing;
