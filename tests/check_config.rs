@@ -338,4 +338,9 @@ fn one_host_configuration_is_described_and_its_mistakes_named() {
         &with_tls(&tls.join("cert.pem"), Some(&tls.join("ca.pem"))),
         &["ingest.tls_cert", "ca.pem", "no PEM private key"],
     );
+    // A device is refused at once, never read (found by the config fuzz target: it hung).
+    assert_fails_naming(
+        &with_tls(Path::new("/dev/zero"), Some(&tls.join("key.pem"))),
+        &["ingest.tls_cert", "/dev/zero", "not a regular file"],
+    );
 }

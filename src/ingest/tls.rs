@@ -14,14 +14,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     let unreadable = |path: &Path, e: &dyn std::fmt::Display| {
         format!("cannot read {} as PEM: {e}", path.display())
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| unreadable(cert, &e))?
+    let (cert_pem, key_pem) = (pem_file(cert)?, pem_file(key)?);
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| unreadable(cert, &e))?;
     if chain.is_empty() {
         return Err(format!("{} holds no PEM certificate", cert.display()));
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
             format!("{} holds no PEM private key", key.display())
         }
@@ -42,4 +42,35 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Largest PEM file taken: a certificate chain is a few KiB.
+const MAX_PEM: u64 = 1 << 20;
+
+/// The bytes of the PEM file at `path`: a regular file (never a FIFO or a device, which would
+/// block or never end) of at most [`MAX_PEM`] bytes.
+fn pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |why: String| format!("cannot read {}: {why}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| refuse(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| refuse(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.len() > MAX_PEM {
+        return Err(refuse(format!(
+            "{} bytes; a PEM certificate or key is at most {MAX_PEM}",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refuse(e.to_string()))?;
+    Ok(bytes)
 }
