@@ -1,0 +1,10 @@
+//! An object key of an fs location (ferry::fuzzing::key); keys are UTF-8 text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        ferry::fuzzing::key(text);
+    }
+});
