@@ -17,6 +17,7 @@
 //! time, inode and size; listings show it once it has not changed for `stable_after`, and the
 //! first complete read records its MD5 as its ETag. A read that sees the file change fails.
 
+mod beneath;
 mod clock;
 mod dirs;
 mod disk;
@@ -136,7 +137,7 @@ impl FsStore {
             for dir in dirs {
                 fs::create_dir_all(&dir).map_err(|e| Fault::io("create the directory", &dir, e))?;
             }
-            let mut probe = Temp::create(&layout.tmp_dir())?;
+            let mut probe = Temp::create(&layout.tmp()?)?;
             probe.write(b"ferry")?;
             probe.sync()?;
             drop(probe);
@@ -297,7 +298,7 @@ impl FsStore {
         let pending = self
             .blocking(OP, key, move |layout| {
                 let md5 = disk::verify_md5(&body, &content_md5)?;
-                let mut temp = Temp::create(&layout.tmp_dir())?;
+                let mut temp = Temp::create(&layout.tmp()?)?;
                 temp.write(&body)?;
                 Pending::whole(temp, &md5, description)
             })
@@ -323,7 +324,7 @@ impl FsStore {
         let pending = self
             .blocking(OP, key, move |layout| {
                 let expected = content_md5.as_deref().map(disk::decode_md5).transpose()?;
-                let mut temp = Temp::create(&layout.tmp_dir())?;
+                let mut temp = Temp::create(&layout.tmp()?)?;
                 let mut md5 = Md5::new();
                 let mut received = 0u64;
                 while let Some(chunk) = body.blocking_recv() {

@@ -9,10 +9,11 @@
 //! restart every stamp is above it. It is moved ahead ([`RESERVE_MS`]) once a stamp would pass
 //! it: one small fsynced write per ten minutes of stamps, not one per write.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::disk::{read_record, sync_dir, Done, Fault, Temp};
+use super::beneath::Dir;
+use super::disk::{read_record, Done, Fault, Temp};
 use crate::storage::ErrorKind;
 
 /// How far past the current stamp a reservation reaches.
@@ -69,9 +70,22 @@ impl Clock {
         Ok(stamp)
     }
 
+    /// The directory of the clock file, and the file's name there.
+    fn place(&self) -> Done<(Dir, &str)> {
+        let parent = self.path.parent().unwrap_or(Path::new("."));
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("clock");
+        let dir = Dir::at(parent).map_err(|e| Fault::io("open the directory", parent, e))?;
+        Ok((dir, name))
+    }
+
     /// The reservation on disk; none yet is 0 (any stamp will do).
     fn load(&self) -> Done<i64> {
-        let bytes = read_record(&self.path).map_err(|e| Fault::io("read", &self.path, e))?;
+        let (dir, name) = self.place()?;
+        let bytes = read_record(&dir, name).map_err(|e| Fault::io("read", &self.path, e))?;
         let Some(bytes) = bytes else { return Ok(0) };
         String::from_utf8_lossy(&bytes)
             .trim()
@@ -88,13 +102,13 @@ impl Clock {
     }
 
     fn store(&self, reserved: i64) -> Done<()> {
-        let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
+        let (dir, name) = self.place()?;
         let mut temp = Temp::create(&dir)?;
         temp.write(reserved.to_string().as_bytes())?;
         temp.sync()?;
-        temp.rename(&self.path)
-            .map_err(|e| Fault::io("rename the clock file to", &self.path, e))?;
-        sync_dir(&dir)
+        temp.place_in(&dir, name)?;
+        dir.sync()
+            .map_err(|e| Fault::io("fsync the directory", dir.path(), e))
     }
 }
 

@@ -11,12 +11,11 @@
 //! Blocking, like [`super::disk`].
 
 use std::collections::HashMap;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::disk::sync_dir;
+use super::beneath::{kind_of, Dir, Kind};
 
 /// The pinned directories of one store, with how many operations hold each.
 #[derive(Default, Debug)]
@@ -48,33 +47,37 @@ impl DirPins {
         }
     }
 
-    /// Removes `dir` if it is empty and not pinned (the parent's entry made durable).
-    /// Returns whether it was removed.
-    pub fn remove_if_unused(&self, dir: &Path) -> bool {
+    /// Removes the directory `name` in `parent` if it is empty and not pinned (the parent's
+    /// entry made durable). Returns whether it was removed.
+    pub fn remove_if_unused(&self, parent: &Dir, name: &str) -> bool {
         let table = self.table();
-        if table.contains_key(dir) {
+        if table.contains_key(&parent.join(name)) {
             return false;
         }
-        if fs::remove_dir(dir).is_err() {
+        if parent.rmdir(name).is_err() {
             return false;
         }
         drop(table);
-        if let Some(parent) = dir.parent() {
-            let _ = sync_dir(parent);
-        }
+        let _ = parent.sync();
         true
     }
 
-    /// Removes `dir` and the directories under it, which must hold nothing else and be
-    /// pinned by nobody; fails (leaving what is left) if one is not empty or pinned.
-    pub fn remove_empty_tree(&self, dir: &Path) -> io::Result<()> {
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                self.remove_empty_tree(&entry.path())?;
+    /// Removes the directory `name` in `parent` and the directories under it, which must
+    /// hold nothing else and be pinned by nobody; fails (leaving what is left) if one is not
+    /// empty or pinned.
+    pub fn remove_empty_tree(&self, parent: &Dir, name: &str) -> io::Result<()> {
+        let dir = parent.child(name)?;
+        for entry in dir.entries()? {
+            let inner = String::from_utf8_lossy(&entry.name).into_owned();
+            let kind = match entry.kind {
+                Some(kind) => kind,
+                None => kind_of(&dir.stat(&inner)?),
+            };
+            if kind == Kind::Dir {
+                self.remove_empty_tree(&dir, &inner)?;
             }
         }
-        if self.remove_if_unused(dir) {
+        if self.remove_if_unused(parent, name) {
             Ok(())
         } else {
             Err(io::Error::new(
@@ -124,16 +127,17 @@ mod tests {
     fn a_pinned_directory_is_not_pruned_until_released() {
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let dir = tmp.path().join("a");
-        fs::create_dir(&dir).expect("mkdir");
+        std::fs::create_dir(&dir).expect("mkdir");
         let pins = Arc::new(DirPins::default());
+        let parent = Dir::at(tmp.path()).expect("open");
         let first = pins.pin(vec![dir.clone()]);
         let second = pins.pin(vec![dir.clone()]);
-        assert!(!pins.remove_if_unused(&dir));
+        assert!(!pins.remove_if_unused(&parent, "a"));
         drop(first);
-        assert!(!pins.remove_if_unused(&dir), "still pinned once");
+        assert!(!pins.remove_if_unused(&parent, "a"), "still pinned once");
         drop(second);
         assert_eq!(pins.pinned_count(), 0);
-        assert!(pins.remove_if_unused(&dir));
+        assert!(pins.remove_if_unused(&parent, "a"));
         assert!(!dir.exists());
     }
 

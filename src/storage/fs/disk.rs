@@ -4,7 +4,7 @@
 //! Every function here (and in the sibling modules that use it) blocks: callers run them on
 //! tokio's blocking pool.
 
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use md5::{Digest, Md5};
 
+use super::beneath::{is_link, Dir};
 use super::clock::Clock;
 use super::dirs::{ancestors, DirPins, Pinned};
 use super::keys::{RESERVED, SIDECAR_SUFFIX};
@@ -85,6 +86,36 @@ impl Layout {
         let mut dirs = ancestors(&self.base(Tree::Meta), comps);
         dirs.extend(ancestors(&self.base(Tree::Data), comps));
         self.pins.pin(dirs)
+    }
+
+    /// ferry's temporary directory, opened.
+    pub fn tmp(&self) -> Done<Dir> {
+        Dir::open(&self.root, &[RESERVED, "tmp"])
+            .map_err(|e| Fault::io("open the directory", &self.tmp_dir(), e))
+    }
+
+    /// The directory of `tree` that holds the last of `comps`, opened beneath the root (a
+    /// link on the way is an error for which [`is_link`] holds).
+    pub fn dir_of(&self, tree: Tree, comps: &[String]) -> io::Result<Dir> {
+        let mut path: Vec<&str> = match tree {
+            Tree::Data => vec![],
+            Tree::Meta => vec![RESERVED, "meta"],
+        };
+        path.extend(
+            comps[..comps.len().saturating_sub(1)]
+                .iter()
+                .map(String::as_str),
+        );
+        Dir::open(&self.root, &path)
+    }
+
+    /// The name in its directory ([`Self::dir_of`]) of the file of key `comps` in `tree`.
+    pub fn file_name(&self, tree: Tree, comps: &[String]) -> String {
+        let last = comps.last().map_or("", String::as_str);
+        match tree {
+            Tree::Data => last.to_string(),
+            Tree::Meta => format!("{last}{SIDECAR_SUFFIX}"),
+        }
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -171,21 +202,25 @@ pub fn check_md5(expected: &[u8; 16], md5: [u8; 16]) -> Done<[u8; 16]> {
 
 /// A temporary file, removed when dropped unless it was moved into place.
 pub struct Temp {
-    path: PathBuf,
+    dir: Dir,
+    name: String,
     pub file: File,
     placed: bool,
 }
 
 impl Temp {
-    pub fn create(dir: &Path) -> Done<Self> {
-        let path = dir.join(format!("{}.tmp", new_id()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Fault::io("create the temporary file", &path, e))?;
+    /// A new file in `dir` (ferry's temporary directory, or an upload's staging directory).
+    pub fn create(dir: &Dir) -> Done<Self> {
+        let name = format!("{}.tmp", new_id());
+        let file = dir
+            .open_file(&name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+            .map_err(|e| Fault::io("create the temporary file", &dir.join(&name), e))?;
+        let dir = dir
+            .try_clone()
+            .map_err(|e| Fault::io("open the directory", dir.path(), e))?;
         Ok(Self {
-            path,
+            dir,
+            name,
             file,
             placed: false,
         })
@@ -194,44 +229,43 @@ impl Temp {
     pub fn write(&mut self, data: &[u8]) -> Done<()> {
         self.file
             .write_all(data)
-            .map_err(|e| Fault::io("write", &self.path, e))
+            .map_err(|e| Fault::io("write", &self.path(), e))
     }
 
     /// Flushes the data to disk and says what the file is now.
     pub fn sync(&mut self) -> Done<Metadata> {
         self.file
             .sync_all()
-            .map_err(|e| Fault::io("fsync", &self.path, e))?;
+            .map_err(|e| Fault::io("fsync", &self.path(), e))?;
         self.file
             .metadata()
-            .map_err(|e| Fault::io("stat", &self.path, e))
-    }
-}
-
-impl Temp {
-    pub fn path(&self) -> &Path {
-        &self.path
+            .map_err(|e| Fault::io("stat", &self.path(), e))
     }
 
-    /// Renames the file to `path`; from then on it is no longer removed when dropped.
-    pub fn rename(&mut self, path: &Path) -> io::Result<()> {
-        fs::rename(&self.path, path)?;
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// Renames the file to `name` in `dir`, without the directory fsync (the caller syncs
+    /// the directory when the name must survive a crash); from then on it is no longer
+    /// removed when dropped.
+    pub fn place_in(&mut self, dir: &Dir, name: &str) -> Done<()> {
+        self.dir.rename(&self.name, dir, name).map_err(|e| {
+            Fault::io(
+                &format!("rename {} to", self.path().display()),
+                &dir.join(name),
+                e,
+            )
+        })?;
         self.placed = true;
         Ok(())
-    }
-
-    /// Renames the file to `path` in the same directory, without the directory fsync (the
-    /// caller syncs the directory when the name must survive a crash).
-    pub fn rename_to(mut self, path: &Path) -> Done<()> {
-        self.rename(path)
-            .map_err(|e| Fault::io(&format!("rename {} to", self.path.display()), path, e))
     }
 }
 
 impl Drop for Temp {
     fn drop(&mut self) {
         if !self.placed {
-            let _ = fs::remove_file(&self.path);
+            let _ = self.dir.unlink(&self.name);
         }
     }
 }
@@ -240,20 +274,15 @@ impl Drop for Temp {
 /// caps user metadata at 2 KiB and tags at 10).
 pub const MAX_RECORD: u64 = 1 << 20;
 
-/// The whole of the small regular file at `path` — not through a link in its last
-/// component, never a FIFO or device, at most [`MAX_RECORD`] bytes (an `InvalidData` error
-/// beyond) — or `None` if there is nothing there.
-pub fn read_record(path: &Path) -> io::Result<Option<Vec<u8>>> {
+/// The whole of the small regular file `name` in `dir` — not through a link, never a FIFO
+/// or device, at most [`MAX_RECORD`] bytes (an `InvalidData` error beyond) — or `None` if
+/// there is nothing there.
+pub fn read_record(dir: &Dir, name: &str) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
+    let file = match dir.open_file(name, libc::O_RDONLY | libc::O_NONBLOCK) {
         Ok(file) => file,
         Err(e) if absent(&e) => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(e) if is_link(&e) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "not a record file: a symbolic link",
@@ -286,11 +315,4 @@ pub fn absent(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
     )
-}
-
-/// Makes the entries of `dir` (a rename, a new file or directory) durable.
-pub fn sync_dir(dir: &Path) -> Done<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Fault::io("fsync the directory", dir, e))
 }

@@ -4,15 +4,17 @@
 //! Blocking, like [`super::disk`]. Answers follow S3's: an unknown upload is NotFound, a part
 //! list that does not match what was uploaded is refused for good.
 
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io::{self, Read, Write};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::disk::{hex, new_id, read_record, sync_dir, verify_md5, Done, Fault, Layout, Temp};
+use super::beneath::{is_link, Dir};
+use super::disk::{absent, hex, new_id, read_record, verify_md5, Done, Fault, Layout, Temp};
+use super::keys::RESERVED;
 use super::meta::Description;
 use super::objects::Pending;
 use crate::storage::{unquote, ErrorKind};
@@ -39,8 +41,8 @@ fn no_such_upload(id: &str, why: &str) -> Fault {
     )
 }
 
-/// The staging directory of upload `id` (ids are ferry's own hex strings: anything else,
-/// which could name a path elsewhere, is no upload of ours).
+/// The path of the staging directory of upload `id` (ids are ferry's own hex strings:
+/// anything else, which could name a path elsewhere, is no upload of ours).
 fn staging(layout: &Layout, id: &str) -> Done<PathBuf> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(no_such_upload(id, "is not an upload id of this store"));
@@ -48,11 +50,23 @@ fn staging(layout: &Layout, id: &str) -> Done<PathBuf> {
     Ok(layout.uploads_dir().join(id))
 }
 
-/// The staging directory and record of upload `id`, which must be for `key`.
-fn load(layout: &Layout, key: &str, id: &str) -> Done<(PathBuf, Upload)> {
-    let dir = staging(layout, id)?;
+fn uploads(layout: &Layout) -> Done<Dir> {
+    Dir::open(&layout.root, &[RESERVED, "uploads"])
+        .map_err(|e| Fault::io("open the directory", &layout.uploads_dir(), e))
+}
+
+/// The staging directory, opened, and record of upload `id`, which must be for `key`.
+fn load(layout: &Layout, key: &str, id: &str) -> Done<(Dir, Upload)> {
+    let path = staging(layout, id)?;
+    let dir = match uploads(layout)?.child(id) {
+        Ok(dir) => dir,
+        Err(e) if absent(&e) || is_link(&e) => {
+            return Err(no_such_upload(id, "does not exist (completed or aborted)"))
+        }
+        Err(e) => return Err(Fault::io("open the directory", &path, e)),
+    };
     let path = dir.join(UPLOAD_FILE);
-    let bytes = match read_record(&path) {
+    let bytes = match read_record(&dir, UPLOAD_FILE) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Err(no_such_upload(id, "does not exist (completed or aborted)")),
         Err(e) => return Err(Fault::io("read", &path, e)),
@@ -74,11 +88,11 @@ fn load(layout: &Layout, key: &str, id: &str) -> Done<(PathBuf, Upload)> {
 pub const MAX_OPEN_UPLOADS: usize = 1000;
 
 pub fn create(layout: &Layout, key: &str, description: Description) -> Done<String> {
-    let uploads = layout.uploads_dir();
-    let open = fs::read_dir(&uploads)
-        .map_err(|e| Fault::io("list", &uploads, e))?
-        .take(MAX_OPEN_UPLOADS)
-        .count();
+    let uploads = uploads(layout)?;
+    let open = uploads
+        .entries()
+        .map_err(|e| Fault::io("list", uploads.path(), e))?
+        .len();
     if open >= MAX_OPEN_UPLOADS {
         return Err(Fault::new(
             ErrorKind::Transient,
@@ -88,8 +102,12 @@ pub fn create(layout: &Layout, key: &str, description: Description) -> Done<Stri
         ));
     }
     let id = new_id();
-    let dir = layout.uploads_dir().join(&id);
-    fs::create_dir(&dir).map_err(|e| Fault::io("create the directory", &dir, e))?;
+    uploads
+        .mkdir(&id)
+        .map_err(|e| Fault::io("create the directory", &uploads.join(&id), e))?;
+    let dir = uploads
+        .child(&id)
+        .map_err(|e| Fault::io("open the directory", &uploads.join(&id), e))?;
     let upload = Upload {
         key: key.to_string(),
         description,
@@ -101,7 +119,14 @@ pub fn create(layout: &Layout, key: &str, description: Description) -> Done<Stri
         )
     })?;
     let path = dir.join(UPLOAD_FILE);
-    fs::write(&path, json).map_err(|e| Fault::io("write", &path, e))?;
+    dir.open_file(UPLOAD_FILE, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+        .and_then(|mut file| {
+            file.write_all(&json)?;
+            file.sync_all()
+        })
+        .and_then(|()| dir.sync())
+        .and_then(|()| uploads.sync())
+        .map_err(|e| Fault::io("write", &path, e))?;
     Ok(id)
 }
 
@@ -126,8 +151,9 @@ pub fn upload_part(
     temp.write(body)?;
     // Durable before the client hears 200: it may discard its copy of the part then.
     temp.sync()?;
-    temp.rename_to(&dir.join(format!("{number}.part")))?;
-    sync_dir(&dir)?;
+    temp.place_in(&dir, &format!("{number}.part"))?;
+    dir.sync()
+        .map_err(|e| Fault::io("fsync the directory", dir.path(), e))?;
     Ok(hex(&md5))
 }
 
@@ -147,15 +173,17 @@ pub fn assemble(layout: &Layout, key: &str, id: &str, parts: &[(i32, String)]) -
         ));
     }
     let (dir, upload) = load(layout, key, id)?;
-    let mut temp = Temp::create(&layout.tmp_dir())?;
+    let mut temp = Temp::create(&layout.tmp()?)?;
     let mut buffer = vec![0u8; COPY_CHUNK];
     let mut digests = Vec::with_capacity(parts.len() * 16);
     let mut part_sizes = Vec::with_capacity(parts.len());
     for (number, etag) in parts {
-        let path = dir.join(format!("{number}.part"));
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let name = format!("{number}.part");
+        let path = dir.join(&name);
+        let mut file = match dir.open_file(&name, libc::O_RDONLY | libc::O_NONBLOCK) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => file,
+            Ok(_) => return Err(refuse(format!("InvalidPart: part {number} is not a file"))),
+            Err(e) if absent(&e) || is_link(&e) => {
                 return Err(refuse(format!(
                     "InvalidPart: part {number} was not uploaded"
                 )))
@@ -197,7 +225,8 @@ pub fn assemble(layout: &Layout, key: &str, id: &str, parts: &[(i32, String)]) -
 
 /// Removes upload `id` and its parts.
 pub fn abort(layout: &Layout, key: &str, id: &str) -> Done<()> {
-    let (dir, _) = load(layout, key, id)?;
+    load(layout, key, id)?;
+    let dir = staging(layout, id)?;
     fs::remove_dir_all(&dir).map_err(|e| Fault::io("remove", &dir, e))
 }
 

@@ -7,12 +7,12 @@
 //!
 //! Blocking, like [`super::disk`].
 
-use std::fs::{self, File, Metadata};
+use std::fs::{File, Metadata};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::disk::{absent, new_id, read_record, sync_dir, Done, Fault, Layout, Temp, Tree};
+use super::beneath::{is_link, kind_of, Dir, Kind};
+use super::disk::{absent, new_id, read_record, Done, Fault, Layout, Temp, Tree};
 use super::keys::SIDECAR_SUFFIX;
 use super::meta::{Description, Sidecar};
 use crate::storage::ErrorKind;
@@ -51,8 +51,8 @@ impl Pending {
 /// written. The caller holds the key's lock.
 pub fn commit(layout: &Layout, comps: &[String], pending: Pending) -> Done<Sidecar> {
     let _pinned = layout.pin_key(comps);
-    plan(layout, Tree::Meta, comps)?;
-    let path = plan(layout, Tree::Data, comps)?;
+    let meta = plan(layout, Tree::Meta, comps)?;
+    let data = plan(layout, Tree::Data, comps)?;
     let prior = described(layout, comps)?;
     let mut sidecar = Sidecar::new(
         new_id(),
@@ -64,8 +64,8 @@ pub fn commit(layout: &Layout, comps: &[String], pending: Pending) -> Done<Sidec
     // Later than every earlier write here, whatever the system clock did meanwhile.
     sidecar.last_modified_ms = layout.clock.stamp(sidecar.last_modified_ms)?;
     sidecar.prior = prior.map(Box::new);
-    write_sidecar(layout, comps, &sidecar)?;
-    if let Err(fault) = place(layout, &path, pending.temp) {
+    write_sidecar(layout, &meta, &sidecar)?;
+    if let Err(fault) = place(&data, pending.temp) {
         if sidecar.prior.is_none() {
             // Nothing of ferry's was there before: take the record of the failed write away.
             let _ = remove_file(layout, Tree::Meta, comps);
@@ -85,12 +85,12 @@ pub fn adopt(layout: &Layout, comps: &[String], seen: &Sidecar, md5: &[u8]) -> D
         Some((current, _)) if current.is_ordinary() && current.version_id == seen.version_id => {}
         _ => return Ok(()),
     }
-    plan(layout, Tree::Meta, comps)?;
+    let meta = plan(layout, Tree::Meta, comps)?;
     let sidecar = Sidecar {
         etag: super::disk::hex(md5),
         ..seen.clone()
     };
-    write_sidecar(layout, comps, &sidecar)
+    write_sidecar(layout, &meta, &sidecar)
 }
 
 /// The key whose `tree` path is `comps` (a sidecar path names its key plus the suffix).
@@ -108,93 +108,131 @@ fn refused(message: String) -> Fault {
     Fault::new(ErrorKind::Permanent, message)
 }
 
+/// Where the file of a key goes in one tree: its directory, opened beneath the root, and its
+/// name there.
+struct Spot {
+    dir: Dir,
+    name: String,
+}
+
+impl Spot {
+    fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+}
+
+/// The opened base directory of `tree`.
+fn base(layout: &Layout, tree: Tree) -> Done<Dir> {
+    layout
+        .dir_of(tree, &[])
+        .map_err(|e| Fault::io("open the directory", &layout.base(tree), e))
+}
+
 /// Makes sure every directory of `comps` (all but the last component) exists in `tree` as a
-/// real directory, not a link or a file; returns the last one.
-fn prepare_dirs(layout: &Layout, tree: Tree, comps: &[String]) -> Done<PathBuf> {
-    let mut dir = layout.base(tree);
+/// real directory, not a link or a file, and opens the last one: each is opened from the one
+/// above without following links, so nothing swapped in meanwhile leads elsewhere.
+fn prepare_dirs(layout: &Layout, tree: Tree, comps: &[String]) -> Done<Dir> {
+    let mut dir = base(layout, tree)?;
     for depth in 1..comps.len() {
-        let parent = dir.clone();
-        dir.push(&comps[depth - 1]);
+        let name = &comps[depth - 1];
         let mut created = false;
-        loop {
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => break,
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(refused(format!(
-                        "{} is a symbolic link; ferry does not follow links out of the store",
-                        dir.display()
-                    )))
-                }
-                Ok(_) if tree == Tree::Meta => {
-                    return Err(refused(format!(
-                        "the key collides with the metadata of object {:?}",
-                        key_of(tree, &comps[..depth])
-                    )))
-                }
-                Ok(_) => {
-                    return Err(refused(format!(
-                        "the key collides with object {:?}, a file where a directory is needed",
-                        key_of(tree, &comps[..depth])
-                    )))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound && !created => {
-                    created = true;
-                    match fs::create_dir(&dir) {
-                        Ok(()) => sync_dir(&parent)?,
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(Fault::io("create the directory", &dir, e)),
-                    }
-                }
-                Err(e) => return Err(Fault::io("inspect", &dir, e)),
+        dir = loop {
+            let e = match dir.child(name) {
+                Ok(child) => break child,
+                Err(e) => e,
+            };
+            let path = dir.join(name);
+            if is_link(&e) || e.raw_os_error() == Some(libc::ENOTDIR) {
+                return Err(not_a_directory(&dir, name, tree, &comps[..depth]));
             }
-        }
+            if e.kind() != io::ErrorKind::NotFound || created {
+                return Err(Fault::io("open the directory", &path, e));
+            }
+            created = true;
+            match dir.mkdir(name) {
+                Ok(()) => dir
+                    .sync()
+                    .map_err(|e| Fault::io("fsync the directory", dir.path(), e))?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Fault::io("create the directory", &path, e)),
+            }
+        };
     }
     Ok(dir)
 }
 
-/// Makes the path of `comps` in `tree` ready to receive a file: its directories exist and
-/// the path is not a directory of other keys. Returns the path.
-fn plan(layout: &Layout, tree: Tree, comps: &[String]) -> Done<PathBuf> {
-    let dir = prepare_dirs(layout, tree, comps)?;
-    let mut named = comps.to_vec();
-    if tree == Tree::Meta {
-        if let Some(last) = named.last_mut() {
-            last.push_str(SIDECAR_SUFFIX);
-        }
+/// Why `name` in `dir`, on the way to key `comps` in `tree`, cannot be entered.
+fn not_a_directory(dir: &Dir, name: &str, tree: Tree, comps: &[String]) -> Fault {
+    let link = dir.stat(name).is_ok_and(|m| m.file_type().is_symlink());
+    if link {
+        refused(format!(
+            "{} is a symbolic link; ferry does not follow links out of the store",
+            dir.join(name).display()
+        ))
+    } else if tree == Tree::Meta {
+        refused(format!(
+            "the key collides with the metadata of object {:?}",
+            key_of(tree, comps)
+        ))
+    } else {
+        refused(format!(
+            "the key collides with object {:?}, a file where a directory is needed",
+            key_of(tree, comps)
+        ))
     }
-    let path = dir.join(&named[named.len() - 1]);
-    match fs::symlink_metadata(&path) {
-        Ok(m) if m.is_dir() => match first_file_under(&path) {
-            Ok(Some(inner)) => {
-                named.extend(inner);
-                Err(refused(format!(
-                    "the key collides with object {:?}: it would need {} to be a file",
-                    key_of(tree, &named),
-                    path.display()
-                )))
+}
+
+/// Makes the place of `comps` in `tree` ready to receive a file: its directories exist and
+/// it is not a directory of other keys.
+fn plan(layout: &Layout, tree: Tree, comps: &[String]) -> Done<Spot> {
+    let spot = Spot {
+        dir: prepare_dirs(layout, tree, comps)?,
+        name: layout.file_name(tree, comps),
+    };
+    match spot.dir.stat(&spot.name) {
+        Ok(m) if m.is_dir() => {
+            let inner = spot
+                .dir
+                .child(&spot.name)
+                .and_then(|sub| first_file_under(&sub))
+                .map_err(|e| Fault::io("inspect", &spot.path(), e))?;
+            match inner {
+                Some(inner) => {
+                    let mut named = comps.to_vec();
+                    if let Some(last) = named.last_mut() {
+                        last.clone_from(&spot.name);
+                    }
+                    named.extend(inner);
+                    Err(refused(format!(
+                        "the key collides with object {:?}: it would need {} to be a file",
+                        key_of(tree, &named),
+                        spot.path().display()
+                    )))
+                }
+                // Only empty directories left behind: they hold nothing, take them away.
+                None => match layout.pins.remove_empty_tree(&spot.dir, &spot.name) {
+                    Ok(()) => Ok(spot),
+                    Err(e) => Err(Fault::io("remove the empty directories", &spot.path(), e)),
+                },
             }
-            // Only empty directories left behind: they hold nothing, take them away.
-            Ok(None) => layout
-                .pins
-                .remove_empty_tree(&path)
-                .map(|()| path.clone())
-                .map_err(|e| Fault::io("remove the empty directories", &path, e)),
-            Err(e) => Err(Fault::io("inspect", &path, e)),
-        },
+        }
         // A file or a link is replaced by the rename itself (links are not followed).
-        Ok(_) => Ok(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(path),
-        Err(e) => Err(Fault::io("inspect", &path, e)),
+        Ok(_) => Ok(spot),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(spot),
+        Err(e) => Err(Fault::io("inspect", &spot.path(), e)),
     }
 }
 
 /// The relative path of some non-directory under `dir`, if there is one.
-fn first_file_under(dir: &Path) -> io::Result<Option<Vec<String>>> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type()?.is_dir() {
-            if let Some(mut inner) = first_file_under(&entry.path())? {
+fn first_file_under(dir: &Dir) -> io::Result<Option<Vec<String>>> {
+    for entry in dir.entries()? {
+        let name = String::from_utf8_lossy(&entry.name).into_owned();
+        let kind = match entry.kind {
+            Some(kind) => kind,
+            None => kind_of(&dir.stat(&name)?),
+        };
+        if kind == Kind::Dir {
+            if let Some(mut inner) = first_file_under(&dir.child(&name)?)? {
                 inner.insert(0, name);
                 return Ok(Some(inner));
             }
@@ -205,31 +243,27 @@ fn first_file_under(dir: &Path) -> io::Result<Option<Vec<String>>> {
     Ok(None)
 }
 
-/// Renames `temp` to `path` and makes the rename durable. The caller has pinned the
+/// Renames `temp` to `spot` and makes the rename durable. The caller has pinned the
 /// directories on the way.
-fn place(layout: &Layout, path: &Path, mut temp: Temp) -> Done<()> {
-    match temp.rename(path) {
-        Ok(()) => sync_dir(path.parent().unwrap_or(&layout.root)),
-        Err(e) => Err(Fault::io(
-            &format!("rename {} to", temp.path().display()),
-            path,
-            e,
-        )),
-    }
+fn place(spot: &Spot, mut temp: Temp) -> Done<()> {
+    temp.place_in(&spot.dir, &spot.name)?;
+    spot.dir
+        .sync()
+        .map_err(|e| Fault::io("fsync the directory", spot.dir.path(), e))
 }
 
-/// Writes `sidecar` as the commit record of `comps`.
-fn write_sidecar(layout: &Layout, comps: &[String], sidecar: &Sidecar) -> Done<()> {
+/// Writes `sidecar` as the commit record of the key whose sidecar goes to `spot`.
+fn write_sidecar(layout: &Layout, spot: &Spot, sidecar: &Sidecar) -> Done<()> {
     let json = serde_json::to_vec(sidecar).map_err(|e| {
         Fault::new(
             ErrorKind::Permanent,
             format!("cannot encode the metadata: {e}"),
         )
     })?;
-    let mut temp = Temp::create(&layout.tmp_dir())?;
+    let mut temp = Temp::create(&layout.tmp()?)?;
     temp.write(&json)?;
     temp.sync()?;
-    place(layout, &layout.path(Tree::Meta, comps), temp)
+    place(spot, temp)
 }
 
 /// The sidecar record that describes the data file at `comps` now, if there is one.
@@ -239,10 +273,32 @@ fn described(layout: &Layout, comps: &[String]) -> Done<Option<Sidecar>> {
         .filter(|s| !s.is_ordinary()))
 }
 
+/// The directory of `tree` that holds `comps`, or `None` if there is none to look in (it is
+/// missing, or a file or a link stands on the way: no object of the store is there).
+fn existing_dir(layout: &Layout, tree: Tree, comps: &[String]) -> Done<Option<Dir>> {
+    match layout.dir_of(tree, comps) {
+        Ok(dir) => Ok(Some(dir)),
+        Err(e) if absent(&e) || is_link(&e) => Ok(None),
+        Err(e) => Err(Fault::io(
+            "open the directory of",
+            &layout.path(tree, comps),
+            e,
+        )),
+    }
+}
+
 /// The sidecar of `comps`, if there is a readable one.
 pub fn read_sidecar(layout: &Layout, comps: &[String]) -> Done<Option<Sidecar>> {
-    let path = layout.path(Tree::Meta, comps);
-    match read_record(&path) {
+    match existing_dir(layout, Tree::Meta, comps)? {
+        Some(dir) => sidecar_in(&dir, &layout.file_name(Tree::Meta, comps)),
+        None => Ok(None),
+    }
+}
+
+/// The sidecar file `name` in the metadata directory `dir`, if there is a readable one.
+pub fn sidecar_in(dir: &Dir, name: &str) -> Done<Option<Sidecar>> {
+    let path = dir.join(name);
+    match read_record(dir, name) {
         Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes)
             .inspect_err(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "unreadable metadata file; the object counts as missing");
@@ -257,64 +313,42 @@ pub fn read_sidecar(layout: &Layout, comps: &[String]) -> Done<Option<Sidecar>> 
     }
 }
 
-/// Whether every directory on the way to `comps` in `tree` is a real directory (not a link,
-/// which could lead out of the store).
-fn no_links_on_the_way(layout: &Layout, tree: Tree, comps: &[String]) -> Done<bool> {
-    let mut dir = layout.base(tree);
-    for comp in &comps[..comps.len() - 1] {
-        dir.push(comp);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Ok(false),
-            Err(e) if absent(&e) => return Ok(false),
-            Err(e) => return Err(Fault::io("inspect", &dir, e)),
-        }
-    }
-    Ok(true)
-}
-
 /// The object at `comps`: the sidecar record that describes its data file, or, for an
 /// ordinary file no ferry write describes, [`Sidecar::ordinary`]; with `open`, the data file
 /// opened for reading. `None` when there is no data file (or a link or directory stands
-/// there). The caller holds the key's lock, so no write of the key is half done.
+/// there or on the way). The caller holds the key's lock, so no write of the key is half done.
 pub fn lookup(
     layout: &Layout,
     comps: &[String],
     open: bool,
 ) -> Done<Option<(Sidecar, Option<File>)>> {
-    if !no_links_on_the_way(layout, Tree::Data, comps)? {
+    let Some(dir) = existing_dir(layout, Tree::Data, comps)? else {
         return Ok(None);
-    }
-    let path = layout.path(Tree::Data, comps);
+    };
+    let name = layout.file_name(Tree::Data, comps);
     let (data, file) = if open {
-        // O_NOFOLLOW: a link swapped in for the last component is no object of the store.
-        let file = match File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-        {
+        // Not through a link swapped in for the last component: no object of the store.
+        let file = match dir.open_file(&name, libc::O_RDONLY | libc::O_NONBLOCK) {
             Ok(file) => file,
-            Err(e) if absent(&e) || e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
-            Err(e) => return Err(Fault::io("open", &path, e)),
+            Err(e) if absent(&e) || is_link(&e) => return Ok(None),
+            Err(e) => return Err(Fault::io("open", &dir.join(&name), e)),
         };
-        let data = file.metadata().map_err(|e| Fault::io("stat", &path, e))?;
+        let data = file
+            .metadata()
+            .map_err(|e| Fault::io("stat", &dir.join(&name), e))?;
         (data, Some(file))
     } else {
-        match fs::symlink_metadata(&path) {
+        match dir.stat(&name) {
             Ok(data) => (data, None),
             Err(e) if absent(&e) => return Ok(None),
-            Err(e) => return Err(Fault::io("stat", &path, e)),
+            Err(e) => return Err(Fault::io("stat", &dir.join(&name), e)),
         }
     };
     if !data.is_file() {
         return Ok(None);
     }
     // No sidecar directory (or a link there, which is not followed): an ordinary file.
-    let sidecar = match no_links_on_the_way(layout, Tree::Meta, comps)? {
-        true => read_sidecar(layout, comps)?,
-        false => None,
-    };
-    let record = sidecar
+    let record = read_sidecar(layout, comps)?
         .and_then(|sidecar| sidecar.matching(&data))
         .unwrap_or_else(|| Sidecar::ordinary(&data));
     Ok(Some((record, file)))
@@ -327,9 +361,7 @@ pub fn remove(layout: &Layout, comps: &[String]) -> Done<()> {
     {
         let _pinned = layout.pin_key(comps);
         for tree in [Tree::Data, Tree::Meta] {
-            if no_links_on_the_way(layout, tree, comps)? {
-                remove_file(layout, tree, comps)?;
-            }
+            remove_file(layout, tree, comps)?;
         }
     }
     prune(layout, Tree::Meta, comps);
@@ -338,26 +370,33 @@ pub fn remove(layout: &Layout, comps: &[String]) -> Done<()> {
 }
 
 fn remove_file(layout: &Layout, tree: Tree, comps: &[String]) -> Done<()> {
-    let path = layout.path(tree, comps);
-    match fs::symlink_metadata(&path) {
+    let Some(dir) = existing_dir(layout, tree, comps)? else {
+        return Ok(());
+    };
+    let name = layout.file_name(tree, comps);
+    match dir.stat(&name) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => {}
         Err(e) if absent(&e) => return Ok(()),
-        Err(e) => return Err(Fault::io("inspect", &path, e)),
+        Err(e) => return Err(Fault::io("inspect", &dir.join(&name), e)),
     }
-    match fs::remove_file(&path) {
-        Ok(()) => sync_dir(path.parent().unwrap_or(&layout.root)),
+    match dir.unlink(&name) {
+        Ok(()) => dir
+            .sync()
+            .map_err(|e| Fault::io("fsync the directory", dir.path(), e)),
         Err(e) if absent(&e) => Ok(()),
-        Err(e) => Err(Fault::io("remove", &path, e)),
+        Err(e) => Err(Fault::io("remove", &dir.join(&name), e)),
     }
 }
 
 /// Removes the directories of `comps` that are empty now and not in use, deepest first.
 fn prune(layout: &Layout, tree: Tree, comps: &[String]) {
     for depth in (1..comps.len()).rev() {
-        let mut dir = layout.base(tree);
-        dir.extend(&comps[..depth]);
-        if !layout.pins.remove_if_unused(&dir) {
+        // The directory above the one to remove, as `dir_of` opens the holder of a key.
+        let Ok(parent) = layout.dir_of(tree, &comps[..depth]) else {
+            return;
+        };
+        if !layout.pins.remove_if_unused(&parent, &comps[depth - 1]) {
             return;
         }
     }

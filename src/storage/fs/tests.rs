@@ -686,7 +686,7 @@ async fn a_failed_overwrite_leaves_the_previous_object() {
     let old = super::objects::read_sidecar(layout, &comps)
         .unwrap()
         .unwrap();
-    let mut temp = super::disk::Temp::create(&layout.tmp_dir()).unwrap();
+    let mut temp = super::disk::Temp::create(&layout.tmp().unwrap()).unwrap();
     temp.write(b"second").unwrap();
     let data = temp.sync().unwrap();
     let mut next = super::meta::Sidecar::new(
@@ -1181,4 +1181,80 @@ async fn a_listing_after_a_key_returns_exactly_the_keys_that_sort_after_it() {
         all.push(got.len());
     }
     assert_eq!(all[0], keys.len());
+}
+
+/// A directory swapped for a link to elsewhere and back, over and over, while the store
+/// reads, writes and lists under it: no operation may ever reach through the link (a check
+/// of the path followed by an open by path would, in the moment between the two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_link_mid_operation_never_leads_outside() {
+    let (dir, store) = store().await;
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    for name in ["k", "only-outside"] {
+        std::fs::write(outside.join(name), b"outside!").unwrap();
+    }
+    put(&store, "d/k", b"inside").await.unwrap();
+    let root = store.root().to_path_buf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, outside) = (stop.clone(), outside.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::ffi::OsStrExt;
+            let c = |p: std::path::PathBuf| std::ffi::CString::new(p.as_os_str().as_bytes());
+            let (real, link) = (c(root.join("d")).unwrap(), c(root.join("d.link")).unwrap());
+            std::os::unix::fs::symlink(&outside, root.join("d.link")).unwrap();
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || swaps % 2 == 1 {
+                // Atomically: `d` becomes the link, `d.link` the directory, and back.
+                // SAFETY: valid NUL-terminated paths.
+                let ret = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        real.as_ptr(),
+                        libc::AT_FDCWD,
+                        link.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
+                swaps += 1;
+                std::thread::yield_now();
+            }
+            swaps
+        })
+    };
+    let mut escaped = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut i = 0;
+    while std::time::Instant::now() < deadline {
+        i += 1;
+        for key in ["d/k", "d/only-outside"] {
+            if let Ok((_, mut body)) = store.get(key, None).await {
+                if let Ok(Some(chunk)) = body.chunk().await {
+                    if chunk.as_ref() == b"outside!" {
+                        escaped.push(format!("GET {key}"));
+                    }
+                }
+            }
+        }
+        let _ = put(&store, &format!("d/new{i}"), b"x").await;
+        if let Ok(listed) = store.list_current("d/").await {
+            if listed.iter().any(|l| l.key == "d/only-outside") {
+                escaped.push("a listing".into());
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 1000, "{swaps} swaps");
+    let mut left = tree(&outside);
+    left.sort();
+    assert_eq!(left, ["k", "only-outside"], "written through the link");
+    assert!(
+        escaped.is_empty(),
+        "{} of {i} rounds reached outside: {:?}",
+        escaped.len(),
+        &escaped[..escaped.len().min(5)]
+    );
 }

@@ -7,10 +7,13 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use super::beneath::{is_link, kind_of, Dir, Kind};
+use super::disk::Tree;
 use super::disk::{absent, now_ns, Done, Fault, Layout};
+use super::keys::SIDECAR_SUFFIX;
 use super::keys::{self, RESERVED};
 use super::meta::Sidecar;
-use super::objects::read_sidecar;
+use super::objects::sidecar_in;
 use crate::storage::Listed;
 
 /// Every object whose key starts with `prefix`, sorted by key: ferry's writes, and ordinary
@@ -44,7 +47,57 @@ pub fn each_after(
         settle_ns: layout.stable_after.as_nanos().min(i64::MAX as u128) as i64,
         after: after.map(str::to_string),
     };
-    walk(layout, &now, &layout.root, "", prefix, &mut found)
+    let root = Dir::at(&layout.root).map_err(|e| Fault::io("list", &layout.root, e))?;
+    let meta_base = layout.dir_of(Tree::Meta, &[]).ok();
+    let dirs = Dirs {
+        data: root,
+        meta: meta_base.as_ref().and_then(|m| m.try_clone().ok()),
+        meta_base: meta_base.as_ref(),
+        comps: Vec::new(),
+    };
+    walk(&now, &dirs, "", prefix, &mut found)
+}
+
+/// A directory of the data tree being walked, and its counterpart in the metadata tree if
+/// there was one when the walk entered it.
+struct Dirs<'a> {
+    data: Dir,
+    meta: Option<Dir>,
+    /// The metadata tree's top, to look again for `meta` (see [`object_at`]).
+    meta_base: Option<&'a Dir>,
+    /// Where `data` is, under the root.
+    comps: Vec<String>,
+}
+
+impl<'a> Dirs<'a> {
+    fn child(&self, name: &str) -> std::io::Result<Self> {
+        let mut comps = self.comps.clone();
+        comps.push(name.to_string());
+        Ok(Self {
+            data: self.data.child(name)?,
+            meta: self.meta.as_ref().and_then(|m| m.child(name).ok()),
+            meta_base: self.meta_base,
+            comps,
+        })
+    }
+
+    /// The sidecar of the data file `name` here, if there is one.
+    fn sidecar(&self, name: &str) -> Done<Option<Sidecar>> {
+        let name = format!("{name}{SIDECAR_SUFFIX}");
+        if let Some(meta) = &self.meta {
+            return sidecar_in(meta, &name);
+        }
+        // A ferry write creates its sidecar's directory before its data file: one that is
+        // there now may be newer than this walk's look.
+        let again = match (self.meta_base, self.comps.is_empty()) {
+            (Some(base), false) => base.descend(&self.comps).ok(),
+            _ => None,
+        };
+        match again {
+            Some(meta) => sidecar_in(&meta, &name),
+            None => Ok(None),
+        }
+    }
 }
 
 /// When a listing looks, how old an ordinary file must be to be listed, and where it starts.
@@ -77,63 +130,65 @@ struct Entry {
     dir: bool,
 }
 
-/// The entries of `dir` in key order; `None` if the directory is gone.
-fn sorted_entries(dir: &Path, rel: &str) -> Done<Option<Vec<Entry>>> {
-    let read = match fs::read_dir(dir) {
-        Ok(read) => read,
-        // A directory emptied and pruned while we walked holds nothing.
-        Err(e) if absent(&e) && !rel.is_empty() => return Ok(None),
-        Err(e) => return Err(Fault::io("list", dir, e)),
-    };
+/// The entries of `dir` in key order (directories and regular files: links and the like
+/// are no objects).
+fn sorted_entries(dir: &Dir, rel: &str) -> Done<Vec<Entry>> {
+    let read = dir
+        .entries()
+        .map_err(|e| Fault::io("list", dir.path(), e))?;
     let mut entries = Vec::new();
     for entry in read {
-        let entry = entry.map_err(|e| Fault::io("list", dir, e))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+        let Ok(name) = String::from_utf8(entry.name) else {
             continue;
         };
         if rel.is_empty() && name == RESERVED {
             continue;
         }
-        let Ok(kind) = entry.file_type() else {
-            continue;
+        let kind = match entry.kind {
+            Some(kind) => kind,
+            None => match dir.stat(&name) {
+                Ok(meta) => kind_of(&meta),
+                Err(_) => continue,
+            },
         };
-        if kind.is_dir() || kind.is_file() {
-            let sorts_as = if kind.is_dir() {
-                format!("{name}/")
-            } else {
-                name.clone()
-            };
-            entries.push(Entry {
-                sorts_as,
-                name,
-                dir: kind.is_dir(),
-            });
-        }
+        let sorts_as = match kind {
+            Kind::Dir => format!("{name}/"),
+            Kind::File => name.clone(),
+            Kind::Other => continue,
+        };
+        entries.push(Entry {
+            sorts_as,
+            name,
+            dir: kind == Kind::Dir,
+        });
     }
     entries.sort_unstable_by(|a, b| a.sorts_as.cmp(&b.sorts_as));
-    Ok(Some(entries))
+    Ok(entries)
 }
 
 fn walk(
-    layout: &Layout,
     now: &Stamp,
-    dir: &Path,
+    dirs: &Dirs,
     rel: &str,
     prefix: &str,
     found: &mut impl FnMut(Listed) -> bool,
 ) -> Done<bool> {
-    let Some(entries) = sorted_entries(dir, rel)? else {
-        return Ok(true);
-    };
-    for entry in entries {
+    let dir = &dirs.data;
+    for entry in sorted_entries(dir, rel)? {
         let key = format!("{rel}{}", entry.name);
-        let path = dir.join(&entry.name);
         if entry.dir {
             let sub = format!("{key}/");
-            if (sub.starts_with(prefix) || prefix.starts_with(&sub))
-                && !now.passes_over(&sub)
-                && !walk(layout, now, &path, &sub, prefix, found)?
-            {
+            if !(sub.starts_with(prefix) || prefix.starts_with(&sub)) || now.passes_over(&sub) {
+                continue;
+            }
+            let inner = match dirs.child(&entry.name) {
+                Ok(inner) => inner,
+                // Emptied and pruned while we walked, or swapped for a link or a file: it
+                // holds no object of the store.
+                Err(e) if absent(&e) || is_link(&e) => continue,
+                Err(e) => return Err(Fault::io("list", &dir.join(&entry.name), e)),
+            };
+            if !walk(now, &inner, &sub, prefix, found)? {
                 return Ok(false);
             }
             continue;
@@ -141,10 +196,10 @@ fn walk(
         if !key.starts_with(prefix) || now.before_start(&key) {
             continue;
         }
-        let Ok(comps) = keys::components(&key) else {
+        if keys::components(&key).is_err() {
             continue;
-        };
-        if let Some(record) = object_at(layout, &path, &comps)? {
+        }
+        if let Some(record) = object_at(dirs, &entry.name)? {
             if (!record.is_ordinary() || record.settled(now.now_ns, now.settle_ns))
                 && !found(record.listed(&key))
             {
@@ -155,25 +210,26 @@ fn walk(
     Ok(true)
 }
 
-/// The object whose data file is `path` (key `comps`), without the key's lock: the data
-/// file is looked at before its sidecar, so a write that completes in between is seen through
-/// the sidecar's `prior` (see [`super::meta::Sidecar`]). If the file matches no record and has
+/// The object whose data file is `name` in `dirs`, without the key's lock: the data file is
+/// looked at before its sidecar, so a write that completes in between is seen through the
+/// sidecar's `prior` (see [`super::meta::Sidecar`]). If the file matches no record and has
 /// changed since it was looked at, a write is under way: the next listing sees its outcome.
-fn object_at(layout: &Layout, path: &Path, comps: &[String]) -> Done<Option<Sidecar>> {
-    let stat = |path: &Path| match fs::symlink_metadata(path) {
+fn object_at(dirs: &Dirs, name: &str) -> Done<Option<Sidecar>> {
+    let dir = &dirs.data;
+    let stat = || match dir.stat(name) {
         Ok(data) if data.is_file() => Ok(Some(data)),
         Ok(_) => Ok(None),
         Err(e) if absent(&e) => Ok(None),
-        Err(e) => Err(Fault::io("stat", path, e)),
+        Err(e) => Err(Fault::io("stat", &dir.join(name), e)),
     };
-    let Some(data) = stat(path)? else {
+    let Some(data) = stat()? else {
         return Ok(None);
     };
-    if let Some(record) = read_sidecar(layout, comps)?.and_then(|s| s.matching(&data)) {
+    if let Some(record) = dirs.sidecar(name)?.and_then(|s| s.matching(&data)) {
         return Ok(Some(record));
     }
     let ordinary = Sidecar::ordinary(&data);
-    Ok(stat(path)?
+    Ok(stat()?
         .map(|again| Sidecar::ordinary(&again))
         .filter(|again| again.version_id == ordinary.version_id))
 }
