@@ -29,6 +29,8 @@ command -v radosgw >/dev/null || pkgs+=(ceph-mon ceph-osd radosgw ceph-common)
 command -v curl >/dev/null || pkgs+=(curl)
 # libfaketime: tests/ingest.rs runs ferry with its clock an hour behind.
 command -v faketime >/dev/null || pkgs+=(faketime)
+# rclone: tests/ingest.rs writes to the endpoint with it, as users do.
+command -v rclone >/dev/null || pkgs+=(rclone)
 
 apt_update() { log "apt-get update"; "${SUDO[@]}" apt-get update -q; }
 apt_install() { "${SUDO[@]}" apt-get install -y -q --no-install-recommends "$@"; }
@@ -48,7 +50,7 @@ if ((${#pkgs[@]})); then
         apt_install "${pkgs[@]}"
     fi
 else
-    log "ceph/radosgw, curl and faketime already installed ($(command -v radosgw))"
+    log "ceph/radosgw, curl, faketime and rclone already installed ($(command -v radosgw))"
 fi
 
 # ---- Apache Kafka -----------------------------------------------------------

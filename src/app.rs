@@ -20,7 +20,7 @@ use crate::stages::replication::gate::Gates;
 use crate::stages::replication::{Holds, ReplicationProcessor, Subscriptions};
 use crate::stages::status::StatusProcessor;
 use crate::stages::StageError;
-use crate::storage::Stores;
+use crate::storage::{Store, Stores};
 
 /// How often the locations are swept of what crashed processes left behind (stale temporary
 /// files, abandoned multipart uploads): their age limits are a day and a week.
@@ -214,6 +214,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                 settings.location
             )));
         };
+        if let Store::Fs(fs) = &store {
+            fs.limit_staged(settings.max_staged);
+        }
         let ingest = Ingest {
             store,
             rules: config

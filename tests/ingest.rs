@@ -1300,3 +1300,146 @@ async fn a_clock_stepped_back_does_not_make_a_new_write_look_superseded() {
     assert!(ferry.running());
     ferry.terminate(Duration::from_secs(30));
 }
+
+/// The parts staged in an fs buffer's open uploads are bounded (`ingest.max_staged`): a part
+/// that would pass the limit is answered SlowDown, one sent again in place of an earlier one
+/// counts only the difference, and aborting an upload gives its room back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_parts_are_bounded_and_aborting_frees_the_room() {
+    let site = Site::new();
+    let config = site
+        .config()
+        .replace("[ingest]\n", "[ingest]\nmax_staged = \"64MiB\"\n");
+    let mut ferry = Ferry::start(&config);
+    site.ready(&ferry).await;
+    let client = site.client("ingestkey", "ingestsecret");
+    let start = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            let upload = client
+                .create_multipart_upload()
+                .bucket("inbox")
+                .key(key)
+                .send()
+                .await
+                .expect("create multipart upload");
+            upload.upload_id().expect("upload id").to_string()
+        }
+    };
+    let part = |key: &'static str, id: String, n: i32, len: usize| {
+        let client = client.clone();
+        async move {
+            client
+                .upload_part()
+                .bucket("inbox")
+                .key(key)
+                .upload_id(id)
+                .part_number(n)
+                .body(ByteStream::from(data(n as u64, len)))
+                .send()
+                .await
+        }
+    };
+    let first = start("staged/first").await;
+    part("staged/first", first.clone(), 1, 40 << 20)
+        .await
+        .expect("within the limit");
+    let second = start("staged/second").await;
+    let refused = part("staged/second", second.clone(), 1, 30 << 20)
+        .await
+        .expect_err("past the limit");
+    let code = refused
+        .into_service_error()
+        .meta()
+        .code()
+        .map(str::to_string);
+    assert_eq!(code.as_deref(), Some("SlowDown"));
+    part("staged/second", second.clone(), 1, 24 << 20)
+        .await
+        .expect("exactly at the limit");
+    part("staged/first", first.clone(), 1, 30 << 20)
+        .await
+        .expect("a part sent again counts the difference only");
+    client
+        .abort_multipart_upload()
+        .bucket("inbox")
+        .key("staged/first")
+        .upload_id(&first)
+        .send()
+        .await
+        .expect("abort");
+    part("staged/second", second, 2, 40 << 20)
+        .await
+        .expect("room again after the abort");
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}
+
+/// rclone, with its defaults for a generic S3 provider (ListObjects v1, path-style, multipart
+/// above its cutoff), copies a directory to the endpoint and the objects reach both targets.
+/// Before ListObjects v1 was served it failed with `NotImplemented`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rclone_copies_a_directory_to_the_endpoint() {
+    let site = Site::new();
+    let mut ferry = Ferry::start(&site.config());
+    site.ready(&ferry).await;
+    let local = site.path("local");
+    std::fs::create_dir_all(local.join("sub")).expect("mkdir");
+    let files_written = [
+        ("a.txt", data(1, 10)),
+        ("sub/b.bin", data(2, 300_000)),
+        ("sub/large.bin", data(3, 12 << 20)),
+    ];
+    for (name, body) in &files_written {
+        std::fs::write(local.join(name), body).expect("write a local file");
+    }
+    let copy = |local: PathBuf| {
+        let port = site.port;
+        move || {
+            std::process::Command::new("rclone")
+                .args(["copy", "--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M"])
+                .arg(&local)
+                .arg("ferry:inbox/rclone")
+                // A CA bundle of the host is for TLS, which this plain endpoint does not use
+                // (and rclone refuses to load one into its own transport).
+                .env_remove("AWS_CA_BUNDLE")
+                .env("RCLONE_CONFIG", local.with_file_name("rclone.conf"))
+                .env("RCLONE_CONFIG_FERRY_TYPE", "s3")
+                .env("RCLONE_CONFIG_FERRY_PROVIDER", "Other")
+                .env("RCLONE_CONFIG_FERRY_ACCESS_KEY_ID", "ingestkey")
+                .env("RCLONE_CONFIG_FERRY_SECRET_ACCESS_KEY", "ingestsecret")
+                .env(
+                    "RCLONE_CONFIG_FERRY_ENDPOINT",
+                    format!("http://127.0.0.1:{port}"),
+                )
+                .env("RCLONE_CONFIG_FERRY_REGION", "us-east-1")
+                .output()
+                .expect("rclone runs (scripts/install-deps.sh installs it)")
+        }
+    };
+    let out = tokio::task::spawn_blocking(copy(local))
+        .await
+        .expect("joined");
+    assert!(
+        out.status.success(),
+        "rclone copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut keys: Vec<String> = files_written
+        .iter()
+        .map(|(name, _)| format!("rclone/{name}"))
+        .collect();
+    keys.sort();
+    wait_until(TIMEOUT, "rclone's objects on both targets", || async {
+        files(&site.path("site-a")) == keys
+            && files(&site.path("site-b")) == keys
+            && files(&site.path("buffer")).is_empty()
+    })
+    .await;
+    for (name, body) in &files_written {
+        let held = std::fs::read(site.path("site-b").join("rclone").join(name)).expect("copy");
+        assert!(held == *body, "{name}: content differs");
+    }
+    assert!(ferry.running());
+    ferry.terminate(Duration::from_secs(30));
+}

@@ -256,6 +256,9 @@ pub struct IngestConfig {
     /// Bytes of request bodies held in memory at once, over all connections; a body waits
     /// for room before it is read.
     pub body_memory: u64,
+    /// Bytes of parts staged in open multipart uploads of an fs buffer at once; UploadPart
+    /// answers SlowDown beyond.
+    pub max_staged: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -135,6 +135,7 @@ pub struct RawIngest {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub body_memory: Option<RawSize>,
+    pub max_staged: Option<RawSize>,
 }
 
 /// `[[rules]]`.

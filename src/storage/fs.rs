@@ -350,6 +350,17 @@ impl FsStore {
         self.commit(OP, key, comps, pending).await
     }
 
+    /// At most `bytes` of parts staged in open multipart uploads at once (UploadPart answers
+    /// SlowDown beyond); none set, no limit.
+    pub fn limit_staged(&self, bytes: u64) {
+        self.inner.layout.staged.set_limit(bytes);
+    }
+
+    /// The bytes of parts staged in open multipart uploads now.
+    pub fn staged_bytes(&self) -> u64 {
+        self.inner.layout.staged.bytes()
+    }
+
     /// Starts a multipart upload carrying the object's headers, metadata and tags.
     pub async fn create_multipart(
         &self,
@@ -642,6 +653,7 @@ fn own(layout: &Layout) -> Done<Option<fs::File>> {
 fn sweep(layout: &Layout) {
     walk::remove_stale(&layout.tmp_dir(), STALE_TMP);
     walk::remove_stale(&layout.uploads_dir(), STALE_UPLOAD);
+    multipart::recount(layout);
 }
 
 fn unset(layout: &Layout, mut fault: Fault) -> Fault {

@@ -15,6 +15,10 @@ const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// Request bodies held in memory at once by default: eight of the largest.
 const DEFAULT_BODY_MEMORY: u64 = 512 << 20;
 
+/// Bytes of parts staged in open multipart uploads by default (an fs buffer): room for a
+/// few large uploads at once, not for a client that never completes its uploads.
+const DEFAULT_MAX_STAGED: u64 = 100 << 30;
+
 /// `[ingest]`: where it listens, which location it writes to, and the key clients sign with.
 pub(super) fn ingest(
     raw: &RawIngest,
@@ -83,9 +87,24 @@ pub(super) fn ingest(
             ),
         ));
     }
+    let max_staged = super::size(
+        "ingest.max_staged",
+        raw.max_staged.as_ref(),
+        DEFAULT_MAX_STAGED,
+    )?;
+    if max_staged < crate::ingest::MAX_BODY as u64 {
+        return Err(ConfigError::invalid(
+            "ingest.max_staged",
+            format!(
+                "{max_staged} bytes cannot hold one part of the largest size taken ({} MiB)",
+                crate::ingest::MAX_BODY >> 20
+            ),
+        ));
+    }
     Ok(IngestConfig {
         tls,
         body_memory,
+        max_staged,
         listen,
         location: raw.location.clone(),
         credentials,

@@ -17,6 +17,7 @@ use super::beneath::{is_link, Dir};
 use super::clock::Clock;
 use super::dirs::{ancestors, DirPins, Pinned};
 use super::keys::{RESERVED, SIDECAR_SUFFIX};
+use super::multipart::Staged;
 use crate::storage::ErrorKind;
 
 /// A failed step: its kind and a message naming the path and what the system said.
@@ -60,6 +61,8 @@ pub struct Layout {
     pub stable_after: Duration,
     /// The order stamps of ferry's writes here.
     pub clock: Arc<Clock>,
+    /// The bytes staged in open multipart uploads here.
+    pub staged: Arc<Staged>,
 }
 
 /// Which tree a path is in, to name what a collision is with.
@@ -77,6 +80,7 @@ impl Layout {
             clock: Arc::new(Clock::new(root.join(RESERVED).join("clock"))),
             root,
             pins: Arc::default(),
+            staged: Arc::default(),
             stable_after,
         }
     }

@@ -8,6 +8,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,96 @@ fn load(layout: &Layout, key: &str, id: &str) -> Done<(Dir, Upload)> {
     Ok((dir, upload))
 }
 
+/// The bytes of the parts staged in a store's open uploads, and the most it takes
+/// (`ingest.max_staged`): parts are the one thing a client can pile up on disk without ever
+/// completing an object.
+#[derive(Debug)]
+pub struct Staged {
+    bytes: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl Default for Staged {
+    fn default() -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Staged {
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Room for a part of `new` bytes that replaces one of `old` (0: none); SlowDown if it
+    /// would take the total past the limit (a part no larger than the one it replaces always
+    /// fits).
+    fn take(&self, new: u64, old: u64) -> Done<()> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bytes| {
+                let next = bytes.saturating_sub(old).saturating_add(new);
+                (new <= old || next <= limit).then_some(next)
+            })
+            .map(drop)
+            .map_err(|bytes| {
+                Fault::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "SlowDown: {bytes} bytes are staged in open multipart uploads and a part of {new} more would pass the limit of {limit} (ingest.max_staged); complete or abort uploads"
+                    ),
+                )
+            })
+    }
+
+    /// Takes back what [`Self::take`] did.
+    fn untake(&self, new: u64, old: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bytes| {
+                Some(bytes.saturating_sub(new).saturating_add(old))
+            });
+    }
+
+    fn release(&self, bytes: u64) {
+        self.untake(bytes, 0);
+    }
+}
+
+/// The bytes of the parts staged in the upload directory `dir`.
+fn staged_in(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Counts the staged bytes of every open upload again (at start, and after a sweep removed
+/// abandoned ones), correcting any drift of the running count.
+pub fn recount(layout: &Layout) {
+    let Ok(uploads) = fs::read_dir(layout.uploads_dir()) else {
+        return;
+    };
+    let bytes = uploads
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| staged_in(&e.path()))
+        .sum();
+    layout.staged.bytes.store(bytes, Ordering::Relaxed);
+}
+
 /// Open uploads an `fs` store keeps at once: each holds disk until completed, aborted or
 /// swept, so a client cannot open them without bound.
 pub const MAX_OPEN_UPLOADS: usize = 1000;
@@ -147,13 +238,23 @@ pub fn upload_part(
     }
     let (dir, _) = load(layout, key, id)?;
     let md5 = verify_md5(body, content_md5)?;
-    let mut temp = Temp::create(&dir)?;
-    temp.write(body)?;
-    // Durable before the client hears 200: it may discard its copy of the part then.
-    temp.sync()?;
-    temp.place_in(&dir, &format!("{number}.part"))?;
-    dir.sync()
-        .map_err(|e| Fault::io("fsync the directory", dir.path(), e))?;
+    let name = format!("{number}.part");
+    let old = dir.stat(&name).map_or(0, |m| m.len());
+    let new = body.len() as u64;
+    layout.staged.take(new, old)?;
+    let staged = (|| {
+        let mut temp = Temp::create(&dir)?;
+        temp.write(body)?;
+        // Durable before the client hears 200: it may discard its copy of the part then.
+        temp.sync()?;
+        temp.place_in(&dir, &name)?;
+        dir.sync()
+            .map_err(|e| Fault::io("fsync the directory", dir.path(), e))
+    })();
+    if let Err(fault) = staged {
+        layout.staged.untake(new, old);
+        return Err(fault);
+    }
     Ok(hex(&md5))
 }
 
@@ -227,14 +328,21 @@ pub fn assemble(layout: &Layout, key: &str, id: &str, parts: &[(i32, String)]) -
 pub fn abort(layout: &Layout, key: &str, id: &str) -> Done<()> {
     load(layout, key, id)?;
     let dir = staging(layout, id)?;
-    fs::remove_dir_all(&dir).map_err(|e| Fault::io("remove", &dir, e))
+    let bytes = staged_in(&dir);
+    fs::remove_dir_all(&dir).map_err(|e| Fault::io("remove", &dir, e))?;
+    layout.staged.release(bytes);
+    Ok(())
 }
 
 /// Removes the staging directory of a completed upload (a leftover is swept later).
 pub fn discard(layout: &Layout, id: &str) {
     if let Ok(dir) = staging(layout, id) {
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            tracing::warn!(path = %dir.display(), error = %e, "cannot remove a completed upload's parts");
+        let bytes = staged_in(&dir);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => layout.staged.release(bytes),
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove a completed upload's parts")
+            }
         }
     }
 }

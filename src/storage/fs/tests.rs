@@ -291,6 +291,60 @@ async fn open_uploads_are_capped_until_one_ends() {
 }
 
 #[tokio::test]
+async fn staged_part_bytes_are_capped_and_counted_across_restarts() {
+    let (dir, store) = store().await;
+    store.limit_staged(100);
+    let part = |store: &FsStore, id: &str, n: i32, len: usize| {
+        let (store, id) = (store.clone(), id.to_string());
+        async move {
+            let body = vec![n as u8; len];
+            store
+                .upload_part("k", &id, n, Bytes::from(body.clone()), &md5_b64(&body))
+                .await
+        }
+    };
+    let id = store
+        .create_multipart("k", &ObjectMeta::default(), None)
+        .await
+        .unwrap();
+    part(&store, &id, 1, 60).await.unwrap();
+    let refused = part(&store, &id, 2, 60).await.unwrap_err();
+    assert_eq!(refused.kind, ErrorKind::Transient, "{refused}");
+    assert!(
+        refused.message.contains("SlowDown") && refused.message.contains("ingest.max_staged"),
+        "{refused}"
+    );
+    assert_eq!(store.staged_bytes(), 60, "a refused part takes nothing");
+    // A part sent again replaces the one before: only the difference counts.
+    part(&store, &id, 1, 90).await.unwrap();
+    part(&store, &id, 2, 10).await.unwrap();
+    assert_eq!(store.staged_bytes(), 100);
+    // A restart counts what is on disk.
+    let again = FsStore::new(
+        "local",
+        "local",
+        dir.path().join("store"),
+        std::time::Duration::ZERO,
+    );
+    again.check().await.unwrap();
+    assert_eq!(again.staged_bytes(), 100);
+    again.abort_multipart("k", &id).await.unwrap();
+    assert_eq!(again.staged_bytes(), 0);
+    // Completing an upload gives its room back too.
+    again.limit_staged(100);
+    let id = again
+        .create_multipart("k", &ObjectMeta::default(), None)
+        .await
+        .unwrap();
+    let etag = part(&again, &id, 1, 100).await.unwrap();
+    again
+        .complete_multipart("k", &id, &[(1, etag)])
+        .await
+        .unwrap();
+    assert_eq!(again.staged_bytes(), 0);
+}
+
+#[tokio::test]
 async fn every_write_has_a_version_and_deletes_can_name_it() {
     let (_dir, store) = store().await;
     let v1 = put(&store, "a/b/c", b"one").await.unwrap().unwrap();
