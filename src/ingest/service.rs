@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use s3s::dto::{self, StreamingBlob, Timestamp};
-use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
@@ -21,7 +21,9 @@ use crate::bus::Publisher;
 use crate::config::{LocationConfig, RuleConfig};
 use crate::model::{self, EntryKind};
 use crate::stages::populator::{entry_for, wanted, Observed};
-use crate::storage::{ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store, Written};
+use crate::storage::{
+    ErrorCode, ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store, Written,
+};
 
 /// Counters for logs and tests.
 #[derive(Debug, Default)]
@@ -303,15 +305,12 @@ impl Ingest {
 fn s3(e: StorageError, not_found: impl FnOnce(String) -> S3Error) -> S3Error {
     tracing::warn!(error = %e, "ingest request failed");
     let message = without_paths(&e.message);
+    if let Some(code) = e.code.and_then(client_code) {
+        return S3Error::with_message(code, message);
+    }
     match e.kind {
         ErrorKind::NotFound => not_found(message),
         ErrorKind::Permanent => s3_error!(InvalidArgument, "{message}"),
-        ErrorKind::Transient if message.contains("BadDigest") || message.contains("MD5") => {
-            s3_error!(BadDigest, "{message}")
-        }
-        ErrorKind::Transient if message.contains("SlowDown:") => {
-            s3_error!(SlowDown, "{message}")
-        }
         ErrorKind::Transient | ErrorKind::Unreachable => s3_error!(
             ServiceUnavailable,
             "the buffer could not complete the request just now; retry"
@@ -321,6 +320,28 @@ fn s3(e: StorageError, not_found: impl FnOnce(String) -> S3Error) -> S3Error {
             "the buffer is not usable (see the server's log); retry later"
         ),
     }
+}
+
+/// The S3 error a client gets for a condition the buffer named about its request. Missing
+/// keys and uploads are answered by the caller, which knows what was asked for; the buffer's
+/// own access or bucket problems are not the client's (they are answered as unusable).
+fn client_code(code: ErrorCode) -> Option<S3ErrorCode> {
+    Some(match code {
+        ErrorCode::BadDigest => S3ErrorCode::BadDigest,
+        ErrorCode::InvalidDigest => S3ErrorCode::InvalidDigest,
+        ErrorCode::SlowDown => S3ErrorCode::SlowDown,
+        ErrorCode::InvalidPart => S3ErrorCode::InvalidPart,
+        ErrorCode::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
+        ErrorCode::MalformedXml => S3ErrorCode::MalformedXML,
+        ErrorCode::InvalidArgument => S3ErrorCode::InvalidArgument,
+        ErrorCode::IncompleteBody => S3ErrorCode::IncompleteBody,
+        ErrorCode::RequestTimeout => S3ErrorCode::RequestTimeout,
+        ErrorCode::NoSuchKey
+        | ErrorCode::NoSuchVersion
+        | ErrorCode::NoSuchUpload
+        | ErrorCode::NoSuchBucket
+        | ErrorCode::AccessDenied => return None,
+    })
 }
 
 /// `message` with every absolute path replaced: clients learn what failed, never where the

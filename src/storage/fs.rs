@@ -42,7 +42,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::{
-    BodyChunks, ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta, StorageError, Written,
+    BodyChunks, ErrorCode, ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta,
+    StorageError, Written,
 };
 use crate::model::EntryKind;
 use disk::{Done, Fault, Layout, Temp, Tree};
@@ -121,6 +122,7 @@ impl FsStore {
             bucket: self.inner.bucket.clone(),
             key: key.to_string(),
             message,
+            code: None,
         }
     }
 
@@ -335,9 +337,10 @@ impl FsStore {
                     temp.write(&chunk)?;
                 }
                 if received != length {
-                    return Err(Fault::new(
+                    return Err(Fault::coded(
                         ErrorKind::Transient,
-                        format!("IncompleteBody: received {received} of {length} bytes"),
+                        ErrorCode::IncompleteBody,
+                        format_args!("received {received} of {length} bytes"),
                     ));
                 }
                 let md5: [u8; 16] = md5.finalize().into();
@@ -603,6 +606,7 @@ impl FsStore {
         let root = format!("{}/", self.root().display());
         let message = fault.message.replace(&root, "");
         self.local_error(op, key, fault.kind, message)
+            .coded(fault.code)
     }
 }
 
@@ -669,14 +673,18 @@ fn unset(layout: &Layout, mut fault: Fault) -> Fault {
 
 /// NotFound: there is no committed object, or `current` is not the version `wanted`.
 fn missing(current: Option<&Sidecar>, wanted: Option<&str>) -> Fault {
-    let message = match (current, wanted) {
-        (Some(s), Some(w)) => format!(
-            "NoSuchVersion: the key's current version is {}, not {w}",
-            s.version_id
+    match (current, wanted) {
+        (Some(s), Some(w)) => Fault::coded(
+            ErrorKind::NotFound,
+            ErrorCode::NoSuchVersion,
+            format_args!("the key's current version is {}, not {w}", s.version_id),
         ),
-        _ => "NoSuchKey: the key has no committed object".to_string(),
-    };
-    Fault::new(ErrorKind::NotFound, message)
+        _ => Fault::coded(
+            ErrorKind::NotFound,
+            ErrorCode::NoSuchKey,
+            "the key has no committed object",
+        ),
+    }
 }
 
 /// The body of a GET from a directory: the data file opened when the object was looked up

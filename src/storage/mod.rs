@@ -5,10 +5,12 @@
 //! `fs.rs`).
 
 mod body;
+mod code;
 pub(crate) mod fs;
 mod s3;
 mod store;
 
+pub use code::ErrorCode;
 pub use fs::FsStore;
 pub use s3::{encode_tagging, S3Store};
 pub use store::{ObjectBody, Pages, Store};
@@ -59,6 +61,21 @@ pub struct StorageError {
     pub bucket: String,
     pub key: String,
     pub message: String,
+    /// The condition, when the server or the store named one callers act on.
+    pub code: Option<ErrorCode>,
+}
+
+impl StorageError {
+    /// This error, naming `code` as its condition.
+    pub fn coded(mut self, code: Option<ErrorCode>) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// Whether the condition is `code`.
+    pub fn is(&self, code: ErrorCode) -> bool {
+        self.code == Some(code)
+    }
 }
 
 /// One version (or delete marker) as a listing shows it.

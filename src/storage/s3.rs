@@ -18,8 +18,8 @@ use bytes::Bytes;
 
 use super::body::ChannelBody;
 use super::{
-    unquote, BodyChunks, ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta, StorageError,
-    Written,
+    unquote, BodyChunks, ErrorCode, ErrorKind, Head, Listed, ObjectBody, ObjectHead, ObjectMeta,
+    StorageError, Written,
 };
 use crate::config::{ChecksumCalculation, LocationConfig};
 pub use pages::S3Pages;
@@ -147,13 +147,9 @@ impl S3Store {
     }
 
     /// A [`wire`] failure as this store's error.
-    fn wire_error(
-        &self,
-        op: &'static str,
-        key: &str,
-        (kind, message): wire::Failure,
-    ) -> StorageError {
-        self.local_error(op, key, kind, message)
+    fn wire_error(&self, op: &'static str, key: &str, failure: wire::Failure) -> StorageError {
+        self.local_error(op, key, failure.kind, failure.message)
+            .coded(failure.code)
     }
 
     fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -163,6 +159,10 @@ impl S3Store {
         err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> StorageError {
         let (kind, message) = classify(&err);
+        let code = match &err {
+            SdkError::ServiceError(service) => service.err().code().and_then(ErrorCode::parse),
+            _ => None,
+        };
         StorageError {
             kind,
             op,
@@ -170,6 +170,7 @@ impl S3Store {
             bucket: self.bucket.clone(),
             key: key.to_string(),
             message,
+            code,
         }
     }
 
@@ -188,6 +189,7 @@ impl S3Store {
             bucket: self.bucket.clone(),
             key: key.to_string(),
             message,
+            code: None,
         }
     }
 

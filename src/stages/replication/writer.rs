@@ -16,7 +16,7 @@ use super::fanout::{abort, JoinedPart, PendingAborts, Piece, UploadedPart, STREA
 use super::ReplicationStats;
 use crate::bus::fence::Fence;
 use crate::storage::{
-    etag_is_md5, BodyAborted, ErrorKind, Head, ObjectMeta, StorageError, Store, Written,
+    etag_is_md5, BodyAborted, ErrorCode, ErrorKind, Head, ObjectMeta, StorageError, Store, Written,
 };
 
 /// Writes the parts it receives to one target.
@@ -274,7 +274,7 @@ impl Writer {
     /// A target's BadDigest on a copy sent with the source's ETag as Content-MD5 means the
     /// bytes read from the source are not the object its ETag describes: say so.
     fn named_digest_error(&self, mut e: StorageError, md5: &[u8; 16]) -> StorageError {
-        if self.md5_from_source && e.message.contains("BadDigest") {
+        if self.md5_from_source && e.is(ErrorCode::BadDigest) {
             e.message = format!(
                 "data read has MD5 other than the source ETag {}: the target rejected it ({})",
                 hex(md5),

@@ -18,13 +18,15 @@ use super::clock::Clock;
 use super::dirs::{ancestors, DirPins, Pinned};
 use super::keys::{RESERVED, SIDECAR_SUFFIX};
 use super::multipart::Staged;
-use crate::storage::ErrorKind;
+use crate::storage::{ErrorCode, ErrorKind};
 
 /// A failed step: its kind and a message naming the path and what the system said.
 #[derive(Debug)]
 pub struct Fault {
     pub kind: ErrorKind,
     pub message: String,
+    /// The condition, in S3's terms, where a caller acts on it.
+    pub code: Option<ErrorCode>,
 }
 
 pub type Done<T> = Result<T, Fault>;
@@ -34,6 +36,16 @@ impl Fault {
         Self {
             kind,
             message: message.into(),
+            code: None,
+        }
+    }
+
+    /// A failure S3 would answer with `code`; the message starts with the code's name.
+    pub fn coded(kind: ErrorKind, code: ErrorCode, message: impl std::fmt::Display) -> Self {
+        Self {
+            kind,
+            message: format!("{code}: {message}"),
+            code: Some(code),
         }
     }
 
@@ -178,9 +190,10 @@ pub fn decode_md5(content_md5: &str) -> Done<[u8; 16]> {
         .ok()
         .filter(|d| d.len() == 16)
         .ok_or_else(|| {
-            Fault::new(
+            Fault::coded(
                 ErrorKind::Permanent,
-                format!("InvalidDigest: the Content-MD5 {content_md5:?} is not a base64 MD5"),
+                ErrorCode::InvalidDigest,
+                format_args!("the Content-MD5 {content_md5:?} is not a base64 MD5"),
             )
         })?;
     let mut md5 = [0u8; 16];
@@ -191,10 +204,11 @@ pub fn decode_md5(content_md5: &str) -> Done<[u8; 16]> {
 /// `md5` (of the data received) must be `expected` (its Content-MD5): S3's BadDigest if not.
 pub fn check_md5(expected: &[u8; 16], md5: [u8; 16]) -> Done<[u8; 16]> {
     if md5 != *expected {
-        return Err(Fault::new(
+        return Err(Fault::coded(
             ErrorKind::Transient,
-            format!(
-                "BadDigest: the Content-MD5 you specified did not match what was received \
+            ErrorCode::BadDigest,
+            format_args!(
+                "the Content-MD5 you specified did not match what was received \
                  (expected {}, received data has {})",
                 hex(expected),
                 hex(&md5)

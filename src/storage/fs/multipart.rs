@@ -18,7 +18,7 @@ use super::disk::{absent, hex, new_id, read_record, verify_md5, Done, Fault, Lay
 use super::keys::RESERVED;
 use super::meta::Description;
 use super::objects::Pending;
-use crate::storage::{unquote, ErrorKind};
+use crate::storage::{unquote, ErrorCode, ErrorKind};
 
 /// S3's part numbers.
 const PART_NUMBERS: RangeInclusive<i32> = 1..=10_000;
@@ -36,9 +36,10 @@ struct Upload {
 }
 
 fn no_such_upload(id: &str, why: &str) -> Fault {
-    Fault::new(
+    Fault::coded(
         ErrorKind::NotFound,
-        format!("NoSuchUpload: upload {id:?} {why}"),
+        ErrorCode::NoSuchUpload,
+        format_args!("upload {id:?} {why}"),
     )
 }
 
@@ -123,10 +124,11 @@ impl Staged {
             })
             .map(drop)
             .map_err(|bytes| {
-                Fault::new(
+                Fault::coded(
                     ErrorKind::Transient,
-                    format!(
-                        "SlowDown: {bytes} bytes are staged in open multipart uploads and a part of {new} more would pass the limit of {limit} (ingest.max_staged); complete or abort uploads"
+                    ErrorCode::SlowDown,
+                    format_args!(
+                        "{bytes} bytes are staged in open multipart uploads and a part of {new} more would pass the limit of {limit} (ingest.max_staged); complete or abort uploads"
                     ),
                 )
             })
@@ -185,10 +187,11 @@ pub fn create(layout: &Layout, key: &str, description: Description) -> Done<Stri
         .map_err(|e| Fault::io("list", uploads.path(), e))?
         .len();
     if open >= MAX_OPEN_UPLOADS {
-        return Err(Fault::new(
+        return Err(Fault::coded(
             ErrorKind::Transient,
-            format!(
-                "SlowDown: {MAX_OPEN_UPLOADS} multipart uploads are open; complete or abort some (uploads left for 7 days are removed)"
+            ErrorCode::SlowDown,
+            format_args!(
+                "{MAX_OPEN_UPLOADS} multipart uploads are open; complete or abort some (uploads left for 7 days are removed)"
             ),
         ));
     }
@@ -231,9 +234,10 @@ pub fn upload_part(
     content_md5: &str,
 ) -> Done<String> {
     if !PART_NUMBERS.contains(&number) {
-        return Err(Fault::new(
+        return Err(Fault::coded(
             ErrorKind::Permanent,
-            format!("InvalidArgument: part number {number} is not between 1 and 10000"),
+            ErrorCode::InvalidArgument,
+            format_args!("part number {number} is not between 1 and 10000"),
         ));
     }
     let (dir, _) = load(layout, key, id)?;
@@ -262,15 +266,17 @@ pub fn upload_part(
 /// part's MD5 against the ETag named for it. The ETag is S3's multipart one: hex MD5 of the
 /// parts' binary MD5s, dash, part count.
 pub fn assemble(layout: &Layout, key: &str, id: &str, parts: &[(i32, String)]) -> Done<Pending> {
-    let refuse = |message: String| Fault::new(ErrorKind::Permanent, message);
+    let refuse = |code, message: String| Fault::coded(ErrorKind::Permanent, code, message);
     if parts.is_empty() {
         return Err(refuse(
-            "MalformedXML: completing an upload needs at least one part".into(),
+            ErrorCode::MalformedXml,
+            "completing an upload needs at least one part".into(),
         ));
     }
     if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
         return Err(refuse(
-            "InvalidPartOrder: the parts must be listed in ascending order, each once".into(),
+            ErrorCode::InvalidPartOrder,
+            "the parts must be listed in ascending order, each once".into(),
         ));
     }
     let (dir, upload) = load(layout, key, id)?;
@@ -283,11 +289,17 @@ pub fn assemble(layout: &Layout, key: &str, id: &str, parts: &[(i32, String)]) -
         let path = dir.join(&name);
         let mut file = match dir.open_file(&name, libc::O_RDONLY | libc::O_NONBLOCK) {
             Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => file,
-            Ok(_) => return Err(refuse(format!("InvalidPart: part {number} is not a file"))),
+            Ok(_) => {
+                return Err(refuse(
+                    ErrorCode::InvalidPart,
+                    format!("part {number} is not a file"),
+                ))
+            }
             Err(e) if absent(&e) || is_link(&e) => {
-                return Err(refuse(format!(
-                    "InvalidPart: part {number} was not uploaded"
-                )))
+                return Err(refuse(
+                    ErrorCode::InvalidPart,
+                    format!("part {number} was not uploaded"),
+                ))
             }
             Err(e) => return Err(Fault::io("open", &path, e)),
         };
@@ -306,10 +318,13 @@ pub fn assemble(layout: &Layout, key: &str, id: &str, parts: &[(i32, String)]) -
         }
         let md5 = md5.finalize();
         if hex(&md5) != unquote(etag) {
-            return Err(refuse(format!(
-                "InvalidPart: part {number} has ETag {}, the request names {etag}",
-                hex(&md5)
-            )));
+            return Err(refuse(
+                ErrorCode::InvalidPart,
+                format!(
+                    "part {number} has ETag {}, the request names {etag}",
+                    hex(&md5)
+                ),
+            ));
         }
         digests.extend_from_slice(&md5);
         part_sizes.push(size);

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::FsStore;
-use crate::storage::{encode_tagging, ErrorKind, Head, ObjectBody, ObjectMeta, StorageError};
+use crate::storage::{encode_tagging, ErrorCode, ErrorKind, Head, ObjectBody, ObjectMeta, StorageError};
 
 /// A store in `<tempdir>/store`, set up; the tempdir around it shows anything written outside.
 async fn store() -> (tempfile::TempDir, FsStore) {
@@ -194,7 +194,7 @@ async fn multipart_round_trip_with_s3_etag() {
         .await
         .unwrap_err();
     assert_eq!(refused.kind, ErrorKind::Permanent);
-    assert!(refused.message.contains("InvalidPart"), "{refused}");
+    assert!(refused.is(ErrorCode::InvalidPart), "{refused}");
 
     let written = store
         .complete_multipart("big/object", &id, &etags)
@@ -281,7 +281,7 @@ async fn open_uploads_are_capped_until_one_ends() {
         .await
         .unwrap_err();
     assert_eq!(refused.kind, ErrorKind::Transient, "{refused}");
-    assert!(refused.message.contains("SlowDown"), "{refused}");
+    assert!(refused.is(ErrorCode::SlowDown), "{refused}");
     let (key, id) = &ids[0];
     store.abort_multipart(key, id).await.unwrap();
     store
@@ -314,6 +314,7 @@ async fn staged_part_bytes_are_capped_and_counted_across_restarts() {
         refused.message.contains("SlowDown") && refused.message.contains("ingest.max_staged"),
         "{refused}"
     );
+    assert!(refused.is(ErrorCode::SlowDown), "{refused}");
     assert_eq!(store.staged_bytes(), 60, "a refused part takes nothing");
     // A part sent again replaces the one before: only the difference counts.
     part(&store, &id, 1, 90).await.unwrap();
@@ -411,7 +412,7 @@ async fn a_wrong_content_md5_is_refused_and_nothing_is_written() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Transient);
-    assert!(e.message.contains("BadDigest"), "{e}");
+    assert!(e.is(ErrorCode::BadDigest), "{e}");
     let e = store
         .put(
             "k",

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::kind_for;
-use crate::storage::{unquote, ErrorKind, ObjectHead, ObjectMeta, Written};
+use crate::storage::{unquote, ErrorCode, ErrorKind, ObjectHead, ObjectMeta, Written};
 
 /// Credentials this close to their expiry are fetched again before the next request.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
@@ -54,7 +54,22 @@ const KEY_PATH: &AsciiSet = &QUERY_VALUE.remove(b'/');
 
 /// Why a request failed: the kind the caller branches on and what the server (or the
 /// connection) said.
-pub type Failure = (ErrorKind, String);
+pub struct Failure {
+    pub kind: ErrorKind,
+    /// The error code of the server's answer, where callers act on it.
+    pub code: Option<ErrorCode>,
+    pub message: String,
+}
+
+impl From<(ErrorKind, String)> for Failure {
+    fn from((kind, message): (ErrorKind, String)) -> Self {
+        Self {
+            kind,
+            code: None,
+            message,
+        }
+    }
+}
 
 /// Signed GET and PUT of one bucket's objects.
 pub struct Wire {
@@ -274,7 +289,11 @@ impl Wire {
         } else {
             format!("HTTP {status} {code}: {detail}")
         };
-        Err((kind_for(status, code), message))
+        Err(Failure {
+            kind: kind_for(status, code),
+            code: ErrorCode::parse(code),
+            message,
+        })
     }
 
     /// The credentials to sign with: the cached ones while fresh, else fetched once for
@@ -327,12 +346,12 @@ fn signing_region(schemes: Option<&Document>) -> Option<Option<String>> {
 /// A failure before any answer: timed out, or the server could not be reached.
 fn connection_failure(err: &ConnectorError) -> Failure {
     if err.is_timeout() {
-        (ErrorKind::Unreachable, "timed out".into())
+        (ErrorKind::Unreachable, "timed out".to_string()).into()
     } else if err.is_io() {
         let message = format!("cannot reach the server: {}", DisplayErrorContext(err));
-        (ErrorKind::Unreachable, message)
+        (ErrorKind::Unreachable, message).into()
     } else {
-        (ErrorKind::Transient, DisplayErrorContext(err).to_string())
+        (ErrorKind::Transient, DisplayErrorContext(err).to_string()).into()
     }
 }
 
