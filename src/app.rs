@@ -2,13 +2,17 @@
 //! them down in order: on shutdown (or when any stage fails) every stage is cancelled, in-flight
 //! work gets `shutdown_timeout` to finish and be acknowledged, then offsets are committed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin, Views};
-use crate::bus::{self, Bus, BusError, Topics};
+use crate::bus::{self, Bus, BusError, Publisher, Topics};
 use crate::config::{Config, Feed};
 use crate::control::Pauses;
 use crate::ingest::{self, Ingest};
@@ -34,47 +38,118 @@ pub enum AppError {
     #[error("cannot start: {0}")]
     Listen(String),
     #[error("stage failed: {0}")]
-    Stage(#[from] StageError),
+    Stage(Box<StageError>),
     #[error("stage {0} stopped unexpectedly")]
     StageExited(&'static str),
     #[error("stage {0} crashed (a bug; please report it with the log): {1}")]
     StagePanicked(&'static str, String),
 }
 
+/// The sockets ferry serves on, bound before anything runs so that a taken port stops ferry
+/// at once with a clear error (and so that a caller can bind them itself, e.g. to port 0).
+pub struct Listeners {
+    pub admin: TcpListener,
+    pub ingest: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the admin server's address and, if configured, the ingest endpoint's.
+    pub async fn bind(config: &Config) -> Result<Self, AppError> {
+        let admin = admin::bind(&config.admin).await.map_err(AppError::Listen)?;
+        let ingest = match &config.ingest {
+            Some(ingest) => Some(ingest::bind(ingest).await.map_err(AppError::Listen)?),
+            None => None,
+        };
+        Ok(Self { admin, ingest })
+    }
+}
+
 /// Runs every configured stage until `shutdown` is cancelled or a stage fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let listeners = Listeners::bind(&config).await?;
+    run_on(config, listeners, shutdown).await
+}
+
+/// [`run`] on listeners the caller bound.
+pub async fn run_on(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
     let config = Arc::new(config);
     let topics = Topics::new(&config.queue.topic_prefix);
     let bus = Bus::connect(&config.queue)?;
-    let mut specs = bus::topic_specs(&config.queue, &topics);
+    prepare_topics(&config, &bus, &topics).await?;
+    let stores = open_stores(&config).await?;
+    let (supervisor, mut failed) = Supervisor::new(&shutdown);
+    let parts = Parts {
+        publisher: bus.publisher(),
+        // Pauses asked before this start hold from the first entry on.
+        pauses: Pauses::default(),
+        gates: Arc::new(Gates::new(config.locations.keys().cloned())),
+        config,
+        bus,
+        topics,
+        stores,
+    };
+    parts
+        .pauses
+        .reload(&parts.bus.state_reader()?, &parts.topics)
+        .await?;
+    supervisor.track(parts.pauses.clone().follow(
+        parts.bus.clone(),
+        parts.topics.clone(),
+        supervisor.token.clone(),
+    ));
+    supervisor.track(
+        parts
+            .stores
+            .clone()
+            .sweep_every(SWEEP_INTERVAL, supervisor.token.clone()),
+    );
+    start_stages(&parts, &supervisor, listeners.ingest)?;
+    // Not a stage: it answers until the end, so readiness reports stages stopping.
+    let admin_server = tokio::spawn(admin::serve(
+        listeners.admin,
+        admin_state(&parts, &supervisor)?,
+        shutdown.clone(),
+    ));
+    supervisor.tracker.close();
+    let outcome = supervisor
+        .wait(&mut failed, &shutdown, parts.config.shutdown_timeout)
+        .await;
+    admin_server.abort();
+    outcome
+}
+
+/// Creates the topics that do not exist (and the events topic, if the events feed reads one
+/// nobody made yet).
+async fn prepare_topics(config: &Config, bus: &Bus, topics: &Topics) -> Result<(), AppError> {
+    let mut specs = bus::topic_specs(&config.queue, topics);
     if config.stages.populator && config.populator.feeds.contains(&Feed::Events) {
-        specs.push(bus::TopicSpec {
-            name: config.populator.events_topic.clone(),
-            partitions: config.queue.partitions,
-            compacted: false,
-        });
         // An events topic made by someone else may have any partition count: don't insist.
-        if bus
+        let exists = bus
             .partition_count(&config.populator.events_topic)
             .await
             .unwrap_or(0)
-            > 0
-        {
-            specs.pop();
+            > 0;
+        if !exists {
+            specs.push(bus::TopicSpec {
+                name: config.populator.events_topic.clone(),
+                partitions: config.queue.partitions,
+                compacted: false,
+            });
         }
     }
     bus.ensure_topics(&specs, config.queue.replication_factor)
         .await?;
     tracing::info!(queue = %Bus::describe(&config.queue), topics = specs.len(), "topics ready");
+    Ok(())
+}
 
-    // Bound before anything runs, so a taken port stops ferry at once with a clear error.
-    let admin_listener = admin::bind(&config.admin).await.map_err(AppError::Listen)?;
-    let ingest_listener = match &config.ingest {
-        Some(ingest) => Some(ingest::bind(ingest).await.map_err(AppError::Listen)?),
-        None => None,
-    };
-
-    let stores = Stores::connect(&config).await;
+/// Connects every location, claims those two processes must not share, and checks them all.
+async fn open_stores(config: &Config) -> Result<Stores, AppError> {
+    let stores = Stores::connect(config).await;
     for store in stores.iter() {
         store
             .claim()
@@ -94,39 +169,62 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             }
         }
     }
+    Ok(stores)
+}
 
-    let stages = shutdown.child_token();
-    let tracker = TaskTracker::new();
-    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(8);
-    let publisher = bus.publisher();
+/// What the stages are built from.
+struct Parts {
+    config: Arc<Config>,
+    bus: Bus,
+    topics: Topics,
+    stores: Stores,
+    publisher: Publisher,
+    pauses: Pauses,
+    gates: Arc<Gates>,
+}
 
-    let running = Arc::new(admin::Stages::default());
-    // Pauses asked before this start hold from the first entry on.
-    let pauses = Pauses::default();
-    pauses.reload(&bus.state_reader()?, &topics).await?;
-    tracker.spawn(
-        pauses
-            .clone()
-            .follow(bus.clone(), topics.clone(), stages.clone()),
-    );
-    tracker.spawn(stores.clone().sweep_every(SWEEP_INTERVAL, stages.clone()));
-    let gates = Arc::new(Gates::new(config.locations.keys().cloned()));
-    let spawn = |name: &'static str,
-                 stage: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(), StageError>> + Send>,
-    >| {
-        let failed = failed_tx.clone();
-        let token = stages.clone();
-        let running = running.clone();
+type StageFuture = Pin<Box<dyn Future<Output = Result<(), StageError>> + Send>>;
+
+/// The running stages: each in a task of its own under one tracker, its end reported.
+struct Supervisor {
+    tracker: TaskTracker,
+    /// Cancelled to stop the stages (a child of the process's shutdown).
+    token: CancellationToken,
+    running: Arc<admin::Stages>,
+    failed: mpsc::Sender<AppError>,
+}
+
+impl Supervisor {
+    fn new(shutdown: &CancellationToken) -> (Self, mpsc::Receiver<AppError>) {
+        let (failed, failures) = mpsc::channel(8);
+        let supervisor = Self {
+            tracker: TaskTracker::new(),
+            token: shutdown.child_token(),
+            running: Arc::default(),
+            failed,
+        };
+        (supervisor, failures)
+    }
+
+    /// Runs a helper task (not a stage) until the stages stop.
+    fn track(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(task);
+    }
+
+    /// Runs stage `name`; its failure, panic or unexpected end stops ferry.
+    fn spawn(&self, name: &'static str, stage: StageFuture) {
+        let failed = self.failed.clone();
+        let token = self.token.clone();
+        let running = self.running.clone();
         running.set(name, true);
-        tracker.spawn(async move {
+        self.tracker.spawn(async move {
             // In a task of its own, so that a panic stops the process (and its supervisor
             // restarts it) instead of leaving the other stages running without this one.
             let outcome = tokio::spawn(stage).await;
             running.set(name, false);
             let error = match outcome {
                 Err(panic) => Some(AppError::StagePanicked(name, panic.to_string())),
-                Ok(Err(e)) => Some(AppError::Stage(e)),
+                Ok(Err(e)) => Some(AppError::Stage(Box::new(e))),
                 Ok(Ok(())) if !token.is_cancelled() => Some(AppError::StageExited(name)),
                 Ok(Ok(())) => None,
             };
@@ -137,157 +235,205 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                 tracing::info!(stage = name, "stage stopped");
             }
         });
-    };
+    }
 
-    if config.stages.populator {
-        let stats = Arc::new(PopulatorStats::default());
-        if config.populator.feeds.contains(&Feed::Scan) {
-            let scanner = Scanner::new(
-                config.clone(),
-                stores.clone(),
-                publisher.clone(),
-                topics.clone(),
-                bus.state_reader()?,
-                stats.clone(),
+    /// Waits for `shutdown` or the first stage failure, then stops every stage, giving
+    /// in-flight work `timeout` to finish and be acknowledged.
+    async fn wait(
+        self,
+        failures: &mut mpsc::Receiver<AppError>,
+        shutdown: &CancellationToken,
+        timeout: std::time::Duration,
+    ) -> Result<(), AppError> {
+        drop(self.failed);
+        let failure = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            failure = failures.recv() => failure,
+        };
+        match &failure {
+            Some(_) => tracing::error!("a stage failed: stopping the others"),
+            None => tracing::info!(?timeout, "shutting down: finishing in-flight work"),
+        }
+        self.token.cancel();
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?timeout,
+                "in-flight work did not finish in time; it is not acknowledged and will be redone"
             );
-            spawn("populator-scan", Box::pin(scanner.run(stages.clone())));
         }
-        if config.populator.feeds.contains(&Feed::Events) {
-            let feed = EventFeed {
-                config: config.clone(),
-                publisher: publisher.clone(),
-                topics: topics.clone(),
-                subscription: bus
-                    .subscribe("populator-events", &[&config.populator.events_topic])?,
-                stats,
-            };
-            spawn("populator-events", Box::pin(feed.run(stages.clone())));
-        }
+        failure.map_or(Ok(()), Err)
     }
-    if config.stages.replication {
-        let processor = ReplicationProcessor::new(
-            config.replication.clone(),
-            stores.clone(),
-            publisher.clone(),
-            topics.clone(),
-            Subscriptions {
-                entries: bus.subscribe("replication", &[&topics.replication])?,
-                retries: bus.subscribe("replication-retry", &[&topics.retry])?,
-            },
-            &config.locations,
-            Holds {
-                gates: gates.clone(),
-                pauses: pauses.clone(),
-            },
-        );
-        spawn("replication", Box::pin(processor.run(stages.clone())));
-    }
-    if config.stages.status {
-        let processor = StatusProcessor::new(
-            publisher.clone(),
-            topics.clone(),
-            bus.subscribe("status", &[&topics.status])?,
-            bus.state_reader()?,
-            &config.status,
-            config.locations.keys().cloned().collect(),
-        );
-        spawn("status", Box::pin(processor.run(stages.clone())));
-    }
-    if config.stages.gc {
-        let collector = GarbageCollector::new(
-            config.gc.clone(),
-            config.replication.clone(),
-            Policy::new(&config),
-            stores.clone(),
-            publisher.clone(),
-            topics.clone(),
-            bus.subscribe("gc", &[&topics.gc])?,
-        );
-        spawn("gc", Box::pin(collector.run(stages.clone())));
-    }
-    if let (Some(settings), Some(listener)) = (config.ingest.clone(), ingest_listener) {
-        let store = stores.get(&settings.location).cloned();
-        let location = config.locations.get(&settings.location).cloned();
-        let (Some(store), Some(location)) = (store, location) else {
-            return Err(AppError::Listen(format!(
-                "ingest.location {:?} is not a configured location",
-                settings.location
-            )));
-        };
-        if let Store::Fs(fs) = &store {
-            fs.limit_staged(settings.max_staged);
-        }
-        let ingest = Ingest {
-            store,
-            rules: config
-                .rules
-                .iter()
-                .filter(|r| r.source == location.name)
-                .cloned()
-                .collect(),
-            location,
-            publisher: publisher.clone(),
-            topic: topics.replication.clone(),
-            stats: Arc::default(),
-            commits: tokio_util::task::TaskTracker::new(),
-            bodies: Arc::new(tokio::sync::Semaphore::new(
-                (settings.body_memory / ingest::BODY_UNIT) as usize,
-            )),
-            body_idle: settings.header_timeout,
-        };
-        let token = stages.clone();
-        spawn(
-            "ingest",
-            Box::pin(async move {
-                ingest::serve(listener, &settings, ingest, token).await;
-                Ok(())
-            }),
-        );
-    }
-    // Not a stage: it answers until the end, so readiness reports stages stopping.
-    let admin_server = tokio::spawn(admin::serve(
-        admin_listener,
-        Admin {
-            bus: bus.clone(),
-            topics: topics.clone(),
-            stores: stores.clone(),
-            stages: running.clone(),
-            publisher: publisher.clone(),
-            config: config.clone(),
-            gates,
-            pauses,
-            views: Views::new(
-                &bus,
-                &topics.status_state,
-                &topics.failed,
-                config.queue.partitions,
-            )?,
-        },
-        shutdown.clone(),
-    ));
-    drop(failed_tx);
-    tracker.close();
+}
 
-    let failure = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        failure = failed_rx.recv() => failure,
+/// Starts the stages the configuration enables.
+fn start_stages(
+    parts: &Parts,
+    supervisor: &Supervisor,
+    ingest: Option<TcpListener>,
+) -> Result<(), AppError> {
+    let stages = &parts.config.stages;
+    if stages.populator {
+        start_populator(parts, supervisor)?;
+    }
+    if stages.replication {
+        start_replication(parts, supervisor)?;
+    }
+    if stages.status {
+        start_status(parts, supervisor)?;
+    }
+    if stages.gc {
+        start_gc(parts, supervisor)?;
+    }
+    if let Some(listener) = ingest {
+        start_ingest(parts, supervisor, listener)?;
+    }
+    Ok(())
+}
+
+fn start_populator(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> {
+    let (config, token) = (&parts.config, &supervisor.token);
+    let stats = Arc::new(PopulatorStats::default());
+    if config.populator.feeds.contains(&Feed::Scan) {
+        let scanner = Scanner::new(
+            config.clone(),
+            parts.stores.clone(),
+            parts.publisher.clone(),
+            parts.topics.clone(),
+            parts.bus.state_reader()?,
+            stats.clone(),
+        );
+        supervisor.spawn("populator-scan", Box::pin(scanner.run(token.clone())));
+    }
+    if config.populator.feeds.contains(&Feed::Events) {
+        let feed = EventFeed {
+            config: config.clone(),
+            publisher: parts.publisher.clone(),
+            topics: parts.topics.clone(),
+            subscription: parts
+                .bus
+                .subscribe("populator-events", &[&config.populator.events_topic])?,
+            stats,
+        };
+        supervisor.spawn("populator-events", Box::pin(feed.run(token.clone())));
+    }
+    Ok(())
+}
+
+fn start_replication(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> {
+    let topics = &parts.topics;
+    let processor = ReplicationProcessor::new(
+        parts.config.replication.clone(),
+        parts.stores.clone(),
+        parts.publisher.clone(),
+        topics.clone(),
+        Subscriptions {
+            entries: parts.bus.subscribe("replication", &[&topics.replication])?,
+            retries: parts.bus.subscribe("replication-retry", &[&topics.retry])?,
+        },
+        &parts.config.locations,
+        Holds {
+            gates: parts.gates.clone(),
+            pauses: parts.pauses.clone(),
+        },
+    );
+    let run = processor.run(supervisor.token.clone());
+    supervisor.spawn("replication", Box::pin(run));
+    Ok(())
+}
+
+fn start_status(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> {
+    let processor = StatusProcessor::new(
+        parts.publisher.clone(),
+        parts.topics.clone(),
+        parts.bus.subscribe("status", &[&parts.topics.status])?,
+        parts.bus.state_reader()?,
+        &parts.config.status,
+        parts.config.locations.keys().cloned().collect(),
+    );
+    supervisor.spawn("status", Box::pin(processor.run(supervisor.token.clone())));
+    Ok(())
+}
+
+fn start_gc(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> {
+    let collector = GarbageCollector::new(
+        parts.config.gc.clone(),
+        parts.config.replication.clone(),
+        Policy::new(&parts.config),
+        parts.stores.clone(),
+        parts.publisher.clone(),
+        parts.topics.clone(),
+        parts.bus.subscribe("gc", &[&parts.topics.gc])?,
+    );
+    supervisor.spawn("gc", Box::pin(collector.run(supervisor.token.clone())));
+    Ok(())
+}
+
+fn start_ingest(
+    parts: &Parts,
+    supervisor: &Supervisor,
+    listener: TcpListener,
+) -> Result<(), AppError> {
+    let config = &parts.config;
+    let Some(settings) = config.ingest.clone() else {
+        return Ok(());
     };
-    match &failure {
-        Some(_) => tracing::error!("a stage failed: stopping the others"),
-        None => {
-            tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: finishing in-flight work")
-        }
+    let store = parts.stores.get(&settings.location).cloned();
+    let location = config.locations.get(&settings.location).cloned();
+    let (Some(store), Some(location)) = (store, location) else {
+        return Err(AppError::Listen(format!(
+            "ingest.location {:?} is not a configured location",
+            settings.location
+        )));
+    };
+    if let Store::Fs(fs) = &store {
+        fs.limit_staged(settings.max_staged);
     }
-    stages.cancel();
-    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight work did not finish in time; it is not acknowledged and will be redone");
-    }
-    admin_server.abort();
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    let ingest = Ingest {
+        store,
+        rules: config
+            .rules
+            .iter()
+            .filter(|r| r.source == location.name)
+            .cloned()
+            .collect(),
+        location,
+        publisher: parts.publisher.clone(),
+        topic: parts.topics.replication.clone(),
+        stats: Arc::default(),
+        commits: TaskTracker::new(),
+        bodies: Arc::new(tokio::sync::Semaphore::new(
+            (settings.body_memory / ingest::BODY_UNIT) as usize,
+        )),
+        body_idle: settings.header_timeout,
+    };
+    let token = supervisor.token.clone();
+    let serve = async move {
+        ingest::serve(listener, &settings, ingest, token).await;
+        Ok(())
+    };
+    supervisor.spawn("ingest", Box::pin(serve));
+    Ok(())
+}
+
+/// What the admin server reads and acts on.
+fn admin_state(parts: &Parts, supervisor: &Supervisor) -> Result<Admin, AppError> {
+    Ok(Admin {
+        bus: parts.bus.clone(),
+        topics: parts.topics.clone(),
+        stores: parts.stores.clone(),
+        stages: supervisor.running.clone(),
+        publisher: parts.publisher.clone(),
+        config: parts.config.clone(),
+        gates: parts.gates.clone(),
+        pauses: parts.pauses.clone(),
+        views: Views::new(
+            &parts.bus,
+            &parts.topics.status_state,
+            &parts.topics.failed,
+            parts.config.queue.partitions,
+        )?,
+    })
 }

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::FsStore;
-use crate::storage::{encode_tagging, ErrorCode, ErrorKind, Head, ObjectBody, ObjectMeta, StorageError};
+use crate::storage::{
+    encode_tagging, ErrorCode, ErrorKind, Head, ObjectBody, ObjectMeta, StorageError,
+};
 
 /// A store in `<tempdir>/store`, set up; the tempdir around it shows anything written outside.
 async fn store() -> (tempfile::TempDir, FsStore) {
