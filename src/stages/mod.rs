@@ -10,6 +10,7 @@ pub mod admit;
 pub mod gc;
 pub mod populator;
 pub mod replication;
+pub mod runner;
 pub mod status;
 
 use std::time::Duration;

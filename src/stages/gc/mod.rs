@@ -13,10 +13,8 @@ pub use policy::Policy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
@@ -25,7 +23,8 @@ use crate::model::{EntryKind, GcTask, TargetCopy};
 use crate::storage::{etag_is_md5, ErrorKind, Head, StorageError, Store, Stores};
 
 use super::replication::is_copy_of;
-use super::{decode_or_dead_letter, receive, sleep_or_shutdown, StageError};
+use super::runner::{self, Inbox, Stage};
+use super::{sleep_or_shutdown, StageError};
 
 const STAGE: &str = "gc";
 
@@ -83,41 +82,8 @@ impl GarbageCollector {
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
         let this = Arc::new(self);
-        let limit = Arc::new(Semaphore::new(this.config.concurrency));
         let tasks = TaskTracker::new();
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
-            let Some(delivery) = receive(&this.subscription, STAGE, &shutdown).await else {
-                break;
-            };
-            let Some((task, delivery)) = decode_or_dead_letter::<GcTask>(
-                "GC task",
-                delivery,
-                &this.publisher,
-                &this.topics.dead_letter,
-                STAGE,
-                &this.stats.dead_letters,
-                &shutdown,
-            )
-            .await
-            else {
-                continue;
-            };
-            let e = &task.entry;
-            let span = tracing::info_span!("entry", stage = STAGE, rule = %e.rule, bucket = %e.bucket, key = %e.key, version = e.version_id.as_deref().unwrap_or("null"));
-            let worker = this.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(
-                async move {
-                    worker.collect(task, delivery, &shutdown).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-        }
+        runner::consume(this.clone(), &tasks, &shutdown).await;
         tasks.close();
         tasks.wait().await;
         this.subscription
@@ -277,5 +243,41 @@ async fn check_copy(
                 ))),
             }
         }
+    }
+}
+
+impl Stage for GarbageCollector {
+    type Input = GcTask;
+    type Admitted = ();
+    const NAME: &'static str = STAGE;
+    const WHAT: &'static str = "GC task";
+
+    fn inbox(&self) -> Inbox<'_> {
+        Inbox {
+            subscription: &self.subscription,
+            publisher: &self.publisher,
+            dead_letter_topic: &self.topics.dead_letter,
+            dead_letters: &self.stats.dead_letters,
+            concurrency: self.config.concurrency,
+        }
+    }
+
+    fn admit(&self, _: &GcTask) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn span(task: &GcTask) -> tracing::Span {
+        let e = &task.entry;
+        tracing::info_span!("entry", stage = STAGE, rule = %e.rule, bucket = %e.bucket, key = %e.key, version = e.version_id.as_deref().unwrap_or("null"))
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        task: GcTask,
+        (): (),
+        delivery: Delivery,
+        shutdown: CancellationToken,
+    ) {
+        self.collect(task, delivery, &shutdown).await;
     }
 }

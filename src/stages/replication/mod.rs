@@ -87,7 +87,8 @@ fn failed_metric(target: &str, kind: ErrorKind) {
         .inc();
 }
 use super::admit::Known;
-use super::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
+use super::runner::{self, Inbox, Stage};
+use super::{publish_until_done, sleep_or_shutdown, StageError};
 
 const STAGE: &str = "replication";
 
@@ -224,54 +225,9 @@ impl ReplicationProcessor {
     /// Runs until `shutdown`; then lets in-flight copies finish and commits.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
         let this = Arc::new(self);
-        let in_flight = Arc::new(Semaphore::new(this.config.max_in_flight));
         let tasks = this.tasks.clone();
         tasks.spawn(this.clone().run_retries(shutdown.clone()));
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = in_flight.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let Some(delivery) = receive(&this.subscription, STAGE, &shutdown).await else {
-                break;
-            };
-            let Some((entry, delivery)) = decode_or_dead_letter::<ReplicationEntry>(
-                "replication entry",
-                delivery,
-                &this.publisher,
-                &this.topics.dead_letter,
-                STAGE,
-                &this.stats.dead_letters,
-                &shutdown,
-            )
-            .await
-            else {
-                continue;
-            };
-            if let Some(why) = this.known.entry_refusal(&entry) {
-                this.refuse(delivery, &why, &shutdown).await;
-                continue;
-            }
-            // Tickets are taken here, in partition order, so lanes follow the source's order.
-            let tickets: Vec<(String, Ticket)> = entry
-                .targets
-                .iter()
-                .map(|t| (t.clone(), this.lanes.enter(t, &entry.message_key())))
-                .collect();
-            let span = tracing::info_span!("entry", stage = STAGE, rule = %entry.rule, bucket = %entry.bucket, key = %entry.key, version = entry.version_id.as_deref().unwrap_or("null"));
-            let worker = this.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(
-                async move {
-                    worker.process(entry, tickets, delivery, &shutdown).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-        }
+        runner::consume(this.clone(), &tasks, &shutdown).await;
         tasks.close();
         tasks.wait().await;
         let stats = &this.stats;
@@ -303,20 +259,6 @@ impl ReplicationProcessor {
                 stage: STAGE,
                 source,
             })
-    }
-
-    /// Sends a message this process will not work on ([`Known`]) to the dead-letter topic.
-    async fn refuse(&self, delivery: Delivery, why: &str, shutdown: &CancellationToken) {
-        super::refuse(
-            &self.publisher,
-            &self.topics.dead_letter,
-            STAGE,
-            &self.stats.dead_letters,
-            delivery,
-            why,
-            shutdown,
-        )
-        .await;
     }
 
     /// Copies `entry` to each target concurrently; acknowledges it once every result is
@@ -963,4 +905,48 @@ fn interrupted(store: &Store, entry: &ReplicationEntry) -> StorageError {
         ErrorKind::Transient,
         "the joint copy was interrupted".into(),
     )
+}
+
+impl Stage for ReplicationProcessor {
+    type Input = ReplicationEntry;
+    /// Each target's place in its lane for the entry's key.
+    type Admitted = Vec<(String, Ticket)>;
+    const NAME: &'static str = STAGE;
+    const WHAT: &'static str = "replication entry";
+
+    fn inbox(&self) -> Inbox<'_> {
+        Inbox {
+            subscription: &self.subscription,
+            publisher: &self.publisher,
+            dead_letter_topic: &self.topics.dead_letter,
+            dead_letters: &self.stats.dead_letters,
+            concurrency: self.config.max_in_flight,
+        }
+    }
+
+    fn admit(&self, entry: &ReplicationEntry) -> Result<Self::Admitted, String> {
+        if let Some(why) = self.known.entry_refusal(entry) {
+            return Err(why);
+        }
+        // Tickets are taken here, in partition order, so lanes follow the source's order.
+        Ok(entry
+            .targets
+            .iter()
+            .map(|t| (t.clone(), self.lanes.enter(t, &entry.message_key())))
+            .collect())
+    }
+
+    fn span(entry: &ReplicationEntry) -> tracing::Span {
+        tracing::info_span!("entry", stage = STAGE, rule = %entry.rule, bucket = %entry.bucket, key = %entry.key, version = entry.version_id.as_deref().unwrap_or("null"))
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        entry: ReplicationEntry,
+        tickets: Self::Admitted,
+        delivery: Delivery,
+        shutdown: CancellationToken,
+    ) {
+        self.process(entry, tickets, delivery, &shutdown).await;
+    }
 }

@@ -17,64 +17,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::lanes::Ticket;
 use super::{ReplicationProcessor, Step, STAGE};
 use crate::bus::Delivery;
 use crate::model::{self, RetryTask};
-use crate::stages::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown};
+use crate::stages::runner::{self, Inbox, Stage};
+use crate::stages::{publish_until_done, sleep_or_shutdown};
 
 impl ReplicationProcessor {
     /// Consumes the retry topic until `shutdown`.
     pub(super) async fn run_retries(self: Arc<Self>, shutdown: CancellationToken) {
-        let in_flight = Arc::new(Semaphore::new(self.config.max_in_flight));
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                permit = in_flight.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let Some(delivery) = receive(&self.retry_subscription, STAGE, &shutdown).await else {
-                return;
-            };
-            let Some((task, delivery)) = decode_or_dead_letter::<RetryTask>(
-                "retry task",
-                delivery,
-                &self.publisher,
-                &self.topics.dead_letter,
-                STAGE,
-                &self.stats.dead_letters,
-                &shutdown,
-            )
-            .await
-            else {
-                continue;
-            };
-            if let Some(why) = self.known.retry_refusal(&task) {
-                self.refuse(delivery, &why, &shutdown).await;
-                continue;
-            }
-            // Taken here, in partition order, like the main path's lanes.
-            let ticket = self
-                .retry_lanes
-                .enter(&task.target, &task.entry.message_key());
-            self.waiting.note(&task);
-            let span = tracing::info_span!("retry", stage = STAGE, rule = %task.entry.rule, bucket = %task.entry.bucket, key = %task.entry.key, version = task.entry.version_id.as_deref().unwrap_or("null"), target = %task.target, attempt = task.attempts + 1);
-            let worker = self.clone();
-            let shutdown = shutdown.clone();
-            self.tasks.spawn(
-                async move {
-                    worker.retry(task, ticket, delivery, &shutdown).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-        }
+        let tasks = self.tasks.clone();
+        runner::consume(Arc::new(Retries(self)), &tasks, &shutdown).await;
     }
 
     /// One deferred copy: follow an earlier version of its key, or wait until due and try once.
@@ -245,6 +201,53 @@ impl Waiting {
 
 fn lane(task: &RetryTask) -> (String, String) {
     (task.target.clone(), task.entry.message_key())
+}
+
+/// The retry topic's consumer: deferred copies, each tried once when due.
+struct Retries(Arc<ReplicationProcessor>);
+
+impl Stage for Retries {
+    type Input = RetryTask;
+    /// The retry's place in its target's lane for the key.
+    type Admitted = Ticket;
+    const NAME: &'static str = STAGE;
+    const WHAT: &'static str = "retry task";
+
+    fn inbox(&self) -> Inbox<'_> {
+        let p = &self.0;
+        Inbox {
+            subscription: &p.retry_subscription,
+            publisher: &p.publisher,
+            dead_letter_topic: &p.topics.dead_letter,
+            dead_letters: &p.stats.dead_letters,
+            concurrency: p.config.max_in_flight,
+        }
+    }
+
+    fn admit(&self, task: &RetryTask) -> Result<Ticket, String> {
+        let p = &self.0;
+        if let Some(why) = p.known.retry_refusal(task) {
+            return Err(why);
+        }
+        // Taken here, in partition order, like the main path's lanes.
+        let ticket = p.retry_lanes.enter(&task.target, &task.entry.message_key());
+        p.waiting.note(task);
+        Ok(ticket)
+    }
+
+    fn span(task: &RetryTask) -> tracing::Span {
+        tracing::info_span!("retry", stage = STAGE, rule = %task.entry.rule, bucket = %task.entry.bucket, key = %task.entry.key, version = task.entry.version_id.as_deref().unwrap_or("null"), target = %task.target, attempt = task.attempts + 1)
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        task: RetryTask,
+        ticket: Ticket,
+        delivery: Delivery,
+        shutdown: CancellationToken,
+    ) {
+        self.0.retry(task, ticket, delivery, &shutdown).await;
+    }
 }
 
 #[cfg(test)]
