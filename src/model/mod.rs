@@ -9,6 +9,7 @@
 
 mod control;
 mod entry;
+pub mod stamps;
 mod status;
 
 pub use control::TargetPause;

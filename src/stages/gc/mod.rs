@@ -22,9 +22,9 @@ use crate::config::{GcConfig, ReplicationConfig};
 use crate::model::{EntryKind, GcTask, TargetCopy};
 use crate::storage::{etag_is_md5, ErrorKind, Head, StorageError, Store, Stores};
 
-use super::replication::is_copy_of;
 use super::runner::{self, Inbox, Stage};
 use super::{sleep_or_shutdown, StageError};
+use crate::model::stamps::is_copy_of;
 
 const STAGE: &str = "gc";
 
@@ -198,7 +198,7 @@ async fn check_copy(
     let entry = &task.entry;
     match entry.kind {
         EntryKind::Object => match target.head(&entry.key, copy.version_id.as_deref()).await? {
-            Head::Object(h) if !is_copy_of(&h, entry) => Ok(Some(format!(
+            Head::Object(h) if !is_copy_of(&h.meta.user, entry) => Ok(Some(format!(
                 "target {} version {:?} is not ferry's copy of this source version",
                 copy.target, copy.version_id
             ))),
@@ -279,5 +279,189 @@ impl Stage for GarbageCollector {
         shutdown: CancellationToken,
     ) {
         self.collect(task, delivery, &shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The collector's verdicts against real `fs` stores and the embedded queue (no servers).
+
+    use base64::Engine;
+    use bytes::Bytes;
+    use md5::{Digest, Md5};
+
+    use super::*;
+    use crate::bus::Bus;
+    use crate::model::stamps::Stamps;
+    use crate::model::ReplicationEntry;
+    use crate::storage::{ObjectMeta, Written};
+
+    struct Site {
+        _dir: tempfile::TempDir,
+        gc: GarbageCollector,
+    }
+
+    async fn site() -> Site {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            r#"
+[queue]
+kind = "embedded"
+path = "{root}/queue"
+
+[locations.inbox]
+kind = "fs"
+path = "{root}/inbox"
+transient = true
+
+[locations.site]
+kind = "fs"
+path = "{root}/site"
+
+[[rules]]
+name = "all"
+source = "inbox"
+targets = ["site"]
+"#,
+            root = dir.path().display()
+        );
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, config).expect("write config");
+        let config = crate::config::load(&path).expect("a valid configuration");
+        let bus = Bus::connect(&config.queue).expect("the embedded queue opens");
+        let topics = Topics::new(&config.queue.topic_prefix);
+        bus.ensure_topics(&crate::bus::topic_specs(&config.queue, &topics), 1)
+            .await
+            .expect("topics");
+        let stores = Stores::connect(&config).await;
+        for store in stores.iter() {
+            store.check().await.expect("the store sets itself up");
+        }
+        let gc = GarbageCollector::new(
+            config.gc.clone(),
+            config.replication.clone(),
+            Policy::new(&config),
+            stores,
+            bus.publisher(),
+            topics.clone(),
+            bus.subscribe("gc", &[&topics.gc]).expect("subscribe"),
+        );
+        Site { _dir: dir, gc }
+    }
+
+    fn store<'a>(site: &'a Site, name: &str) -> &'a Store {
+        site.gc.stores.get(name).expect("a configured location")
+    }
+
+    async fn put(store: &Store, key: &str, body: &[u8], meta: &ObjectMeta) -> Written {
+        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body));
+        store
+            .put(key, Bytes::copy_from_slice(body), &md5, meta, None)
+            .await
+            .expect("put")
+    }
+
+    /// A source version in the inbox, and the GC task of its copy (made by `copy`, given the
+    /// entry; `None` leaves the target without it).
+    async fn task(
+        site: &Site,
+        body: &[u8],
+        copy: impl FnOnce(&ReplicationEntry) -> Option<(Vec<u8>, ObjectMeta)>,
+    ) -> GcTask {
+        let written = put(store(site, "inbox"), "k", body, &ObjectMeta::default()).await;
+        let entry = ReplicationEntry {
+            schema: crate::model::SCHEMA,
+            rule: "all".into(),
+            source: "inbox".into(),
+            bucket: "inbox".into(),
+            key: "k".into(),
+            version_id: written.version_id.clone(),
+            kind: EntryKind::Object,
+            size: body.len() as u64,
+            etag: written.etag.clone(),
+            last_modified_ms: written.last_modified_ms.unwrap_or_default(),
+            targets: vec!["site".into()],
+            transient: true,
+            enqueued_at_ms: 0,
+        };
+        let target_version = match copy(&entry) {
+            Some((data, meta)) => put(store(site, "site"), "k", &data, &meta).await.version_id,
+            None => Some("nothing-there".into()),
+        };
+        GcTask {
+            schema: crate::model::SCHEMA,
+            entry,
+            copies: vec![TargetCopy {
+                target: "site".into(),
+                version_id: target_version,
+            }],
+        }
+    }
+
+    fn stamped(entry: &ReplicationEntry) -> ObjectMeta {
+        let mut meta = ObjectMeta::default();
+        Stamps::of(entry, entry.etag.as_deref()).write(&mut meta.user);
+        meta
+    }
+
+    async fn source_holds_it(site: &Site) -> bool {
+        matches!(
+            store(site, "inbox").head("k", None).await.expect("head"),
+            Head::Object(_)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_verified_copy_lets_the_source_version_go_once() {
+        let site = site().await;
+        let task = task(&site, b"data", |e| Some((b"data".to_vec(), stamped(e)))).await;
+        let verdict = site.gc.try_collect(&task).await.expect("no storage error");
+        assert!(matches!(verdict, Verdict::Delete), "{verdict:?}");
+        assert!(!source_holds_it(&site).await);
+        // A redelivered task finds the version gone and changes nothing.
+        let again = site.gc.try_collect(&task).await.expect("no storage error");
+        assert!(matches!(again, Verdict::Gone), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_deleted_without_ferrys_copy_of_that_version() {
+        for (case, copy) in [
+            ("unstamped", Some((b"data".to_vec(), None))),
+            ("other size", Some((b"data!".to_vec(), Some(())))),
+            ("missing", None),
+        ] {
+            let site = site().await;
+            let task = task(&site, b"data", |e| {
+                copy.map(|(data, stamp)| {
+                    let meta = stamp.map_or_else(ObjectMeta::default, |()| stamped(e));
+                    (data, meta)
+                })
+            })
+            .await;
+            let verdict = site.gc.try_collect(&task).await.expect("no storage error");
+            let Verdict::Refuse(why) = verdict else {
+                panic!("{case}: deleted ({verdict:?})");
+            };
+            let expected = match case {
+                "unstamped" => "not ferry's copy",
+                "other size" => "holds 5 bytes",
+                _ => "does not hold",
+            };
+            assert!(why.contains(expected), "{case}: {why}");
+            assert!(
+                source_holds_it(&site).await,
+                "{case}: the source lost its data"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_leaves_out_a_target_is_refused() {
+        let site = site().await;
+        let mut task = task(&site, b"data", |e| Some((b"data".to_vec(), stamped(e)))).await;
+        task.copies.clear();
+        let verdict = site.gc.try_collect(&task).await.expect("no storage error");
+        assert!(matches!(verdict, Verdict::Refuse(_)), "{verdict:?}");
+        assert!(source_holds_it(&site).await);
     }
 }

@@ -7,13 +7,10 @@
 
 use base64::Engine;
 
+use crate::model::stamps::{self, Stamps};
 use crate::model::{EntryKind, ReplicationEntry};
 use crate::storage::{Head, ObjectHead, ObjectMeta, StorageError, Store};
 
-/// User-metadata names of the stamps (S3 lower-cases metadata names).
-pub const STAMP_VERSION: &str = "ferry-source-version-id";
-pub const STAMP_ETAG: &str = "ferry-source-etag";
-pub const STAMP_MTIME: &str = "ferry-source-mtime";
 /// S3's limit on the number of parts of one upload.
 pub const MAX_PARTS: u64 = 10_000;
 /// S3's smallest and largest part (all but the last part of an upload).
@@ -185,30 +182,18 @@ impl Copier<'_> {
 
 /// Whether `head` is ferry's copy of exactly the version `entry` names.
 pub fn is_copy_of(head: &ObjectHead, entry: &ReplicationEntry) -> bool {
-    head.meta.user.get(STAMP_VERSION) == Some(&stamp_version(entry))
-        && match (&entry.etag, head.meta.user.get(STAMP_ETAG)) {
-            (Some(expected), Some(stamped)) => expected == stamped,
-            _ => true,
-        }
+    stamps::is_copy_of(&head.meta.user, entry)
 }
 
 /// The source's headers and user metadata plus ferry's stamps, for the copy of `entry`.
 pub fn stamp_meta(head: &ObjectHead, entry: &ReplicationEntry) -> ObjectMeta {
     let mut meta = head.meta.clone();
-    meta.user.insert(STAMP_VERSION.into(), stamp_version(entry));
-    meta.user
-        .insert(STAMP_ETAG.into(), head.etag.clone().unwrap_or_default());
-    meta.user
-        .insert(STAMP_MTIME.into(), entry.last_modified_ms.to_string());
+    Stamps::of(entry, head.etag.as_deref()).write(&mut meta.user);
     meta
 }
 
-fn stamp_version(entry: &ReplicationEntry) -> String {
-    entry.version_id.clone().unwrap_or_else(|| "null".into())
-}
-
 fn stamped_mtime(head: &ObjectHead) -> Option<i64> {
-    head.meta.user.get(STAMP_MTIME).and_then(|m| m.parse().ok())
+    stamps::stamped_mtime(&head.meta.user)
 }
 
 /// The part size for an object: the configured one, grown to stay within S3's 10,000 parts,

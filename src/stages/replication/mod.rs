@@ -18,7 +18,7 @@ mod lanes;
 mod retry;
 mod writer;
 
-pub use copier::{is_copy_of, part_size_for, Outcome, STAMP_ETAG, STAMP_MTIME, STAMP_VERSION};
+pub use copier::{part_size_for, Outcome};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

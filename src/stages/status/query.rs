@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
+use crate::model::stamps::Stamps;
 use crate::model::EntryKind;
-use crate::stages::replication::{STAMP_ETAG, STAMP_MTIME, STAMP_VERSION};
 use crate::storage::{Head, StorageError, Stores};
 
 /// The most versions of one key a status answer HEADs on each target, so its cost does not
@@ -58,27 +58,16 @@ pub async fn held_by_targets(
                 else {
                     continue;
                 };
-                let Some(source_version) = head.meta.user.get(STAMP_VERSION) else {
+                let Some(stamps) = Stamps::read(&head.meta.user) else {
                     continue;
                 };
-                let version = held
-                    .entry(source_version.clone())
-                    .or_insert_with(|| HeldVersion {
-                        rule: rule.name.clone(),
-                        size: head.size,
-                        etag: head
-                            .meta
-                            .user
-                            .get(STAMP_ETAG)
-                            .filter(|e| !e.is_empty())
-                            .cloned(),
-                        last_modified_ms: head
-                            .meta
-                            .user
-                            .get(STAMP_MTIME)
-                            .and_then(|m| m.parse().ok()),
-                        targets: BTreeMap::new(),
-                    });
+                let version = held.entry(stamps.version).or_insert_with(|| HeldVersion {
+                    rule: rule.name.clone(),
+                    size: head.size,
+                    etag: Some(stamps.etag).filter(|e| !e.is_empty()),
+                    last_modified_ms: stamps.mtime_ms,
+                    targets: BTreeMap::new(),
+                });
                 version
                     .targets
                     .insert(target.clone(), head.version_id.clone());
