@@ -360,7 +360,6 @@ fn start_status(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> 
 fn start_gc(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> {
     let collector = GarbageCollector::new(
         parts.config.gc.clone(),
-        parts.config.replication.clone(),
         Policy::new(&parts.config),
         parts.stores.clone(),
         parts.publisher.clone(),

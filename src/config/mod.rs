@@ -265,6 +265,10 @@ pub struct IngestConfig {
 pub struct GcConfig {
     /// GC tasks checked and executed at once.
     pub concurrency: usize,
+    /// How long a task whose check failed for a passing reason (a target unreachable, a
+    /// throttled HEAD) waits before it is checked again (`max_attempts` is not used: a task
+    /// is retried until it is settled, its partition moves, or ferry stops).
+    pub retry: RetryPolicy,
 }
 
 /// `[status]`: the status processor.

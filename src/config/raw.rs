@@ -182,6 +182,8 @@ pub struct RawReplication {
 #[serde(deny_unknown_fields)]
 pub struct RawGc {
     pub concurrency: Option<i64>,
+    pub retry_initial_delay: Option<String>,
+    pub retry_max_delay: Option<String>,
 }
 
 /// `[status]`.

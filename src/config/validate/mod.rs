@@ -38,6 +38,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let populator = populator(&raw, &queue)?;
     let gc = GcConfig {
         concurrency: positive("gc.concurrency", raw.gc.concurrency, 16, 4096)?,
+        retry: retry_policy(
+            "gc.",
+            None,
+            raw.gc.retry_initial_delay.as_deref(),
+            raw.gc.retry_max_delay.as_deref(),
+            replication.retry,
+        )?,
     };
     let status = StatusConfig {
         completed_retention: duration(
@@ -647,3 +654,6 @@ fn size(key: &str, value: Option<&RawSize>, default: u64) -> Result<u64, ConfigE
         Some(RawSize::Text(t)) => parse_size(t).map_err(|m| ConfigError::invalid(key, m)),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::bus::{Delivery, Publisher, Subscription, Topics};
-use crate::config::{GcConfig, ReplicationConfig};
+use crate::config::GcConfig;
 use crate::model::{EntryKind, GcTask, TargetCopy};
 use crate::storage::{etag_is_md5, ErrorKind, Head, StorageError, Store, Stores};
 
@@ -40,7 +40,6 @@ pub struct GcStats {
 /// The garbage-collection stage.
 pub struct GarbageCollector {
     config: GcConfig,
-    retry: ReplicationConfig,
     policy: Policy,
     stores: Stores,
     publisher: Publisher,
@@ -61,7 +60,6 @@ enum Verdict {
 impl GarbageCollector {
     pub fn new(
         config: GcConfig,
-        retry: ReplicationConfig,
         policy: Policy,
         stores: Stores,
         publisher: Publisher,
@@ -70,7 +68,6 @@ impl GarbageCollector {
     ) -> Self {
         Self {
             config,
-            retry,
             policy,
             stores,
             publisher,
@@ -96,7 +93,8 @@ impl GarbageCollector {
 
     /// Verifies and deletes, retrying transient failures; acknowledges when settled.
     async fn collect(&self, task: GcTask, delivery: Delivery, shutdown: &CancellationToken) {
-        let mut backoff = Backoff::new(self.retry.retry.initial_delay, self.retry.retry.max_delay);
+        let retry = &self.config.retry;
+        let mut backoff = Backoff::new(retry.initial_delay, retry.max_delay);
         loop {
             // Each target's copy is verified before the delete whoever asks; a member that lost
             // the partition leaves even that to the new owner.
@@ -339,7 +337,6 @@ targets = ["site"]
         }
         let gc = GarbageCollector::new(
             config.gc.clone(),
-            config.replication.clone(),
             Policy::new(&config),
             stores,
             bus.publisher(),
