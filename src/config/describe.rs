@@ -108,7 +108,11 @@ pub fn describe(config: &Config) -> String {
         "replication: {} entries in flight, {} copies per target, multipart above {} bytes in {} byte parts, {} bytes of part buffers, retry {:?}..{:?}",
         r.max_in_flight, r.target_concurrency, r.multipart_threshold, r.part_size, r.buffer_memory, r.retry.initial_delay, r.retry.max_delay
     );
-    let _ = writeln!(out, "gc: {} tasks at once", config.gc.concurrency);
+    let _ = writeln!(
+        out,
+        "gc: {} tasks at once, rechecked after {:?}..{:?}",
+        config.gc.concurrency, config.gc.retry.initial_delay, config.gc.retry.max_delay
+    );
     let _ = writeln!(
         out,
         "admin: http://{} (/healthz, /readyz, /metrics){}",
