@@ -15,16 +15,18 @@
 //! layout is known) have been verified.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::aborts::PendingAborts;
+use super::budget::{Budget, BufferBudget};
 use super::copier::{hex, part_size_for, stamp_meta, Outcome, MAX_PART, MAX_PARTS, MIN_PART};
-use super::writer::Writer;
+use super::writer::{Piece, Writer};
 use super::ReplicationStats;
 use crate::bus::fence::Fence;
 use crate::model::ReplicationEntry;
@@ -35,63 +37,6 @@ use crate::storage::{
 /// How long a writer may take to accept the next part before it is cut off: generous for a
 /// busy target, short enough that a stalled one does not hold the other targets for long.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Chunks of a streamed copy queued for its request body, per target.
-pub(super) const STREAM_QUEUE: usize = 8;
-
-/// What flows from the reader to each writer.
-pub(super) enum Piece {
-    /// The next part of the object, with its MD5 and its share of the buffer budget.
-    Part(Bytes, [u8; 16], Arc<Budget>),
-    /// The next bytes of an object streamed in one request, as the source sent them.
-    Chunk(Bytes),
-    /// Every part was sent and the source checked out: complete the upload.
-    End,
-}
-
-/// One uploaded part: number, the target's ETag, ferry's MD5 of it, its length.
-pub(super) type UploadedPart = (i32, String, [u8; 16], u64);
-/// A finished part-upload task.
-pub(super) type JoinedPart =
-    Option<Result<Result<UploadedPart, StorageError>, tokio::task::JoinError>>;
-
-/// The bytes all copies of this process may hold in part buffers at once: a part is read only
-/// once its room is taken, and the room is freed when every target has sent it. (A part larger
-/// than the whole budget takes all of it.) Small objects, one unit each, are never held back.
-pub struct BufferBudget {
-    units: Arc<tokio::sync::Semaphore>,
-    total: u32,
-}
-
-/// One part's room in the [`BufferBudget`].
-pub type Budget = tokio::sync::OwnedSemaphorePermit;
-
-/// The budget's unit: 64 KiB.
-const UNIT: usize = 64 << 10;
-
-impl BufferBudget {
-    pub fn new(bytes: u64) -> Self {
-        let total = (bytes / UNIT as u64).clamp(1, u64::from(u32::MAX >> 4)) as u32;
-        Self {
-            units: Arc::new(tokio::sync::Semaphore::new(total as usize)),
-            total,
-        }
-    }
-
-    /// Waits for room for `bytes` (`None` only if the budget were closed, which it never is).
-    async fn take(&self, bytes: usize) -> Option<Arc<Budget>> {
-        let units = (bytes.div_ceil(UNIT).max(1) as u64).min(u64::from(self.total)) as u32;
-        self.units
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .ok()
-            .map(Arc::new)
-    }
-}
-
-/// Multipart uploads whose abort failed (the target was away), to abort later.
-pub type PendingAborts = Arc<Mutex<Vec<(Store, String, String)>>>;
 
 /// Settings and counters for fan-out copies.
 pub struct Fanout<'a> {
@@ -113,7 +58,7 @@ impl Fanout<'_> {
         entry: &ReplicationEntry,
         targets: &[Store],
     ) -> Vec<Result<Outcome, StorageError>> {
-        self.abort_pending(targets).await;
+        self.pending_aborts.retry(targets).await;
         match self.copy_all(entry, targets).await {
             Ok(results) => results,
             Err(e) => targets.iter().map(|_| Err(e.clone())).collect(),
@@ -382,25 +327,6 @@ impl Fanout<'_> {
         }
         Ok(())
     }
-
-    /// Retries aborting earlier failed uploads on these targets.
-    async fn abort_pending(&self, targets: &[Store]) {
-        let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
-        let mine: Vec<(Store, String, String)> = {
-            let mut pending = self
-                .pending_aborts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let (mine, rest) = pending
-                .drain(..)
-                .partition(|(t, _, _)| names.contains(&t.name()));
-            *pending = rest;
-            mine
-        };
-        for (target, key, upload_id) in mine {
-            abort(&target, &key, &upload_id, &self.pending_aborts).await;
-        }
-    }
 }
 
 /// Hands one piece (made by `piece`) to every target still taking them; a target that does not
@@ -440,22 +366,6 @@ fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
         *byte = u8::from_str_radix(etag.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(md5)
-}
-
-/// Aborts `upload_id`; if the target cannot be reached, remembers it for later.
-pub(super) async fn abort(target: &Store, key: &str, upload_id: &str, pending: &PendingAborts) {
-    match target.abort_multipart(key, upload_id).await {
-        Ok(()) => {}
-        Err(e) if e.kind == ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(error = %e, upload_id, "could not abort a failed multipart upload yet; will retry");
-            pending.lock().unwrap_or_else(|p| p.into_inner()).push((
-                target.clone(),
-                key.to_string(),
-                upload_id.to_string(),
-            ));
-        }
-    }
 }
 
 #[cfg(test)]

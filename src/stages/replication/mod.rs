@@ -7,7 +7,9 @@
 //! the status topic, the entry is acknowledged; its offset is committed once every earlier
 //! entry of its partition is too.
 
+mod aborts;
 mod bloom;
+mod budget;
 mod confirm;
 mod copier;
 mod fanout;
@@ -36,8 +38,10 @@ use crate::control::Pauses;
 use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, RetryTask, TargetResult};
 use crate::storage::{ErrorKind, Head, StorageError, Store, Stores};
 
+use self::aborts::PendingAborts;
+use self::budget::BufferBudget;
 use self::copier::Copier;
-use self::fanout::{BufferBudget, Fanout, PendingAborts};
+use self::fanout::Fanout;
 use self::gate::Gates;
 use self::index::KeyIndex;
 use self::joint::{Joined, JointCopy, Member, Reply};

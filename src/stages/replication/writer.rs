@@ -11,13 +11,40 @@ use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::aborts::PendingAborts;
+use super::budget::Budget;
 use super::copier::{base64, hex, Outcome};
-use super::fanout::{abort, JoinedPart, PendingAborts, Piece, UploadedPart, STREAM_QUEUE};
 use super::ReplicationStats;
 use crate::bus::fence::Fence;
 use crate::storage::{
     etag_is_md5, BodyAborted, ErrorCode, ErrorKind, Head, ObjectMeta, StorageError, Store, Written,
 };
+
+/// Chunks of a streamed copy queued for its request body, per target.
+const STREAM_QUEUE: usize = 8;
+
+/// What flows from the reader to each writer.
+pub(super) enum Piece {
+    /// The next part of the object, with its MD5 and its share of the buffer budget.
+    Part(Bytes, [u8; 16], Arc<Budget>),
+    /// The next bytes of an object streamed in one request, as the source sent them.
+    Chunk(Bytes),
+    /// Every part was sent and the source checked out: complete the upload.
+    End,
+}
+
+/// One part the target accepted.
+struct UploadedPart {
+    number: i32,
+    /// The target's ETag for it.
+    etag: String,
+    /// ferry's MD5 of the bytes sent.
+    md5: [u8; 16],
+    length: u64,
+}
+
+/// A finished part-upload task.
+type JoinedPart = Option<Result<Result<UploadedPart, StorageError>, tokio::task::JoinError>>;
 
 /// Writes the parts it receives to one target.
 pub(super) struct Writer {
@@ -74,7 +101,9 @@ impl Writer {
             .await?;
         let result = self.upload(&mut rx, &upload_id).await;
         if result.is_err() {
-            abort(&self.target, &self.key, &upload_id, &self.pending_aborts).await;
+            self.pending_aborts
+                .abort(&self.target, &self.key, &upload_id)
+                .await;
         }
         result
     }
@@ -189,7 +218,12 @@ impl Writer {
                         let etag = target
                             .upload_part(&key, &id, number, data, &base64(&md5))
                             .await?;
-                        Ok((number, etag, md5, length))
+                        Ok(UploadedPart {
+                            number,
+                            etag,
+                            md5,
+                            length,
+                        })
                     });
                 }
                 Some(Piece::End) => break,
@@ -199,18 +233,20 @@ impl Writer {
         while !uploads.is_empty() {
             done.push(self.joined(uploads.join_next().await)?);
         }
-        done.sort_by_key(|(n, ..)| *n);
-        for (n, etag, md5, _) in &done {
-            if etag_is_md5(etag) && *etag != hex(md5) {
+        done.sort_by_key(|p| p.number);
+        for p in &done {
+            if etag_is_md5(&p.etag) && p.etag != hex(&p.md5) {
                 return Err(self.integrity(format!(
-                    "part {n}: target ETag {etag} is not the MD5 {}",
-                    hex(md5)
+                    "part {}: target ETag {} is not the MD5 {}",
+                    p.number,
+                    p.etag,
+                    hex(&p.md5)
                 )));
             }
         }
-        let parts: Vec<(i32, String)> = done.iter().map(|(n, e, ..)| (*n, e.clone())).collect();
-        let digests: Vec<u8> = done.iter().flat_map(|(_, _, m, _)| *m).collect();
-        let total: u64 = done.iter().map(|(.., l)| *l).sum();
+        let parts: Vec<(i32, String)> = done.iter().map(|p| (p.number, p.etag.clone())).collect();
+        let digests: Vec<u8> = done.iter().flat_map(|p| p.md5).collect();
+        let total: u64 = done.iter().map(|p| p.length).sum();
         if Fence::global().frozen_since(self.started) {
             return Err(self.target.local_error(
                 "write",
@@ -248,7 +284,9 @@ impl Writer {
     fn joined(&self, joined: JoinedPart) -> Result<UploadedPart, StorageError> {
         match joined {
             Some(Ok(Ok(part))) => {
-                self.stats.target_bytes.fetch_add(part.3, Ordering::Relaxed);
+                self.stats
+                    .target_bytes
+                    .fetch_add(part.length, Ordering::Relaxed);
                 Ok(part)
             }
             Some(Ok(Err(e))) => Err(e),
