@@ -16,10 +16,10 @@ use crate::bus::{self, Bus, BusError, Publisher, Topics};
 use crate::config::{Config, Feed};
 use crate::control::Pauses;
 use crate::ingest::{self, Ingest};
+use crate::stages::board::Board;
 use crate::stages::gc::{GarbageCollector, Policy};
 use crate::stages::populator::events::EventFeed;
 use crate::stages::populator::scan::Scanner;
-use crate::stages::populator::PopulatorStats;
 use crate::stages::replication::gate::Gates;
 use crate::stages::replication::{Holds, ReplicationProcessor, Subscriptions};
 use crate::stages::status::StatusProcessor;
@@ -190,7 +190,8 @@ struct Supervisor {
     tracker: TaskTracker,
     /// Cancelled to stop the stages (a child of the process's shutdown).
     token: CancellationToken,
-    running: Arc<admin::Stages>,
+    /// The stages started, their state and counters (read by the admin server).
+    board: Arc<Board>,
     failed: mpsc::Sender<AppError>,
 }
 
@@ -200,7 +201,7 @@ impl Supervisor {
         let supervisor = Self {
             tracker: TaskTracker::new(),
             token: shutdown.child_token(),
-            running: Arc::default(),
+            board: Arc::default(),
             failed,
         };
         (supervisor, failures)
@@ -215,13 +216,13 @@ impl Supervisor {
     fn spawn(&self, name: &'static str, stage: StageFuture) {
         let failed = self.failed.clone();
         let token = self.token.clone();
-        let running = self.running.clone();
-        running.set(name, true);
+        let board = self.board.clone();
+        board.set_running(name, true);
         self.tracker.spawn(async move {
             // In a task of its own, so that a panic stops the process (and its supervisor
             // restarts it) instead of leaving the other stages running without this one.
             let outcome = tokio::spawn(stage).await;
-            running.set(name, false);
+            board.set_running(name, false);
             let error = match outcome {
                 Err(panic) => Some(AppError::StagePanicked(name, panic.to_string())),
                 Ok(Err(e)) => Some(AppError::Stage(Box::new(e))),
@@ -295,19 +296,20 @@ fn start_stages(
 
 fn start_populator(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> {
     let (config, token) = (&parts.config, &supervisor.token);
-    let stats = Arc::new(PopulatorStats::default());
     if config.populator.feeds.contains(&Feed::Scan) {
+        let status = supervisor.board.add("populator-scan");
         let scanner = Scanner::new(
             config.clone(),
             parts.stores.clone(),
             parts.publisher.clone(),
             parts.topics.clone(),
             parts.bus.state_reader()?,
-            stats.clone(),
+            status,
         );
         supervisor.spawn("populator-scan", Box::pin(scanner.run(token.clone())));
     }
     if config.populator.feeds.contains(&Feed::Events) {
+        let status = supervisor.board.add("populator-events");
         let feed = EventFeed {
             config: config.clone(),
             publisher: parts.publisher.clone(),
@@ -315,7 +317,7 @@ fn start_populator(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppErro
             subscription: parts
                 .bus
                 .subscribe("populator-events", &[&config.populator.events_topic])?,
-            stats,
+            status,
         };
         supervisor.spawn("populator-events", Box::pin(feed.run(token.clone())));
     }
@@ -339,6 +341,7 @@ fn start_replication(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppEr
             pauses: parts.pauses.clone(),
         },
     );
+    supervisor.board.register("replication", processor.status());
     let run = processor.run(supervisor.token.clone());
     supervisor.spawn("replication", Box::pin(run));
     Ok(())
@@ -353,6 +356,7 @@ fn start_status(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> 
         &parts.config.status,
         parts.config.locations.keys().cloned().collect(),
     );
+    supervisor.board.register("status", processor.status());
     supervisor.spawn("status", Box::pin(processor.run(supervisor.token.clone())));
     Ok(())
 }
@@ -366,6 +370,7 @@ fn start_gc(parts: &Parts, supervisor: &Supervisor) -> Result<(), AppError> {
         parts.topics.clone(),
         parts.bus.subscribe("gc", &[&parts.topics.gc])?,
     );
+    supervisor.board.register("gc", collector.status());
     supervisor.spawn("gc", Box::pin(collector.run(supervisor.token.clone())));
     Ok(())
 }
@@ -423,7 +428,7 @@ fn admin_state(parts: &Parts, supervisor: &Supervisor) -> Result<Admin, AppError
         bus: parts.bus.clone(),
         topics: parts.topics.clone(),
         stores: parts.stores.clone(),
-        stages: supervisor.running.clone(),
+        stages: supervisor.board.clone(),
         publisher: parts.publisher.clone(),
         config: parts.config.clone(),
         gates: parts.gates.clone(),

@@ -10,7 +10,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use ferry::bus::Bus;
 use ferry::model::{EntryKind, GcTask, ReplicationEntry, TargetCopy, SCHEMA};
 use support::s3::{self, Put};
-use support::{wait_until, Buckets, Ferry, TestEnv};
+use support::{admin, wait_until, Buckets, Ferry, TestEnv};
 
 /// Writes a copy of `data` to `bucket` stamped as ferry's copy of `source_version`.
 async fn stamped_copy(
@@ -316,6 +316,43 @@ async fn gc_decides_by_the_running_configuration_not_the_task() {
             .contains("not transient in the running configuration")
     })
     .await;
+    // The stage board counts the task and names the refusal as the collector's last error.
+    let port = admin::port(&ferry.log()).expect("admin server started");
+    let gc_stage = |board: &serde_json::Value| {
+        board["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "gc"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(10), "the task processed", || async {
+        gc_stage(&admin::get_json(port, "/api/v1/stages").await)["processed"] == 1
+    })
+    .await;
+    let board = admin::get_json(port, "/api/v1/stages").await;
+    let stages = board["stages"].as_array().expect("a list of stages");
+    let gc = gc_stage(&board);
+    assert_eq!(gc["state"], "running", "{board}");
+    assert_eq!(
+        (
+            &gc["received"],
+            &gc["processed"],
+            &gc["in_flight"],
+            &gc["errors"]
+        ),
+        (&1.into(), &1.into(), &0.into(), &1.into()),
+        "{board}"
+    );
+    let last = gc["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        last.contains("not transient in the running configuration")
+            && last.contains("a-task-of-when-it-was-transient"),
+        "{board}"
+    );
+    assert!(
+        stages.iter().all(|s| s["name"] == "gc"),
+        "only the gc stage runs: {board}"
+    );
     ferry.terminate(Duration::from_secs(30));
     assert_eq!(buckets.count(0).await.0, 2, "a version was deleted");
 

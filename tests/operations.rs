@@ -230,6 +230,33 @@ async fn status_failed_retry_and_pause_through_the_api_and_the_cli() {
     );
     let overview = cli_ok(port, &["status"]).await;
     assert!(overview.starts_with("ready: yes"), "{overview}");
+    for stage in ["populator-scan", "replication", "status", "gc"] {
+        assert!(
+            overview
+                .lines()
+                .any(|l| l.starts_with(stage) && l.contains(" running ")),
+            "{stage} on the stage board: {overview}"
+        );
+    }
+    let board = get_json(port, "/api/v1/stages").await;
+    let replication = board["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "replication"))
+        .unwrap_or_else(|| panic!("replication on the board: {board}"));
+    assert!(
+        replication["received"].as_u64() >= Some(7),
+        "every entry received (and the deferred copies for site-b): {board}"
+    );
+    assert!(
+        replication["errors"].as_u64() >= Some(2),
+        "the two FAILED copies: {board}"
+    );
+    assert!(
+        replication["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("to site-b: FAILED")),
+        "{board}"
+    );
 
     // Resume: the backlog drains.
     let resumed = cli_ok(port, &["targets", "resume", "site-b", "--token", TOKEN]).await;

@@ -4,11 +4,10 @@
 //! only if the queue answers and acknowledges writes, every location answers and every stage
 //! runs, else 503; its JSON
 //! body says which check failed. `GET /metrics` is the Prometheus text format. `/api/v1`
-//! ([`api`]) shows and changes replication state.
+//! ([`api`]) shows and changes replication state; `/api/v1/stages` shows the stage board.
 
 mod api;
 pub(crate) mod dead_letters;
-mod health;
 mod views;
 
 use std::collections::BTreeMap;
@@ -23,12 +22,12 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use health::Stages;
 pub use views::Views;
 
 use crate::bus::{Bus, Publisher, Topics};
 use crate::config::{AdminConfig, Config};
 use crate::control::Pauses;
+use crate::stages::board::Board;
 use crate::stages::replication::gate::Gates;
 use crate::storage::Stores;
 
@@ -40,7 +39,8 @@ pub struct Admin {
     pub bus: Bus,
     pub topics: Topics,
     pub stores: Stores,
-    pub stages: Arc<Stages>,
+    /// The stages this process runs, and their counters.
+    pub stages: Arc<Board>,
     pub publisher: Publisher,
     pub config: Arc<Config>,
     /// Locations paused by errors (known where the replication stage runs).
@@ -74,6 +74,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
             "/api/v1/dead-letters/replay",
             post(api::dead_letters_replay),
         )
+        .route("/api/v1/stages", get(stages))
         .route("/api/v1/targets", get(api::targets))
         .route("/api/v1/targets/{name}/pause", post(api::pause))
         .route("/api/v1/targets/{name}/resume", post(api::resume))
@@ -85,6 +86,12 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
     {
         tracing::error!(error = %e, "admin server stopped with an error");
     }
+}
+
+/// `GET /api/v1/stages`: each stage this process runs, its state and counters (messages
+/// received, in flight, processed, dead-lettered; errors and the last one).
+async fn stages(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    Json(serde_json::json!({ "stages": admin.stages.reports() }))
 }
 
 async fn healthz() -> &'static str {
@@ -146,7 +153,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     let body = serde_json::json!({
         "ready": failed.is_empty(),
         "failed": failed,
-        "stages": admin.stages.snapshot(),
+        "stages": admin.stages.running(),
     });
     (status, Json(body))
 }

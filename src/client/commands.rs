@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use super::{encode, encode_key, render, AdminClient, ClientError};
+use crate::stages::board::StageReport;
 
 /// The answer as pretty JSON (for `--json`) or as `table` renders it.
 fn output(answer: &Value, json: bool, table: impl Fn(&Value) -> String) -> String {
@@ -36,13 +37,20 @@ pub async fn status(
     let Some(object) = object else {
         let ready = client.readiness().await?;
         let targets = client.get("/api/v1/targets").await?;
+        let stages = client.get("/api/v1/stages").await?;
         if json {
             return Ok(format!(
                 "{:#}\n",
-                json!({ "ready": ready, "targets": targets["targets"] })
+                json!({ "ready": ready, "targets": targets["targets"], "stages": stages["stages"] })
             ));
         }
-        return Ok(render::render_overview(&ready, &targets));
+        let stages: Vec<StageReport> =
+            serde_json::from_value(stages["stages"].clone()).map_err(|e| ClientError::NotJson {
+                method: hyper::http::Method::GET,
+                path: "/api/v1/stages".into(),
+                reason: format!("not a list of stages: {e}"),
+            })?;
+        return Ok(render::render_overview(&ready, &targets, &stages));
     };
     let (bucket, key) = object.split_once('/').unwrap_or((object, ""));
     let path = format!(

@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::stages::board::{StageReport, StageState};
+
 /// A column-aligned table: the header, then one line per row.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -175,8 +177,45 @@ pub fn render_targets(answer: &Value) -> String {
     )
 }
 
-/// `ferry status`: readiness, then the targets.
-pub fn render_overview(ready: &Value, targets: &Value) -> String {
+/// The stages of the answering process: state, counts, the last error.
+pub fn render_stages(stages: &[StageReport]) -> String {
+    let rows: Vec<Vec<String>> = stages
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                match s.state {
+                    StageState::Running => "running".into(),
+                    StageState::Stopped => "STOPPED".into(),
+                },
+                s.received.to_string(),
+                s.in_flight.to_string(),
+                s.processed.to_string(),
+                s.dead_letters.to_string(),
+                s.errors.to_string(),
+                s.last_error.as_ref().map_or("-".into(), |e| {
+                    format!("{} {}", time(&Value::from(e.at_ms)), e.message)
+                }),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "STAGE",
+            "STATE",
+            "RECEIVED",
+            "IN FLIGHT",
+            "PROCESSED",
+            "DEAD LETTERS",
+            "ERRORS",
+            "LAST ERROR",
+        ],
+        &rows,
+    )
+}
+
+/// `ferry status`: readiness, the targets, then this process's stages.
+pub fn render_overview(ready: &Value, targets: &Value, stages: &[StageReport]) -> String {
     let mut out = format!(
         "ready: {}\n",
         if ready["ready"] == Value::Bool(true) {
@@ -192,6 +231,8 @@ pub fn render_overview(ready: &Value, targets: &Value) -> String {
     }
     out.push('\n');
     out.push_str(&render_targets(targets));
+    out.push('\n');
+    out.push_str(&render_stages(stages));
     out
 }
 
@@ -221,6 +262,31 @@ mod tests {
         assert_eq!(
             render_failed(&json!({"entries": []})),
             "no failed entries\n"
+        );
+    }
+
+    #[test]
+    fn the_stage_table_shows_counts_and_the_last_error() {
+        let stages = [StageReport {
+            name: "gc".into(),
+            state: StageState::Stopped,
+            received: 3,
+            in_flight: 1,
+            processed: 2,
+            dead_letters: 0,
+            errors: 1,
+            last_error: Some(crate::stages::board::LastError {
+                message: "k: not deleted".into(),
+                at_ms: 0,
+            }),
+        }];
+        let out = render_stages(&stages);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("STAGE  STATE"), "{out}");
+        assert!(lines[1].starts_with("gc     STOPPED  3"), "{out}");
+        assert!(
+            lines[1].ends_with("1970-01-01T00:00:00Z k: not deleted"),
+            "{out}"
         );
     }
 }

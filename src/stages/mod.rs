@@ -7,6 +7,7 @@
 //! ```
 
 pub mod admit;
+pub mod board;
 pub mod gc;
 pub mod populator;
 pub mod replication;
@@ -121,7 +122,7 @@ pub async fn dead_letter(
 }
 
 /// Decodes a delivery's payload as a `T` message; an unreadable one (invalid JSON, unknown
-/// schema, missing fields, empty) goes to the dead-letter topic, counted in `counter`, and
+/// schema, missing fields, empty) goes to the dead-letter topic, counted in `status`, and
 /// `None` is returned so the stage carries on with the next message.
 pub async fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
     what: &'static str,
@@ -129,7 +130,7 @@ pub async fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
     publisher: &Publisher,
     dead_letter_topic: &str,
     stage: &'static str,
-    counter: &std::sync::atomic::AtomicU64,
+    status: &board::StageStatus,
     shutdown: &CancellationToken,
 ) -> Option<(T, Delivery)> {
     let reason = match delivery
@@ -145,7 +146,7 @@ pub async fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
         publisher,
         dead_letter_topic,
         stage,
-        counter,
+        status,
         delivery,
         &reason,
         shutdown,
@@ -159,12 +160,12 @@ pub async fn refuse(
     publisher: &Publisher,
     dead_letter_topic: &str,
     stage: &'static str,
-    counter: &std::sync::atomic::AtomicU64,
+    status: &board::StageStatus,
     delivery: Delivery,
     reason: &str,
     shutdown: &CancellationToken,
 ) {
-    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    status.dead_lettered();
     crate::metrics::metrics()
         .dead_letters
         .get_or_create(&crate::metrics::StageLabel {

@@ -5,7 +5,6 @@
 //! durable, so whatever shutdown interrupts is redone by the partition's next owner.
 
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -14,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::board::StageStatus;
 use super::{decode_or_dead_letter, receive, refuse};
 use crate::bus::{Delivery, Publisher, Subscription};
 
@@ -22,8 +22,8 @@ pub struct Inbox<'a> {
     pub subscription: &'a Subscription,
     pub publisher: &'a Publisher,
     pub dead_letter_topic: &'a str,
-    /// Counts the messages sent to the dead-letter topic.
-    pub dead_letters: &'a AtomicU64,
+    /// The stage's counters on the board (received, in flight, processed, dead letters).
+    pub status: &'a StageStatus,
     /// Messages worked on at once.
     pub concurrency: usize,
 }
@@ -75,13 +75,14 @@ pub async fn consume<S: Stage>(stage: Arc<S>, tasks: &TaskTracker, shutdown: &Ca
         let Some(delivery) = receive(inbox.subscription, S::NAME, shutdown).await else {
             break;
         };
+        inbox.status.received();
         let Some((input, delivery)) = decode_or_dead_letter::<S::Input>(
             S::WHAT,
             delivery,
             inbox.publisher,
             inbox.dead_letter_topic,
             S::NAME,
-            inbox.dead_letters,
+            inbox.status,
             shutdown,
         )
         .await
@@ -96,7 +97,7 @@ pub async fn consume<S: Stage>(stage: Arc<S>, tasks: &TaskTracker, shutdown: &Ca
                     publisher,
                     topic,
                     S::NAME,
-                    inbox.dead_letters,
+                    inbox.status,
                     delivery,
                     &why,
                     shutdown,
@@ -108,9 +109,14 @@ pub async fn consume<S: Stage>(stage: Arc<S>, tasks: &TaskTracker, shutdown: &Ca
         let span = S::span(&input);
         let worker = stage.clone();
         let shutdown = shutdown.clone();
+        inbox.status.started();
         tasks.spawn(
             async move {
-                worker.handle(input, admitted, delivery, shutdown).await;
+                worker
+                    .clone()
+                    .handle(input, admitted, delivery, shutdown)
+                    .await;
+                worker.inbox().status.finished();
                 drop(permit);
             }
             .instrument(span),

@@ -10,7 +10,6 @@ mod policy;
 
 pub use policy::Policy;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -22,20 +21,12 @@ use crate::config::GcConfig;
 use crate::model::{EntryKind, GcTask, TargetCopy};
 use crate::storage::{etag_is_md5, ErrorKind, Head, StorageError, Store, Stores};
 
+use super::board::StageStatus;
 use super::runner::{self, Inbox, Stage};
 use super::{sleep_or_shutdown, StageError};
 use crate::model::stamps::is_copy_of;
 
 const STAGE: &str = "gc";
-
-/// Counters tests and operators read.
-#[derive(Debug, Default)]
-pub struct GcStats {
-    pub deleted: AtomicU64,
-    pub refused: AtomicU64,
-    pub retries: AtomicU64,
-    pub dead_letters: AtomicU64,
-}
 
 /// The garbage-collection stage.
 pub struct GarbageCollector {
@@ -45,7 +36,8 @@ pub struct GarbageCollector {
     publisher: Publisher,
     topics: Topics,
     subscription: Subscription,
-    pub stats: Arc<GcStats>,
+    /// Its counters on the stage board; a refusal is its error.
+    status: Arc<StageStatus>,
 }
 
 /// Why a version is not deleted.
@@ -73,8 +65,13 @@ impl GarbageCollector {
             publisher,
             topics,
             subscription,
-            stats: Arc::default(),
+            status: Arc::default(),
         }
+    }
+
+    /// The collector's counters, for the stage board.
+    pub fn status(&self) -> Arc<StageStatus> {
+        self.status.clone()
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
@@ -103,7 +100,6 @@ impl GarbageCollector {
             }
             match self.try_collect(&task).await {
                 Ok(Verdict::Delete) => {
-                    self.stats.deleted.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::metrics().gc_deletions.inc();
                     tracing::info!("transient source copy deleted; every target holds it");
                     break;
@@ -113,9 +109,10 @@ impl GarbageCollector {
                     break;
                 }
                 Ok(Verdict::Refuse(why)) => {
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::metrics().gc_refusals.inc();
                     tracing::error!(reason = %why, "not deleting the transient source copy");
+                    self.status
+                        .error(format!("{}: not deleted: {why}", task.entry.key));
                     break;
                 }
                 Err(e)
@@ -124,7 +121,6 @@ impl GarbageCollector {
                         ErrorKind::Transient | ErrorKind::Unreachable | ErrorKind::Config
                     ) =>
                 {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "GC check or delete failed, will retry");
                     if !sleep_or_shutdown(delay, shutdown).await {
@@ -132,8 +128,9 @@ impl GarbageCollector {
                     }
                 }
                 Err(e) => {
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "GC failed permanently; the source copy stays");
+                    self.status
+                        .error(format!("{}: not deleted: {e}", task.entry.key));
                     break;
                 }
             }
@@ -255,7 +252,7 @@ impl Stage for GarbageCollector {
             subscription: &self.subscription,
             publisher: &self.publisher,
             dead_letter_topic: &self.topics.dead_letter,
-            dead_letters: &self.stats.dead_letters,
+            status: &self.status,
             concurrency: self.config.concurrency,
         }
     }

@@ -4,17 +4,17 @@
 //! `Delete`) become delete-marker entries; deletions of a specific version are not replicated
 //! (as in S3 replication). A record is acknowledged once its entries are published.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{entry_for, rule_for, wanted, Observed, SharedStats};
+use super::{entry_for, rule_for, wanted, Observed};
 use crate::bus::{Publisher, Subscription, Topics};
 use crate::config::Config;
 use crate::model::{self, EntryKind, ReplicationEntry};
-use crate::stages::{dead_letter, publish_until_done, receive, StageError};
+use crate::stages::board::StageStatus;
+use crate::stages::{publish_until_done, receive, refuse, StageError};
 use crate::storage::unquote;
 
 const STAGE: &str = "populator";
@@ -175,12 +175,14 @@ pub struct EventFeed {
     pub publisher: Publisher,
     pub topics: Topics,
     pub subscription: Subscription,
-    pub stats: SharedStats,
+    /// Its counters on the stage board.
+    pub status: Arc<StageStatus>,
 }
 
 impl EventFeed {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
         while let Some(delivery) = receive(&self.subscription, STAGE, &shutdown).await {
+            self.status.received();
             let parsed = match delivery.payload.as_deref() {
                 Some(p) => entries_of(&self.config, p).map_err(|e| e.to_string()),
                 None => Err("empty message".to_string()),
@@ -188,11 +190,11 @@ impl EventFeed {
             let (entries, ignored) = match parsed {
                 Ok(parsed) => parsed,
                 Err(reason) => {
-                    self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(
+                    refuse(
                         &self.publisher,
                         &self.topics.dead_letter,
                         STAGE,
+                        &self.status,
                         delivery,
                         &reason,
                         &shutdown,
@@ -201,10 +203,13 @@ impl EventFeed {
                     continue;
                 }
             };
-            self.stats.events.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .events_ignored
-                .fetch_add(ignored as u64, Ordering::Relaxed);
+            self.status.started();
+            tracing::debug!(
+                stage = STAGE,
+                entries = entries.len(),
+                ignored,
+                "event message read"
+            );
             let mut all = true;
             for entry in &entries {
                 let payload = model::encode(entry);
@@ -220,12 +225,12 @@ impl EventFeed {
                 if !all {
                     break;
                 }
-                self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::metrics().enqueued.inc();
             }
             if all {
                 delivery.ack();
             }
+            self.status.finished();
         }
         self.subscription
             .commit()

@@ -9,24 +9,8 @@ pub mod events;
 pub(crate) mod progress;
 pub mod scan;
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-
 use crate::config::{Config, LocationConfig, RuleConfig};
 use crate::model::{self, EntryKind, ReplicationEntry};
-
-/// Counters tests and operators read.
-#[derive(Debug, Default)]
-pub struct PopulatorStats {
-    pub enqueued: AtomicU64,
-    pub scans: AtomicU64,
-    /// LIST requests (pages) the scan feed made.
-    pub list_requests: AtomicU64,
-    pub scan_errors: AtomicU64,
-    pub events: AtomicU64,
-    pub events_ignored: AtomicU64,
-    pub dead_letters: AtomicU64,
-}
 
 /// The rule that covers `key` on `source`, if any (rules of one source never overlap).
 pub fn rule_for<'a>(config: &'a Config, source: &str, key: &str) -> Option<&'a RuleConfig> {
@@ -111,6 +95,3 @@ pub async fn enqueue_all<'a>(
         .map(|outcome| outcome.map(|_| m.enqueued.inc()).map(|_| ()))
         .collect()
 }
-
-/// Shared handle to the populator's counters.
-pub type SharedStats = Arc<PopulatorStats>;

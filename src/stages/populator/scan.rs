@@ -10,16 +10,16 @@
 //! enqueues it twice, which the replication processor recognises.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::progress::{Progress, ProgressError, Version};
-use super::{entry_for, rule_for, wanted, Observed, SharedStats};
+use super::{entry_for, rule_for, wanted, Observed};
 use crate::bus::{Publisher, StateReader, Topics};
 use crate::config::{Config, LocationConfig};
 use crate::model::{self, EntryKind};
+use crate::stages::board::StageStatus;
 use crate::stages::{sleep_or_shutdown, StageError};
 use crate::storage::{Listed, StorageError, Stores};
 
@@ -41,7 +41,8 @@ pub struct Scanner {
     publisher: Publisher,
     topics: Topics,
     reader: StateReader,
-    stats: SharedStats,
+    /// Its counters on the stage board: a pass over one source is one message.
+    status: Arc<StageStatus>,
 }
 
 /// What one pass did.
@@ -71,7 +72,7 @@ impl Scanner {
         publisher: Publisher,
         topics: Topics,
         reader: StateReader,
-        stats: SharedStats,
+        status: Arc<StageStatus>,
     ) -> Self {
         Self {
             config,
@@ -79,7 +80,7 @@ impl Scanner {
             publisher,
             topics,
             reader,
-            stats,
+            status,
         }
     }
 
@@ -92,16 +93,17 @@ impl Scanner {
                     return Ok(());
                 }
                 let started = std::time::Instant::now();
-                match self.scan(&progress, source, &shutdown).await {
+                self.status.received();
+                self.status.started();
+                let scanned = self.scan(&progress, source, &shutdown).await;
+                self.status.finished();
+                match scanned {
                     Ok(p) => {
                         let m = crate::metrics::metrics();
                         m.scan_list_requests.inc_by(p.requests);
                         if !p.cut_short {
                             m.scan_passes.inc();
                         }
-                        self.stats
-                            .list_requests
-                            .fetch_add(p.requests, Ordering::Relaxed);
                         let level_info = p.enqueued > 0 || p.forgotten > 0;
                         if level_info {
                             tracing::info!(stage = STAGE, source = %source.name, listed = p.listed, enqueued = p.enqueued, forgotten = p.forgotten, list_requests = p.requests, seconds = started.elapsed().as_secs_f64(), cut_short = p.cut_short, "scan pass done");
@@ -110,15 +112,14 @@ impl Scanner {
                         }
                     }
                     Err(e) => {
-                        self.stats.scan_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(stage = STAGE, source = %source.name, error = %e, "scan failed; will try again next interval");
+                        self.status.error(format!("scan of {}: {e}", source.name));
                     }
                 }
             }
             if let Err(e) = progress.flush() {
                 tracing::warn!(stage = STAGE, error = %e, "cannot make the scan progress durable; a restart replays it from the topic");
             }
-            self.stats.scans.fetch_add(1, Ordering::Relaxed);
             if !sleep_or_shutdown(self.config.populator.scan_interval, &shutdown).await {
                 return Ok(());
             }
@@ -213,7 +214,6 @@ impl Scanner {
             let recorded = enqueue_batch(&self.publisher, &self.topics, chunk).await;
             let n = apply_written(progress, &recorded, true)?;
             passed.enqueued += n;
-            self.stats.enqueued.fetch_add(n, Ordering::Relaxed);
             if (n as usize) < chunk.len() || shutdown.is_cancelled() {
                 // The queue refused some: the next pass enqueues what is not recorded.
                 passed.cut_short = true;

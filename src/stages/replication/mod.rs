@@ -47,6 +47,7 @@ use self::index::KeyIndex;
 use self::joint::{Joined, JointCopy, Member, Reply};
 use self::lanes::{Lanes, Ticket};
 use self::retry::Waiting;
+use super::board::StageStatus;
 use crate::metrics::{metrics, FailureLabels};
 
 /// Counts one entry in `entries_in_flight` until dropped.
@@ -107,7 +108,6 @@ pub struct ReplicationStats {
     /// Copies handed to the retry topic.
     pub deferred: AtomicU64,
     pub pauses: AtomicU64,
-    pub dead_letters: AtomicU64,
     /// Copies written after this member lost the partition that landed over a newer version,
     /// and were deleted.
     pub undone: AtomicU64,
@@ -180,6 +180,9 @@ pub struct ReplicationProcessor {
     /// Entry tasks and location probes, waited for at shutdown.
     tasks: TaskTracker,
     pub stats: Arc<ReplicationStats>,
+    /// Its counters on the stage board (both inboxes, entries and retries); a FAILED copy is
+    /// its error.
+    status: Arc<StageStatus>,
 }
 
 impl ReplicationProcessor {
@@ -223,7 +226,13 @@ impl ReplicationProcessor {
             waiting: Waiting::default(),
             tasks: TaskTracker::new(),
             stats: Arc::default(),
+            status: Arc::default(),
         }
+    }
+
+    /// The processor's counters, for the stage board.
+    pub fn status(&self) -> Arc<StageStatus> {
+        self.status.clone()
     }
 
     /// Runs until `shutdown`; then lets in-flight copies finish and commits.
@@ -532,6 +541,8 @@ impl ReplicationProcessor {
                 entry.source, target
             );
             tracing::error!(error = %message, "entry names an unknown location");
+            self.status
+                .error(format!("{} to {target}: {message}", entry.key));
             return Some(result(ReplicationStatus::Failed, None, Some(message), 0));
         };
         let policy = settings.retry;
@@ -702,6 +713,8 @@ impl ReplicationProcessor {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     failed_metric(target, e.kind);
                     tracing::error!(attempt = attempts, error = %e, "copy FAILED");
+                    self.status
+                        .error(format!("{} to {target}: FAILED: {e}", entry.key));
                     return Some(result(
                         ReplicationStatus::Failed,
                         None,
@@ -923,7 +936,7 @@ impl Stage for ReplicationProcessor {
             subscription: &self.subscription,
             publisher: &self.publisher,
             dead_letter_topic: &self.topics.dead_letter,
-            dead_letters: &self.stats.dead_letters,
+            status: &self.status,
             concurrency: self.config.max_in_flight,
         }
     }

@@ -219,7 +219,7 @@ impl Stage for Retries {
             subscription: &p.retry_subscription,
             publisher: &p.publisher,
             dead_letter_topic: &p.topics.dead_letter,
-            dead_letters: &p.stats.dead_letters,
+            status: &p.status,
             concurrency: p.config.max_in_flight,
         }
     }

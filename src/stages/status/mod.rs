@@ -27,7 +27,6 @@ pub mod failed;
 pub mod query;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +38,7 @@ use crate::bus::{Delivery, Publisher, StateReader, Subscription, Topics};
 use crate::model::{self, EntryState, GcTask, ReplicationStatus, TargetResult};
 
 use super::admit::Known;
+use super::board::StageStatus;
 use super::{decode_or_dead_letter, publish_until_done, receive, sleep_or_shutdown, StageError};
 use crate::backoff::Backoff;
 
@@ -48,18 +48,6 @@ const STAGE: &str = "status";
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// At most this many records are tombstoned in one sweep (one round trip).
 const SWEEP_BATCH: usize = 1024;
-
-/// Counters tests and operators read.
-#[derive(Debug, Default)]
-pub struct StatusStats {
-    pub results: AtomicU64,
-    pub completed: AtomicU64,
-    pub failed: AtomicU64,
-    pub gc_tasks: AtomicU64,
-    pub dead_letters: AtomicU64,
-    /// COMPLETED records deleted after their retention.
-    pub expired: AtomicU64,
-}
 
 /// The status stage.
 pub struct StatusProcessor {
@@ -76,7 +64,8 @@ pub struct StatusProcessor {
     expiring: HashMap<i32, VecDeque<(i64, String)>>,
     /// How long a COMPLETED record is kept.
     retention: Duration,
-    pub stats: Arc<StatusStats>,
+    /// Its counters on the stage board (a result is in flight until its batch is durable).
+    status: Arc<StageStatus>,
 }
 
 impl StatusProcessor {
@@ -97,8 +86,13 @@ impl StatusProcessor {
             state: HashMap::new(),
             expiring: HashMap::new(),
             retention: config.completed_retention,
-            stats: Arc::default(),
+            status: Arc::default(),
         }
+    }
+
+    /// The processor's counters, for the stage board.
+    pub fn status(&self) -> Arc<StageStatus> {
+        self.status.clone()
     }
 
     /// Runs until `shutdown`. Results are taken in batches of what is ready (at most
@@ -133,6 +127,7 @@ impl StatusProcessor {
             }
             let mut batch = Batch::default();
             for delivery in ready {
+                self.status.received();
                 // After a rebalance another instance may have advanced the state of partitions
                 // we had: forget everything and replay what we own now.
                 if self.subscription.revocations() != revocations {
@@ -169,7 +164,7 @@ impl StatusProcessor {
                     &self.publisher,
                     &self.topics.dead_letter,
                     STAGE,
-                    &self.stats.dead_letters,
+                    &self.status,
                     &shutdown,
                 )
                 .await
@@ -181,7 +176,7 @@ impl StatusProcessor {
                         &self.publisher,
                         &self.topics.dead_letter,
                         STAGE,
-                        &self.stats.dead_letters,
+                        &self.status,
                         delivery,
                         &why,
                         &shutdown,
@@ -189,7 +184,7 @@ impl StatusProcessor {
                     .await;
                     continue;
                 }
-                self.stats.results.fetch_add(1, Ordering::Relaxed);
+                self.status.started();
                 let id = result.entry.id();
                 let states = self.state.entry(partition).or_default();
                 let state = states.entry(id.clone()).or_insert_with(|| {
@@ -248,10 +243,15 @@ impl StatusProcessor {
             let keep = |p: &i32| owned.get(p).copied().unwrap_or(false);
             batch.entries.retain(|e| keep(&e.partition));
             batch.events.retain(|(p, _)| keep(p));
-            batch.deliveries.retain(|d| keep(&d.partition));
+            batch.deliveries.retain(|d| {
+                let kept = keep(&d.partition);
+                if !kept {
+                    self.status.finished();
+                }
+                kept
+            });
         }
         let mut messages: Vec<(&str, Option<i32>, String, Vec<u8>)> = Vec::new();
-        let mut gc_tasks = 0;
         for pending in &batch.entries {
             let (state, entry) = (&pending.state, &pending.state.entry);
             if state.overall == ReplicationStatus::Completed && entry.transient {
@@ -266,7 +266,6 @@ impl StatusProcessor {
                     entry.message_key(),
                     model::encode(&task),
                 ));
-                gc_tasks += 1;
             }
             if pending.changed {
                 messages.push((
@@ -305,7 +304,6 @@ impl StatusProcessor {
         if !published.into_iter().all(|done| done) {
             return false;
         }
-        self.stats.gc_tasks.fetch_add(gc_tasks, Ordering::Relaxed);
         for (_, event) in &batch.events {
             let result = match event {
                 Event::Completed(r, _) | Event::Failed(r) => r,
@@ -315,20 +313,19 @@ impl StatusProcessor {
             let _entered = span.enter();
             match event {
                 Event::Completed(_, latency) => {
-                    self.stats.completed.fetch_add(1, Ordering::Relaxed);
                     let m = crate::metrics::metrics();
                     m.completed.inc();
                     m.latency.observe((*latency).max(0) as f64 / 1000.0);
                     tracing::info!(latency_ms = latency, "COMPLETED on every target");
                 }
                 Event::Failed(result) => {
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = result.error.as_deref().unwrap_or(""), "FAILED");
                 }
             }
         }
         for delivery in batch.deliveries {
             delivery.ack();
+            self.status.finished();
         }
         true
     }
@@ -372,9 +369,6 @@ impl StatusProcessor {
                 states.remove(id);
             }
         }
-        self.stats
-            .expired
-            .fetch_add(due.len() as u64, Ordering::Relaxed);
         tracing::debug!(
             stage = STAGE,
             records = due.len(),
