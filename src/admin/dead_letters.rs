@@ -105,10 +105,10 @@ pub async fn replay(
 async fn send(admin: &Admin, record: &Record) -> Result<Replayed, BusError> {
     let topics = &admin.topics;
     let consumed = [
-        topics.replication.as_str(),
-        topics.retry.as_str(),
-        topics.status.as_str(),
-        topics.gc.as_str(),
+        topics.replication.name(),
+        topics.retry.name(),
+        topics.status.name(),
+        topics.gc.name(),
         admin.config.populator.events_topic.as_str(),
     ];
     let Some(topic) = origin_topic(&record.origin, &consumed) else {

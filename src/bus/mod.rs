@@ -9,14 +9,17 @@ mod embedded;
 pub mod fence;
 mod kafka;
 pub mod ledger;
+mod topic;
 mod watch;
 
 use std::sync::Arc;
 
 pub use embedded::EmbeddedBus;
 pub use kafka::KafkaBus;
+pub use topic::{publish_until_done, Topic};
 
 use crate::config::{QueueConfig, QueueKind};
+use crate::model::{GcTask, ReplicationEntry, RetryTask, TargetResult};
 
 /// The queue ferry was configured with.
 #[derive(Clone)]
@@ -403,14 +406,14 @@ impl Delivery {
 /// The topics ferry uses, named from `queue.topic_prefix`.
 #[derive(Debug, Clone)]
 pub struct Topics {
-    /// Populator → replication processor: one [`crate::model::ReplicationEntry`] per version.
-    pub replication: String,
+    /// Populator → replication processor: one entry per version.
+    pub replication: Topic<ReplicationEntry>,
     /// Copies deferred after transient failures, consumed again when due.
-    pub retry: String,
+    pub retry: Topic<RetryTask>,
     /// Replication processor → status processor: one result per entry and target.
-    pub status: String,
+    pub status: Topic<TargetResult>,
     /// Status processor → garbage collector: transient versions every target holds.
-    pub gc: String,
+    pub gc: Topic<GcTask>,
     /// Entries that failed permanently for a target (compacted).
     pub failed: String,
     /// The status processor's per-entry state (compacted changelog, partitioned like `status`).
@@ -427,10 +430,10 @@ impl Topics {
     pub fn new(prefix: &str) -> Self {
         let name = |suffix: &str| format!("{prefix}{suffix}");
         Self {
-            replication: name("replication"),
-            retry: name("retry"),
-            status: name("status"),
-            gc: name("gc"),
+            replication: Topic::new(name("replication")),
+            retry: Topic::new(name("retry")),
+            status: Topic::new(name("status")),
+            gc: Topic::new(name("gc")),
             failed: name("failed"),
             status_state: name("status-state"),
             populator_state: name("populator-state"),
@@ -451,8 +454,8 @@ pub struct TopicSpec {
 
 /// Every topic the configured stages need, with how to create it.
 pub fn topic_specs(queue: &QueueConfig, topics: &Topics) -> Vec<TopicSpec> {
-    let spec = |name: &String, partitions: i32, compacted: bool| TopicSpec {
-        name: name.clone(),
+    let spec = |name: &str, partitions: i32, compacted: bool| TopicSpec {
+        name: name.to_string(),
         partitions,
         compacted,
     };

@@ -17,9 +17,9 @@ use super::body::{content_md5, declared_length, feed, read_body, Body, STREAM_QU
 pub use super::body::{MAX_BODY, MAX_OBJECT};
 use super::checksum::Claims;
 use super::listing::{Pager, Query};
-use crate::bus::Publisher;
+use crate::bus::{Publisher, Topic};
 use crate::config::{LocationConfig, RuleConfig};
-use crate::model::{self, EntryKind};
+use crate::model::{self, EntryKind, ReplicationEntry};
 use crate::stages::populator::{entry_for, wanted, Observed};
 use crate::storage::{
     ErrorCode, ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store, Written,
@@ -52,7 +52,7 @@ pub struct Ingest {
     pub rules: Vec<RuleConfig>,
     pub publisher: Publisher,
     /// The replication topic.
-    pub topic: String,
+    pub topic: Topic<ReplicationEntry>,
     pub stats: Arc<IngestStats>,
     /// The commits under way ([`Ingest::to_completion`]); shutdown waits for them.
     pub commits: TaskTracker,
@@ -258,14 +258,7 @@ impl Ingest {
                 last_modified_ms: stamp,
             },
         );
-        let published = self
-            .publisher
-            .publish(
-                &self.topic,
-                &entry.message_key(),
-                Some(&model::encode(&entry)),
-            )
-            .await;
+        let published = self.topic.send(&self.publisher, &entry).await;
         match published {
             Ok(_) => {
                 self.stats.objects.fetch_add(1, Ordering::Relaxed);

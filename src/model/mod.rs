@@ -62,6 +62,36 @@ pub fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(payload).map_err(|source| DecodeError::Json { what, source })
 }
 
+/// A message ferry publishes to one of its [`crate::bus::Topic`]s.
+pub trait Message: serde::Serialize {
+    /// The message key: every version of one object lands on one partition, in order.
+    fn message_key(&self) -> String;
+}
+
+impl Message for ReplicationEntry {
+    fn message_key(&self) -> String {
+        ReplicationEntry::message_key(self)
+    }
+}
+
+impl Message for TargetResult {
+    fn message_key(&self) -> String {
+        self.entry.message_key()
+    }
+}
+
+impl Message for RetryTask {
+    fn message_key(&self) -> String {
+        self.entry.message_key()
+    }
+}
+
+impl Message for GcTask {
+    fn message_key(&self) -> String {
+        self.entry.message_key()
+    }
+}
+
 /// Encodes a ferry message; our own types always serialize.
 pub fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {
     serde_json::to_vec(message).unwrap_or_else(|e| panic!("ferry message failed to serialize: {e}"))

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+pub use crate::bus::publish_until_done;
 use crate::bus::{BusError, Delivery, Publisher};
 use crate::storage::StorageError;
 
@@ -54,34 +54,6 @@ pub async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) ->
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(delay) => true,
-    }
-}
-
-/// Publishes until the broker accepts or shutdown comes (returns false then). Publishing
-/// only fails while the broker is unreachable; giving up would lose the message.
-pub async fn publish_until_done(
-    publisher: &Publisher,
-    topic: &str,
-    partition: Option<i32>,
-    key: &str,
-    payload: Option<&[u8]>,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let sent = match partition {
-            Some(p) => publisher.publish_to(topic, p, key, payload).await,
-            None => publisher.publish(topic, key, payload).await,
-        };
-        match sent {
-            Ok(_) => return true,
-            Err(e) => {
-                tracing::warn!(error = %e, "publish failed, retrying");
-                if !sleep_or_shutdown(backoff.next_delay(), shutdown).await {
-                    return false;
-                }
-            }
-        }
     }
 }
 

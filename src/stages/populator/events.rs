@@ -14,7 +14,7 @@ use crate::bus::{Publisher, Subscription, Topics};
 use crate::config::Config;
 use crate::model::{self, EntryKind, ReplicationEntry};
 use crate::stages::board::StageStatus;
-use crate::stages::{publish_until_done, receive, refuse, StageError};
+use crate::stages::{receive, refuse, StageError};
 use crate::storage::unquote;
 
 const STAGE: &str = "populator";
@@ -212,16 +212,11 @@ impl EventFeed {
             );
             let mut all = true;
             for entry in &entries {
-                let payload = model::encode(entry);
-                all &= publish_until_done(
-                    &self.publisher,
-                    &self.topics.replication,
-                    None,
-                    &entry.message_key(),
-                    Some(&payload),
-                    &shutdown,
-                )
-                .await;
+                all &= self
+                    .topics
+                    .replication
+                    .publish(&self.publisher, entry, &shutdown)
+                    .await;
                 if !all {
                     break;
                 }

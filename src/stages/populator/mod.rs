@@ -82,7 +82,7 @@ pub fn entry_for(
 /// [`Publisher::publish_all`]: crate::bus::Publisher::publish_all
 pub async fn enqueue_all<'a>(
     publisher: &crate::bus::Publisher,
-    topic: &str,
+    topic: &crate::bus::Topic<ReplicationEntry>,
     entries: impl IntoIterator<Item = &'a ReplicationEntry>,
 ) -> Vec<Result<(), crate::bus::BusError>> {
     let payloads: Vec<(String, Vec<u8>)> = entries

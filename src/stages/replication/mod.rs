@@ -93,7 +93,7 @@ fn failed_metric(target: &str, kind: ErrorKind) {
 }
 use super::admit::Known;
 use super::runner::{self, Inbox, Stage};
-use super::{publish_until_done, sleep_or_shutdown, StageError};
+use super::{sleep_or_shutdown, StageError};
 
 const STAGE: &str = "replication";
 
@@ -394,15 +394,10 @@ impl ReplicationProcessor {
     ) -> bool {
         match step {
             Step::Done(result) => {
-                publish_until_done(
-                    &self.publisher,
-                    &self.topics.status,
-                    None,
-                    &entry.message_key(),
-                    Some(&model::encode(&result)),
-                    shutdown,
-                )
-                .await
+                self.topics
+                    .status
+                    .publish(&self.publisher, &result, shutdown)
+                    .await
             }
             Step::Defer {
                 attempts,
@@ -425,15 +420,11 @@ impl ReplicationProcessor {
                     last_error: Some(error),
                     origin: Some(origin),
                 };
-                let published = publish_until_done(
-                    &self.publisher,
-                    &self.topics.retry,
-                    None,
-                    &entry.message_key(),
-                    Some(&model::encode(&task)),
-                    shutdown,
-                )
-                .await;
+                let published = self
+                    .topics
+                    .retry
+                    .publish(&self.publisher, &task, shutdown)
+                    .await;
                 if published {
                     self.stats.deferred.fetch_add(1, Ordering::Relaxed);
                     *self.lock_deferred().entry(lane.clone()).or_default() += 1;
@@ -464,15 +455,10 @@ impl ReplicationProcessor {
             attempts,
             at_ms: model::now_ms(),
         };
-        publish_until_done(
-            &self.publisher,
-            &self.topics.status,
-            None,
-            &entry.message_key(),
-            Some(&model::encode(&progress)),
-            shutdown,
-        )
-        .await
+        self.topics
+            .status
+            .publish(&self.publisher, &progress, shutdown)
+            .await
     }
 
     /// Notes in the key index that this process wrote (or deferred) `key` on `target`.

@@ -24,7 +24,7 @@ use super::{ReplicationProcessor, Step, STAGE};
 use crate::bus::Delivery;
 use crate::model::{self, RetryTask};
 use crate::stages::runner::{self, Inbox, Stage};
-use crate::stages::{publish_until_done, sleep_or_shutdown};
+use crate::stages::sleep_or_shutdown;
 
 impl ReplicationProcessor {
     /// Consumes the retry topic until `shutdown`.
@@ -92,15 +92,11 @@ impl ReplicationProcessor {
         }
         let done = match step {
             Step::Done(result) => {
-                let published = publish_until_done(
-                    &self.publisher,
-                    &self.topics.status,
-                    None,
-                    &task.entry.message_key(),
-                    Some(&model::encode(&result)),
-                    shutdown,
-                )
-                .await;
+                let published = self
+                    .topics
+                    .status
+                    .publish(&self.publisher, &result, shutdown)
+                    .await;
                 if published {
                     self.waiting.done(&task);
                     let mut deferred = self.lock_deferred();
@@ -142,15 +138,11 @@ impl ReplicationProcessor {
 
     /// Publishes `task` at the end of the retry topic. Returns whether it is durable.
     async fn put_back(&self, task: &RetryTask, shutdown: &CancellationToken) -> bool {
-        let published = publish_until_done(
-            &self.publisher,
-            &self.topics.retry,
-            None,
-            &task.entry.message_key(),
-            Some(&model::encode(task)),
-            shutdown,
-        )
-        .await;
+        let published = self
+            .topics
+            .retry
+            .publish(&self.publisher, task, shutdown)
+            .await;
         if published {
             self.waiting.note(task);
         }

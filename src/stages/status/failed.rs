@@ -76,13 +76,7 @@ pub async fn retry(bus: &Bus, topics: &Topics, filter: &FailedFilter) -> Result<
             last_error: failed.error.clone(),
             origin: None,
         };
-        publisher
-            .publish(
-                &topics.retry,
-                &failed.entry.message_key(),
-                Some(&model::encode(&task)),
-            )
-            .await?;
+        topics.retry.send(&publisher, &task).await?;
         publisher.publish(&topics.failed, &key, None).await?;
         tracing::info!(bucket = %failed.entry.bucket, key = %failed.entry.key, target = %failed.target, "failed entry sent back for retry");
         count += 1;
