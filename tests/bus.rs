@@ -76,7 +76,7 @@ async fn a_group_resumes_after_its_committed_offset_and_a_new_group_starts_at_th
             "a new group read partition {partition} as {offsets:?}, not from its first message"
         );
     }
-    first.commit().expect("commit");
+    first.commit().await.expect("commit");
     drop(first);
 
     // The same group again: right after what was acknowledged — not at the beginning (work

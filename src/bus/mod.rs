@@ -170,27 +170,19 @@ impl Subscription {
     }
 
     /// Commits every acknowledged position now (at shutdown, after in-flight work finished).
-    pub fn commit(&self) -> Result<(), BusError> {
+    pub async fn commit(&self) -> Result<(), BusError> {
         match self {
-            Self::Kafka(s) => s.commit(),
-            Self::Embedded(s) => {
+            // librdkafka's synchronous commit blocks its thread for a round trip: not a
+            // runtime thread.
+            Self::Kafka(s) => {
                 let s = s.clone();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(handle)
-                        if handle.runtime_flavor()
-                            == tokio::runtime::RuntimeFlavor::MultiThread =>
-                    {
-                        tokio::task::block_in_place(|| handle.block_on(s.commit()))
-                    }
-                    // No thread may block here: commit in the background (positions are also
-                    // committed every second, so at worst some work is redone).
-                    Ok(handle) => {
-                        handle.spawn(async move { s.commit().await });
-                        Ok(())
-                    }
-                    Err(_) => Ok(()),
-                }
+                tokio::task::spawn_blocking(move || s.commit())
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(BusError::Client(format!("the commit task failed: {e}")))
+                    })
             }
+            Self::Embedded(s) => s.commit().await,
         }
     }
 

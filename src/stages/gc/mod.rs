@@ -82,6 +82,7 @@ impl GarbageCollector {
         tasks.wait().await;
         this.subscription
             .commit()
+            .await
             .map_err(|source| StageError::Bus {
                 stage: STAGE,
                 source,

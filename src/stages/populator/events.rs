@@ -229,6 +229,7 @@ impl EventFeed {
         }
         self.subscription
             .commit()
+            .await
             .map_err(|source| StageError::Bus {
                 stage: STAGE,
                 source,

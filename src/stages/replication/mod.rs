@@ -263,11 +263,12 @@ impl ReplicationProcessor {
             retries_unacknowledged = this.retry_subscription.in_flight(),
             "replication stopped; unacknowledged entries are redone after restart"
         );
-        if let Err(e) = this.retry_subscription.commit() {
+        if let Err(e) = this.retry_subscription.commit().await {
             tracing::warn!(error = %e, "retry topic offsets not committed");
         }
         this.subscription
             .commit()
+            .await
             .map_err(|source| StageError::Bus {
                 stage: STAGE,
                 source,

@@ -218,6 +218,7 @@ impl StatusProcessor {
         }
         self.subscription
             .commit()
+            .await
             .map_err(|source| StageError::Bus {
                 stage: STAGE,
                 source,
