@@ -29,6 +29,8 @@ use crate::storage::{Store, Stores};
 /// How often the locations are swept of what crashed processes left behind (stale temporary
 /// files, abandoned multipart uploads): their age limits are a day and a week.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long the admin server may take to finish its requests once the stages have stopped.
+const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why ferry stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -108,17 +110,23 @@ pub async fn run_on(
             .sweep_every(SWEEP_INTERVAL, supervisor.token.clone()),
     );
     start_stages(&parts, &supervisor, listeners.ingest)?;
-    // Not a stage: it answers until the end, so readiness reports stages stopping.
+    // Not a stage: it answers until the stages have stopped, so readiness reports them
+    // stopping; then it finishes the requests it has (a few seconds at most) and ends.
+    let admin_stop = CancellationToken::new();
     let admin_server = tokio::spawn(admin::serve(
         listeners.admin,
         admin_state(&parts, &supervisor)?,
-        shutdown.clone(),
+        admin_stop.clone(),
     ));
     supervisor.tracker.close();
     let outcome = supervisor
         .wait(&mut failed, &shutdown, parts.config.shutdown_timeout)
         .await;
-    admin_server.abort();
+    admin_stop.cancel();
+    let abort = admin_server.abort_handle();
+    if tokio::time::timeout(ADMIN_DRAIN, admin_server).await.is_err() {
+        abort.abort();
+    }
     outcome
 }
 
