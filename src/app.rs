@@ -124,7 +124,10 @@ pub async fn run_on(
         .await;
     admin_stop.cancel();
     let abort = admin_server.abort_handle();
-    if tokio::time::timeout(ADMIN_DRAIN, admin_server).await.is_err() {
+    if tokio::time::timeout(ADMIN_DRAIN, admin_server)
+        .await
+        .is_err()
+    {
         abort.abort();
     }
     outcome

@@ -112,6 +112,12 @@ impl JointCopy {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many targets left without joining.
+    #[cfg(test)]
+    pub fn left(&self) -> usize {
+        self.lock().left
+    }
+
     /// A target that will not join (no copy needed, or it gave up) says so.
     pub fn leave(&self) {
         self.lock().left += 1;
