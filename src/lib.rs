@@ -1,7 +1,8 @@
 //! ferry: replicates every object version from a source S3 bucket to one or several targets.
 //!
 //! Four stages connected by topics — on Kafka, or on the embedded queue for a single host
-//! ([`bus`]) — with an optional S3 endpoint that writes into a transient location ([`ingest`]):
+//! ([`bus`]) — with an optional S3 endpoint that writes into a transient location
+//! ([`stages::populator::ingest`]):
 //!
 //! 1. [`stages::populator::QueuePopulator`-like feeds](stages::populator) turn source changes
 //!    (bucket scans, S3 event notifications) into entries on `<prefix>replication`, keyed
@@ -27,7 +28,6 @@ pub mod config;
 pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod stages;

@@ -65,7 +65,7 @@ pub(super) fn ingest(
         match (&raw.tls_cert, &raw.tls_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(
-                crate::ingest::server_config(cert.as_ref(), key.as_ref())
+                crate::stages::populator::ingest::server_config(cert.as_ref(), key.as_ref())
                     .map_err(|e| ConfigError::invalid("ingest.tls_cert", e))?,
             ),
             _ => return Err(ConfigError::invalid(
@@ -78,12 +78,12 @@ pub(super) fn ingest(
         raw.body_memory.as_ref(),
         DEFAULT_BODY_MEMORY,
     )?;
-    if body_memory < crate::ingest::MAX_BODY as u64 {
+    if body_memory < crate::stages::populator::ingest::MAX_BODY as u64 {
         return Err(ConfigError::invalid(
             "ingest.body_memory",
             format!(
                 "{body_memory} bytes cannot hold one body of the largest size taken ({} MiB)",
-                crate::ingest::MAX_BODY >> 20
+                crate::stages::populator::ingest::MAX_BODY >> 20
             ),
         ));
     }
@@ -92,12 +92,12 @@ pub(super) fn ingest(
         raw.max_staged.as_ref(),
         DEFAULT_MAX_STAGED,
     )?;
-    if max_staged < crate::ingest::MAX_BODY as u64 {
+    if max_staged < crate::stages::populator::ingest::MAX_BODY as u64 {
         return Err(ConfigError::invalid(
             "ingest.max_staged",
             format!(
                 "{max_staged} bytes cannot hold one part of the largest size taken ({} MiB)",
-                crate::ingest::MAX_BODY >> 20
+                crate::stages::populator::ingest::MAX_BODY >> 20
             ),
         ));
     }

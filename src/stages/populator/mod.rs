@@ -1,11 +1,14 @@
 //! `QueuePopulator`: turns changes at the source into replication entries.
 //!
-//! Two feeds: [`scan`] lists each rule's source bucket periodically and enqueues the versions
-//! it has not enqueued before (its progress in [`progress`]); [`events`] consumes S3 event notifications from a Kafka topic.
+//! Three feeds: [`scan`] lists each rule's source bucket periodically and enqueues the versions
+//! it has not enqueued before (its progress in [`progress`]); [`events`] consumes S3 event
+//! notifications from a Kafka topic; [`ingest`] is ferry's own S3 endpoint, which writes into a
+//! transient location and enqueues each object as it commits.
 //! Entries are keyed `bucket/key`, so every version of one object is on one partition, in order.
 
 pub mod backfill;
 pub mod events;
+pub mod ingest;
 pub(crate) mod progress;
 pub mod scan;
 

@@ -13,6 +13,7 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use super::super::{entry_for, wanted, Observed};
 use super::body::{content_md5, declared_length, feed, read_body, Body, STREAM_QUEUE};
 pub use super::body::{MAX_BODY, MAX_OBJECT};
 use super::checksum::Claims;
@@ -20,7 +21,6 @@ use super::listing::{Pager, Query};
 use crate::bus::{Publisher, Topic};
 use crate::config::{LocationConfig, RuleConfig};
 use crate::model::{self, EntryKind, ReplicationEntry};
-use crate::stages::populator::{entry_for, wanted, Observed};
 use crate::storage::{
     ErrorCode, ErrorKind, Head, ObjectHead, ObjectMeta, StorageError, Store, Written,
 };
