@@ -26,9 +26,9 @@ pub use views::Views;
 
 use crate::bus::{Bus, Publisher, Topics};
 use crate::config::{AdminConfig, Config};
+use crate::control::gate::Gates;
 use crate::control::Pauses;
 use crate::stages::board::Board;
-use crate::stages::replication::gate::Gates;
 use crate::storage::Stores;
 
 /// How long one readiness check may take before it counts as failed.

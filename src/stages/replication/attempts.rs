@@ -8,13 +8,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::confirm;
 use super::copier::{Copier, Outcome};
-use super::gate::Gate;
 use super::joint::{JointCopy, Member};
 use super::{
     completed_metric, failed_metric, replaced_at_source, ReplicationProcessor, Step, TargetSettings,
 };
 use crate::backoff::Backoff;
 use crate::bus::Lease;
+use crate::control::gate::Gate;
 use crate::metrics::metrics;
 use crate::model::{self, EntryKind, ReplicationEntry, ReplicationStatus, TargetResult};
 use crate::stages::sleep_or_shutdown;

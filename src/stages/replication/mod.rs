@@ -14,7 +14,6 @@ mod budget;
 mod confirm;
 mod copier;
 mod fanout;
-pub mod gate;
 mod index;
 mod joint;
 mod lanes;
@@ -42,12 +41,12 @@ use self::aborts::PendingAborts;
 use self::budget::BufferBudget;
 use self::copier::Copier;
 use self::fanout::Fanout;
-use self::gate::Gates;
 use self::index::KeyIndex;
 use self::joint::{Joined, JointCopy, Member, Reply};
 use self::lanes::{Lanes, Ticket};
 use self::retry::Waiting;
 use super::board::StageStatus;
+use crate::control::gate::Gates;
 use crate::metrics::{metrics, FailureLabels};
 
 /// Counts one entry in `entries_in_flight` until dropped.

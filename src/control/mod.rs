@@ -1,10 +1,13 @@
-//! Operator controls shared by every ferry instance: which targets are paused.
+//! What holds copies back: operators' pauses shared by every ferry instance (here), and the
+//! location [`gate`]s a configuration error or an unreachable server closes in one instance.
 //!
 //! A pause is a record in the compacted `<p>control` topic, so it survives restarts and every
 //! instance sees it, whichever one the operator asked. Each instance keeps a [`Pauses`]
 //! registry, loaded at start and re-read every [`RELOAD_EVERY`]; the instance that records a
 //! decision applies it at once. A pause may carry a resume time: past it the pause no longer
 //! holds, on every instance, without anyone writing a record.
+
+pub mod gate;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
