@@ -104,27 +104,11 @@ impl StatusProcessor {
         let mut loaded: HashSet<i32> = HashSet::new();
         let mut revocations = self.subscription.revocations();
         loop {
-            let received = tokio::select! {
-                received = receive(&self.subscription, STAGE, &shutdown) => received,
-                () = tokio::time::sleep(SWEEP_EVERY) => {
-                    if !self.sweep(revocations, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
+            let ready = match self.next_ready(revocations, &shutdown).await {
+                Next::Ready(ready) => ready,
+                Next::Swept => continue,
+                Next::Stop => break,
             };
-            let Some(first) = received else { break };
-            let mut ready = vec![first];
-            while ready.len() < BATCH {
-                match self.subscription.recv().now_or_never() {
-                    Some(Ok(delivery)) => ready.push(delivery),
-                    Some(Err(e)) => {
-                        tracing::warn!(stage = STAGE, error = %e, "receive failed");
-                        break;
-                    }
-                    None => break,
-                }
-            }
             let mut batch = Batch::default();
             for delivery in ready {
                 self.status.received();
@@ -133,86 +117,22 @@ impl StatusProcessor {
                 if self.subscription.revocations() != revocations {
                     revocations = self.subscription.revocations();
                     loaded.clear();
-                    for state in self.state.values().flat_map(HashMap::values) {
-                        count_backlog(state, -1);
-                    }
-                    self.state.clear();
-                    self.expiring.clear();
+                    self.forget_all();
                 }
-                let partition = delivery.partition;
-                if !loaded.contains(&partition) {
-                    // Every partition held and not loaded yet, at once: one round trip, not
-                    // one each.
-                    let mut partitions: Vec<i32> = self
-                        .subscription
-                        .assigned(&self.topics.status)
-                        .into_iter()
-                        .filter(|p| !loaded.contains(p))
-                        .collect();
-                    if !partitions.contains(&partition) {
-                        partitions.push(partition);
-                    }
-                    if !self.replay(&partitions, &shutdown).await {
+                if !loaded.contains(&delivery.partition) {
+                    let Some(partitions) =
+                        self.load_held(delivery.partition, &loaded, &shutdown).await
+                    else {
                         // Shutdown: nothing of this batch is acknowledged; it is redone.
                         return Ok(());
-                    }
+                    };
                     loaded.extend(partitions);
                 }
-                let Some((result, delivery)) = decode_or_dead_letter::<TargetResult>(
-                    "target result",
-                    delivery,
-                    &self.publisher,
-                    &self.topics.dead_letter,
-                    STAGE,
-                    &self.status,
-                    &shutdown,
-                )
-                .await
-                else {
-                    continue;
-                };
-                if let Some(why) = self.known.result_refusal(&result) {
-                    super::refuse(
-                        &self.publisher,
-                        &self.topics.dead_letter,
-                        STAGE,
-                        &self.status,
-                        delivery,
-                        &why,
-                        &shutdown,
-                    )
-                    .await;
-                    continue;
+                if let Some((result, delivery)) = self.admit(delivery, &shutdown).await {
+                    self.fold(result, delivery, &mut batch);
                 }
-                self.status.started();
-                let id = result.entry.id();
-                let states = self.state.entry(partition).or_default();
-                let state = states.entry(id.clone()).or_insert_with(|| {
-                    let new = EntryState::new(result.entry.clone());
-                    count_backlog(&new, 1);
-                    new
-                });
-                count_backlog(state, -1);
-                let changed = state.apply(&result);
-                count_backlog(state, 1);
-                batch.add(partition, id, state.clone(), result, changed, delivery);
             }
-            let completed: Vec<(i32, i64, String)> = batch
-                .entries
-                .iter()
-                .filter(|p| p.changed && p.state.overall == ReplicationStatus::Completed)
-                .map(|p| (p.partition, completed_at(&p.state), p.id.clone()))
-                .collect();
-            if !self.publish_effects(batch, &shutdown).await {
-                break;
-            }
-            for (partition, at, id) in completed {
-                self.expiring
-                    .entry(partition)
-                    .or_default()
-                    .push_back((at, id));
-            }
-            if !self.sweep(revocations, &shutdown).await {
+            if !self.settle(batch, revocations, &shutdown).await {
                 break;
             }
         }
@@ -223,6 +143,145 @@ impl StatusProcessor {
                 stage: STAGE,
                 source,
             })
+    }
+
+    /// The next results ready (at least one, at most [`BATCH`]), or a sweep of expired
+    /// records when none came for [`SWEEP_EVERY`].
+    async fn next_ready(&mut self, revocations: u64, shutdown: &CancellationToken) -> Next {
+        let received = tokio::select! {
+            received = receive(&self.subscription, STAGE, shutdown) => received,
+            () = tokio::time::sleep(SWEEP_EVERY) => {
+                return if self.sweep(revocations, shutdown).await {
+                    Next::Swept
+                } else {
+                    Next::Stop
+                };
+            }
+        };
+        let Some(first) = received else {
+            return Next::Stop;
+        };
+        let mut ready = vec![first];
+        while ready.len() < BATCH {
+            match self.subscription.recv().now_or_never() {
+                Some(Ok(delivery)) => ready.push(delivery),
+                Some(Err(e)) => {
+                    tracing::warn!(stage = STAGE, error = %e, "receive failed");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Next::Ready(ready)
+    }
+
+    /// Forgets every entry state (their backlog counts too), to replay them from the changelog.
+    fn forget_all(&mut self) {
+        for state in self.state.values().flat_map(HashMap::values) {
+            count_backlog(state, -1);
+        }
+        self.state.clear();
+        self.expiring.clear();
+    }
+
+    /// Replays the changelog of `partition` and of every other partition held and not
+    /// `loaded` yet, at once (one round trip, not one each); the partitions replayed, or
+    /// `None` on shutdown.
+    async fn load_held(
+        &mut self,
+        partition: i32,
+        loaded: &HashSet<i32>,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<i32>> {
+        let mut partitions: Vec<i32> = self
+            .subscription
+            .assigned(&self.topics.status)
+            .into_iter()
+            .filter(|p| !loaded.contains(p))
+            .collect();
+        if !partitions.contains(&partition) {
+            partitions.push(partition);
+        }
+        self.replay(&partitions, shutdown)
+            .await
+            .then_some(partitions)
+    }
+
+    /// Decodes a result and checks the locations it names; one that cannot be read or names a
+    /// location this process does not know goes to the dead-letter topic.
+    async fn admit(
+        &self,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Option<(TargetResult, Delivery)> {
+        let (result, delivery) = decode_or_dead_letter::<TargetResult>(
+            "target result",
+            delivery,
+            &self.publisher,
+            &self.topics.dead_letter,
+            STAGE,
+            &self.status,
+            shutdown,
+        )
+        .await?;
+        if let Some(why) = self.known.result_refusal(&result) {
+            let (publisher, topic) = (&self.publisher, &self.topics.dead_letter);
+            super::refuse(
+                publisher,
+                topic,
+                STAGE,
+                &self.status,
+                delivery,
+                &why,
+                shutdown,
+            )
+            .await;
+            return None;
+        }
+        Some((result, delivery))
+    }
+
+    /// Applies `result` to its entry's state, in the batch.
+    fn fold(&mut self, result: TargetResult, delivery: Delivery, batch: &mut Batch) {
+        self.status.started();
+        let partition = delivery.partition;
+        let id = result.entry.id();
+        let states = self.state.entry(partition).or_default();
+        let state = states.entry(id.clone()).or_insert_with(|| {
+            let new = EntryState::new(result.entry.clone());
+            count_backlog(&new, 1);
+            new
+        });
+        count_backlog(state, -1);
+        let changed = state.apply(&result);
+        count_backlog(state, 1);
+        batch.add(partition, id, state.clone(), result, changed, delivery);
+    }
+
+    /// Makes the batch's effects durable and acknowledges it, then notes the entries it
+    /// completed for expiry and sweeps those due. False if shutdown stopped it.
+    async fn settle(
+        &mut self,
+        batch: Batch,
+        revocations: u64,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let completed: Vec<(i32, i64, String)> = batch
+            .entries
+            .iter()
+            .filter(|p| p.changed && p.state.overall == ReplicationStatus::Completed)
+            .map(|p| (p.partition, completed_at(&p.state), p.id.clone()))
+            .collect();
+        if !self.publish_effects(batch, shutdown).await {
+            return false;
+        }
+        for (partition, at, id) in completed {
+            self.expiring
+                .entry(partition)
+                .or_default()
+                .push_back((at, id));
+        }
+        self.sweep(revocations, shutdown).await
     }
 
     /// Publishes what a batch of results led to — per entry, its GC task (transient source,
@@ -469,6 +528,14 @@ fn count_backlog(state: &EntryState, delta: i64) {
 
 /// At most this many results are applied before their effects are published.
 const BATCH: usize = 256;
+
+/// What [`StatusProcessor::next_ready`] came back with.
+enum Next {
+    Ready(Vec<Delivery>),
+    /// No result came for a while; expired records were swept.
+    Swept,
+    Stop,
+}
 
 /// The results of one batch, applied, with what must be published for them.
 #[derive(Default)]
