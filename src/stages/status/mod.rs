@@ -314,6 +314,10 @@ impl StatusProcessor {
         let mut messages: Vec<(&str, Option<i32>, String, Vec<u8>)> = Vec::new();
         for pending in &batch.entries {
             let (state, entry) = (&pending.state, &pending.state.entry);
+            // Also for a redelivered result that changed nothing: the batch that completed
+            // the entry may have stopped before its GC task was durable. The collector
+            // checks every copy again and finds a deleted version gone, so a second task is
+            // harmless; a lost one would keep the buffer's copy for ever.
             if state.overall == ReplicationStatus::Completed && entry.transient {
                 let task = GcTask {
                     schema: model::SCHEMA,
@@ -606,3 +610,6 @@ impl Batch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
