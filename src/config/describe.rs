@@ -9,6 +9,18 @@ use crate::bus::{topic_specs, Topics};
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "configuration OK\n");
+    queue(&mut out, config);
+    stages(&mut out, config);
+    locations(&mut out, config);
+    rules(&mut out, config);
+    work(&mut out, config);
+    endpoints(&mut out, config);
+    let _ = writeln!(out, "shutdown timeout: {:?}", config.shutdown_timeout);
+    out
+}
+
+/// The queue and the topics ferry creates on it.
+fn queue(out: &mut String, config: &Config) {
     let _ = match &config.queue.kind {
         QueueKind::Kafka => writeln!(
             out,
@@ -29,6 +41,10 @@ pub fn describe(config: &Config) -> String {
             if spec.compacted { ", compacted" } else { "" }
         );
     }
+}
+
+/// Which stages this process runs.
+fn stages(out: &mut String, config: &Config) {
     let s = config.stages;
     let on = |b: bool| if b { "on" } else { "off" };
     let _ = writeln!(
@@ -39,6 +55,10 @@ pub fn describe(config: &Config) -> String {
         on(s.status),
         on(s.gc)
     );
+}
+
+/// Each location: where it is, how ferry signs in (never the secret), whether transient.
+fn locations(out: &mut String, config: &Config) {
     let _ = writeln!(out, "\nlocations:");
     for l in config.locations.values() {
         let credentials = match &l.credentials {
@@ -70,6 +90,10 @@ pub fn describe(config: &Config) -> String {
             ),
         };
     }
+}
+
+/// Each rule: source, prefix, targets.
+fn rules(out: &mut String, config: &Config) {
     let _ = writeln!(out, "\nrules:");
     for r in &config.rules {
         let _ = writeln!(
@@ -81,6 +105,10 @@ pub fn describe(config: &Config) -> String {
             r.targets.join(", ")
         );
     }
+}
+
+/// How the populator, the replication processor and the GC work.
+fn work(out: &mut String, config: &Config) {
     let feeds: Vec<&str> = config
         .populator
         .feeds
@@ -113,6 +141,10 @@ pub fn describe(config: &Config) -> String {
         "gc: {} tasks at once, rechecked after {:?}..{:?}",
         config.gc.concurrency, config.gc.retry.initial_delay, config.gc.retry.max_delay
     );
+}
+
+/// The admin server and the ingest endpoint.
+fn endpoints(out: &mut String, config: &Config) {
     let _ = writeln!(
         out,
         "admin: http://{} (/healthz, /readyz, /metrics){}",
@@ -138,6 +170,4 @@ pub fn describe(config: &Config) -> String {
             ingest.credentials.access_key_id
         );
     }
-    let _ = writeln!(out, "shutdown timeout: {:?}", config.shutdown_timeout);
-    out
 }
