@@ -211,74 +211,9 @@ fn main() -> ExitCode {
                 commands::status(c, json, object.as_deref(), version_id.as_deref()).await
             })
         }),
-        Command::Failed { command, admin } => client(admin, |c, json| {
-            Box::pin(async move {
-                match command {
-                    FailedCommand::List {
-                        target,
-                        prefix,
-                        limit,
-                        after,
-                    } => {
-                        commands::failed_list(
-                            c,
-                            json,
-                            target.as_deref(),
-                            prefix.as_deref(),
-                            limit,
-                            after.as_deref(),
-                        )
-                        .await
-                    }
-                    FailedCommand::Retry {
-                        all,
-                        target,
-                        prefix,
-                        ids,
-                    } => {
-                        commands::failed_retry(
-                            c,
-                            json,
-                            all,
-                            target.as_deref(),
-                            prefix.as_deref(),
-                            &ids,
-                        )
-                        .await
-                    }
-                }
-            })
-        }),
-        Command::DeadLetter { command, admin } => client(admin, |c, json| {
-            Box::pin(async move {
-                match command {
-                    DeadLetterCommand::List { from, limit } => {
-                        commands::dead_letters(c, json, from, limit).await
-                    }
-                    DeadLetterCommand::Replay { all, offsets } => {
-                        commands::replay_dead_letters(c, json, all, &offsets).await
-                    }
-                }
-            })
-        }),
-        Command::Targets { command, admin } => client(admin, |c, json| {
-            Box::pin(async move {
-                match command {
-                    TargetsCommand::List => commands::targets_list(c, json).await,
-                    TargetsCommand::Pause {
-                        name,
-                        duration,
-                        reason,
-                    } => {
-                        commands::pause(c, json, &name, duration.as_deref(), reason.as_deref())
-                            .await
-                    }
-                    TargetsCommand::Resume { name, after } => {
-                        commands::resume(c, json, &name, after.as_deref()).await
-                    }
-                }
-            })
-        }),
+        Command::Failed { command, admin } => failed(command, admin),
+        Command::DeadLetter { command, admin } => dead_letter(command, admin),
+        Command::Targets { command, admin } => targets(command, admin),
         Command::Backfill {
             rule,
             restart,
@@ -306,6 +241,76 @@ fn main() -> ExitCode {
             run(config)
         }
     }
+}
+
+/// `ferry failed list|retry`.
+fn failed(command: FailedCommand, admin: AdminArgs) -> ExitCode {
+    client(admin, |c, json| {
+        Box::pin(async move {
+            match command {
+                FailedCommand::List {
+                    target,
+                    prefix,
+                    limit,
+                    after,
+                } => {
+                    commands::failed_list(
+                        c,
+                        json,
+                        target.as_deref(),
+                        prefix.as_deref(),
+                        limit,
+                        after.as_deref(),
+                    )
+                    .await
+                }
+                FailedCommand::Retry {
+                    all,
+                    target,
+                    prefix,
+                    ids,
+                } => {
+                    commands::failed_retry(c, json, all, target.as_deref(), prefix.as_deref(), &ids)
+                        .await
+                }
+            }
+        })
+    })
+}
+
+/// `ferry dead-letter list|replay`.
+fn dead_letter(command: DeadLetterCommand, admin: AdminArgs) -> ExitCode {
+    client(admin, |c, json| {
+        Box::pin(async move {
+            match command {
+                DeadLetterCommand::List { from, limit } => {
+                    commands::dead_letters(c, json, from, limit).await
+                }
+                DeadLetterCommand::Replay { all, offsets } => {
+                    commands::replay_dead_letters(c, json, all, &offsets).await
+                }
+            }
+        })
+    })
+}
+
+/// `ferry targets list|pause|resume`.
+fn targets(command: TargetsCommand, admin: AdminArgs) -> ExitCode {
+    client(admin, |c, json| {
+        Box::pin(async move {
+            match command {
+                TargetsCommand::List => commands::targets_list(c, json).await,
+                TargetsCommand::Pause {
+                    name,
+                    duration,
+                    reason,
+                } => commands::pause(c, json, &name, duration.as_deref(), reason.as_deref()).await,
+                TargetsCommand::Resume { name, after } => {
+                    commands::resume(c, json, &name, after.as_deref()).await
+                }
+            }
+        })
+    })
 }
 
 /// What an admin command produces: the text to print, or why it failed.
