@@ -75,6 +75,40 @@ fn done(
     }))
 }
 
+/// What a failed attempt leads to.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterFailure {
+    /// A configuration error or an unreachable server: not this entry's fault. The location
+    /// is paused and the attempt not counted.
+    PauseLocation,
+    /// Try again: in place, or (`defer`) from the retry topic, freeing the slot.
+    Retry {
+        defer: bool,
+    },
+    /// The source version is not found: superseded if the source keeps one version per key
+    /// and holds another now, else FAILED.
+    SourceGone,
+    Fail,
+}
+
+/// The retry policy's decision after attempt number `attempts` failed with `e`.
+fn after_failure(
+    e: &StorageError,
+    source: &str,
+    attempts: u32,
+    max_attempts: u32,
+    defer_after: u32,
+) -> AfterFailure {
+    match e.kind {
+        ErrorKind::Config | ErrorKind::Unreachable => AfterFailure::PauseLocation,
+        ErrorKind::Transient if attempts < max_attempts => AfterFailure::Retry {
+            defer: attempts >= defer_after,
+        },
+        ErrorKind::NotFound if e.location == source => AfterFailure::SourceGone,
+        _ => AfterFailure::Fail,
+    }
+}
+
 impl ReplicationProcessor {
     /// Copies `entry` to `target`, retrying transient failures in place up to `defer_after`
     /// attempts (counting `start_attempts` made before), then asks for deferral. `joint` is the
@@ -166,51 +200,59 @@ impl ReplicationProcessor {
                 Ok(outcome) => return Some(self.finished(entry, target, outcome, attempts)),
                 Err(e) => e,
             };
-            if matches!(e.kind, ErrorKind::Config | ErrorKind::Unreachable) {
-                // Not this entry's fault: pause the location, do not count the attempt.
-                attempts -= 1;
-                if !self.pause(&e.location, &e.to_string(), shutdown)
-                    && !sleep_or_shutdown(backoff.next_delay(), shutdown).await
-                {
-                    return None;
+            match after_failure(
+                &e,
+                &entry.source,
+                attempts,
+                policy.max_attempts,
+                self.config.defer_after,
+            ) {
+                AfterFailure::PauseLocation => {
+                    // Not this entry's fault: pause the location, do not count the attempt.
+                    attempts -= 1;
+                    if !self.pause(&e.location, &e.to_string(), shutdown)
+                        && !sleep_or_shutdown(backoff.next_delay(), shutdown).await
+                    {
+                        return None;
+                    }
                 }
-            } else if e.kind == ErrorKind::Transient && attempts < policy.max_attempts {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                metrics()
-                    .retries
-                    .get_or_create(&metrics().target(target))
-                    .inc();
-                let delay = backoff.next_delay();
-                if attempts >= self.config.defer_after {
-                    tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, deferred to the retry topic");
-                    return Some(Step::Defer {
+                AfterFailure::Retry { defer } => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics()
+                        .retries
+                        .get_or_create(&metrics().target(target))
+                        .inc();
+                    let delay = backoff.next_delay();
+                    if defer {
+                        tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, deferred to the retry topic");
+                        return Some(Step::Defer {
+                            attempts,
+                            delay,
+                            error: e.to_string(),
+                        });
+                    }
+                    tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, will retry");
+                    if !sleep_or_shutdown(delay, shutdown).await {
+                        return None;
+                    }
+                }
+                AfterFailure::SourceGone if replaced_at_source(route.source, entry).await => {
+                    self.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                    completed_metric(target, 0);
+                    tracing::warn!(attempt = attempts, "the source key was overwritten since (it keeps one version); the newer version is replicated by its own entry");
+                    let why = "superseded at the source by a newer version of the key";
+                    return Some(done(
+                        entry,
+                        target,
+                        ReplicationStatus::Completed,
+                        None,
+                        Some(why.into()),
                         attempts,
-                        delay,
-                        error: e.to_string(),
-                    });
+                    ));
                 }
-                tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, will retry");
-                if !sleep_or_shutdown(delay, shutdown).await {
-                    return None;
+                AfterFailure::SourceGone | AfterFailure::Fail => {
+                    return Some(self.failed(entry, target, e, attempts));
                 }
-            } else if e.kind == ErrorKind::NotFound
-                && e.location == entry.source
-                && replaced_at_source(route.source, entry).await
-            {
-                self.stats.superseded.fetch_add(1, Ordering::Relaxed);
-                completed_metric(target, 0);
-                tracing::warn!(attempt = attempts, "the source key was overwritten since (it keeps one version); the newer version is replicated by its own entry");
-                let why = "superseded at the source by a newer version of the key";
-                return Some(done(
-                    entry,
-                    target,
-                    ReplicationStatus::Completed,
-                    None,
-                    Some(why.into()),
-                    attempts,
-                ));
-            } else {
-                return Some(self.failed(entry, target, e, attempts));
             }
         }
     }
@@ -367,6 +409,48 @@ impl ReplicationProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn error(kind: ErrorKind, location: &str) -> StorageError {
+        StorageError {
+            kind,
+            op: "GetObject",
+            location: location.into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "test".into(),
+            code: None,
+        }
+    }
+
+    #[test]
+    fn the_retry_policy_decides_by_kind_attempts_and_place() {
+        let decide = |kind, location, attempts| {
+            after_failure(&error(kind, location), "src", attempts, 10, 3)
+        };
+        use AfterFailure::*;
+        assert_eq!(decide(ErrorKind::Unreachable, "dst", 9), PauseLocation);
+        assert_eq!(decide(ErrorKind::Config, "src", 10), PauseLocation);
+        assert_eq!(
+            decide(ErrorKind::Transient, "dst", 1),
+            Retry { defer: false }
+        );
+        assert_eq!(
+            decide(ErrorKind::Transient, "dst", 3),
+            Retry { defer: true }
+        );
+        assert_eq!(
+            decide(ErrorKind::Transient, "dst", 10),
+            Fail,
+            "out of attempts"
+        );
+        assert_eq!(decide(ErrorKind::NotFound, "src", 1), SourceGone);
+        assert_eq!(
+            decide(ErrorKind::NotFound, "dst", 1),
+            Fail,
+            "a target's NotFound is no sign of a newer source version"
+        );
+        assert_eq!(decide(ErrorKind::Permanent, "dst", 1), Fail);
+    }
 
     #[tokio::test]
     async fn a_seat_dropped_without_joining_leaves_its_group_once() {
