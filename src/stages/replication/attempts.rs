@@ -47,6 +47,7 @@ impl Drop for Seat<'_> {
 
 /// What a copy to one target goes through: the stores and gates of both ends.
 struct Route<'a> {
+    target: &'a str,
     source: &'a Store,
     store: &'a Store,
     settings: &'a TargetSettings,
@@ -73,6 +74,12 @@ fn done(
         attempts,
         at_ms: model::now_ms(),
     }))
+}
+
+/// Whether the attempts go on.
+enum Then {
+    Again,
+    Stop(Option<Step>),
 }
 
 /// What a failed attempt leads to.
@@ -200,67 +207,89 @@ impl ReplicationProcessor {
                 Ok(outcome) => return Some(self.finished(entry, target, outcome, attempts)),
                 Err(e) => e,
             };
-            match after_failure(
-                &e,
-                &entry.source,
-                attempts,
-                policy.max_attempts,
-                self.config.defer_after,
-            ) {
-                AfterFailure::PauseLocation => {
-                    // Not this entry's fault: pause the location, do not count the attempt.
-                    attempts -= 1;
-                    if !self.pause(&e.location, &e.to_string(), shutdown)
-                        && !sleep_or_shutdown(backoff.next_delay(), shutdown).await
-                    {
-                        return None;
-                    }
-                }
-                AfterFailure::Retry { defer } => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    metrics()
-                        .retries
-                        .get_or_create(&metrics().target(target))
-                        .inc();
-                    let delay = backoff.next_delay();
-                    if defer {
-                        tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, deferred to the retry topic");
-                        return Some(Step::Defer {
-                            attempts,
-                            delay,
-                            error: e.to_string(),
-                        });
-                    }
-                    tracing::warn!(attempt = attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, will retry");
-                    if !sleep_or_shutdown(delay, shutdown).await {
-                        return None;
-                    }
-                }
-                AfterFailure::SourceGone if replaced_at_source(route.source, entry).await => {
-                    self.stats.superseded.fetch_add(1, Ordering::Relaxed);
-                    completed_metric(target, 0);
-                    tracing::warn!(attempt = attempts, "the source key was overwritten since (it keeps one version); the newer version is replicated by its own entry");
-                    let why = "superseded at the source by a newer version of the key";
-                    return Some(done(
-                        entry,
-                        target,
-                        ReplicationStatus::Completed,
-                        None,
-                        Some(why.into()),
-                        attempts,
-                    ));
-                }
-                AfterFailure::SourceGone | AfterFailure::Fail => {
-                    return Some(self.failed(entry, target, e, attempts));
-                }
+            let then = self
+                .recover(entry, &route, e, &mut attempts, &mut backoff, shutdown)
+                .await;
+            if let Then::Stop(step) = then {
+                return step;
             }
         }
     }
 
+    /// What follows attempt `attempts` failing with `e` ([`after_failure`]): waiting out a
+    /// paused location or a backoff (then `Again`), or the step to end with.
+    async fn recover(
+        &self,
+        entry: &ReplicationEntry,
+        route: &Route<'_>,
+        e: StorageError,
+        attempts: &mut u32,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Then {
+        let (target, policy) = (route.target, route.settings.retry);
+        match after_failure(
+            &e,
+            &entry.source,
+            *attempts,
+            policy.max_attempts,
+            self.config.defer_after,
+        ) {
+            AfterFailure::PauseLocation => {
+                // Not this entry's fault: pause the location, do not count the attempt.
+                *attempts -= 1;
+                if !self.pause(&e.location, &e.to_string(), shutdown)
+                    && !sleep_or_shutdown(backoff.next_delay(), shutdown).await
+                {
+                    return Then::Stop(None);
+                }
+            }
+            AfterFailure::Retry { defer } => {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                metrics()
+                    .retries
+                    .get_or_create(&metrics().target(target))
+                    .inc();
+                let delay = backoff.next_delay();
+                if defer {
+                    tracing::warn!(attempt = *attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, deferred to the retry topic");
+                    return Then::Stop(Some(Step::Defer {
+                        attempts: *attempts,
+                        delay,
+                        error: e.to_string(),
+                    }));
+                }
+                tracing::warn!(attempt = *attempts, max_attempts = policy.max_attempts, error = %e, retry_in = ?delay, "copy failed, will retry");
+                if !sleep_or_shutdown(delay, shutdown).await {
+                    return Then::Stop(None);
+                }
+            }
+            AfterFailure::SourceGone if replaced_at_source(route.source, entry).await => {
+                self.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                completed_metric(target, 0);
+                tracing::warn!(attempt = *attempts, "the source key was overwritten since (it keeps one version); the newer version is replicated by its own entry");
+                let why = "superseded at the source by a newer version of the key";
+                return Then::Stop(Some(done(
+                    entry,
+                    target,
+                    ReplicationStatus::Completed,
+                    None,
+                    Some(why.into()),
+                    *attempts,
+                )));
+            }
+            AfterFailure::SourceGone | AfterFailure::Fail => {
+                return Then::Stop(Some(self.failed(entry, target, e, *attempts)));
+            }
+        }
+        Then::Again
+    }
+
     /// The stores and gates of the entry's source and `target`; `None` if this process's
     /// configuration lacks either location.
-    fn route(&self, entry: &ReplicationEntry, target: &str) -> Option<Route<'_>> {
+    fn route<'a>(&'a self, entry: &ReplicationEntry, target: &'a str) -> Option<Route<'a>> {
         Some(Route {
+            target,
             source: self.stores.get(&entry.source)?,
             store: self.stores.get(target)?,
             settings: self.targets.get(target)?,
