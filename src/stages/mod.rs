@@ -13,6 +13,8 @@ pub mod populator;
 pub mod replication;
 pub mod runner;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::time::Duration;
 

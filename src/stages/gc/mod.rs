@@ -287,9 +287,9 @@ mod tests {
     use md5::{Digest, Md5};
 
     use super::*;
-    use crate::bus::Bus;
     use crate::model::stamps::Stamps;
     use crate::model::ReplicationEntry;
+    use crate::stages::testing::local_site;
     use crate::storage::{ObjectMeta, Written};
 
     struct Site {
@@ -298,8 +298,7 @@ mod tests {
     }
 
     async fn site() -> Site {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = format!(
+        let site = local_site(
             r#"
 [queue]
 kind = "embedded"
@@ -319,29 +318,22 @@ name = "all"
 source = "inbox"
 targets = ["site"]
 "#,
-            root = dir.path().display()
-        );
-        let path = dir.path().join("ferry.toml");
-        std::fs::write(&path, config).expect("write config");
-        let config = crate::config::load(&path).expect("a valid configuration");
-        let bus = Bus::connect(&config.queue).expect("the embedded queue opens");
-        let topics = Topics::new(&config.queue.topic_prefix);
-        bus.ensure_topics(&crate::bus::topic_specs(&config.queue, &topics), 1)
-            .await
-            .expect("topics");
-        let stores = Stores::connect(&config).await;
+        )
+        .await;
+        let (config, bus, topics) = (&site.config, &site.bus, &site.topics);
+        let stores = Stores::connect(config).await;
         for store in stores.iter() {
             store.check().await.expect("the store sets itself up");
         }
         let gc = GarbageCollector::new(
             config.gc.clone(),
-            Policy::new(&config),
+            Policy::new(config),
             stores,
             bus.publisher(),
             topics.clone(),
             bus.subscribe("gc", &[&topics.gc]).expect("subscribe"),
         );
-        Site { _dir: dir, gc }
+        Site { _dir: site.dir, gc }
     }
 
     fn store<'a>(site: &'a Site, name: &str) -> &'a Store {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::bus::{Bus, Subscription};
 use crate::model::{EntryKind, GcTask, ReplicationEntry};
+use crate::stages::testing::local_site;
 
 struct Site {
     _dir: tempfile::TempDir,
@@ -18,8 +19,7 @@ struct Site {
 }
 
 async fn site() -> Site {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!(
+    let site = local_site(
         r#"
 [queue]
 kind = "embedded"
@@ -43,16 +43,9 @@ name = "all"
 source = "inbox"
 targets = ["site-a", "site-b"]
 "#,
-        root = dir.path().display()
-    );
-    let path = dir.path().join("ferry.toml");
-    std::fs::write(&path, text).expect("write config");
-    let config = crate::config::load(&path).expect("a valid configuration");
-    let bus = Bus::connect(&config.queue).expect("the embedded queue opens");
-    let topics = Topics::new(&config.queue.topic_prefix);
-    bus.ensure_topics(&crate::bus::topic_specs(&config.queue, &topics), 1)
-        .await
-        .expect("topics");
+    )
+    .await;
+    let (config, bus, topics) = (site.config, site.bus, site.topics);
     let processor = StatusProcessor::new(
         bus.publisher(),
         topics.clone(),
@@ -66,7 +59,7 @@ targets = ["site-a", "site-b"]
     let stop = CancellationToken::new();
     let run = tokio::spawn(processor.run(stop.clone()));
     Site {
-        _dir: dir,
+        _dir: site.dir,
         bus,
         topics,
         stop,
